@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# Boot a kernel + initrd under QEMU with a fresh swtpm vTPM, capture the serial console, and exit
+# with the workload's exit code from the agent's result line (non-zero when there is none).
+#
+#   qemu/boot.sh --kernel K --initrd I [--append "..."] [--disk FILE[:ro]]... [--timeout SEC]
+#                [--console FILE] [--tpm-state DIR] [--no-tpm] [--no-net] [--fw-cfg NAME=FILE]
+#                [--guestfwd PORT] [--memory MB] [--monitor SOCKET] [--quiet]
+#
+# Exit codes: the result line's exit_code; 124 on timeout; 125 for usage/setup errors;
+# 126 when the VM ended without a result line.
+# Networking is QEMU user mode with restrict=on: the guest reaches nothing but the guestfwd
+# ports, which go to 127.0.0.1 on the host. KVM only with CVM_KVM=1 (TCG by default).
+set -euo pipefail
+
+kernel="" initrd="" append="" timeout=120 console="" tpm_state="" tpm=1 net=1 memory=512 quiet=0
+monitor=""
+disks=() fwcfg=() fwds=()
+die() { echo "boot.sh: error: $*" >&2; exit 125; }
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --kernel) kernel=$2; shift 2 ;;
+    --initrd) initrd=$2; shift 2 ;;
+    --append) append=$2; shift 2 ;;
+    --disk) disks+=("$2"); shift 2 ;;
+    --timeout) timeout=$2; shift 2 ;;
+    --console) console=$2; shift 2 ;;
+    --tpm-state) tpm_state=$2; shift 2 ;;
+    --no-tpm) tpm=0; shift ;;
+    --no-net) net=0; shift ;;
+    --fw-cfg) fwcfg+=("$2"); shift 2 ;;
+    --guestfwd) fwds+=("$2"); shift 2 ;;
+    --memory) memory=$2; shift 2 ;;
+    --monitor) monitor=$2; shift 2 ;;
+    --quiet) quiet=1; shift ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    *) die "unknown argument $1" ;;
+  esac
+done
+[ -f "$kernel" ] || die "no kernel at '$kernel' (run scripts/setup.sh)"
+[ -f "$initrd" ] || die "no initrd at '$initrd'"
+[[ "$timeout" =~ ^[0-9]+$ ]] || die "--timeout takes seconds"
+command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 not installed (run scripts/setup.sh)"
+
+work=$(mktemp -d /tmp/cvm-boot.XXXXXX)
+swtpm_pid=""
+cleanup() {
+  if [ -n "$swtpm_pid" ]; then kill "$swtpm_pid" 2>/dev/null || true; wait "$swtpm_pid" 2>/dev/null || true; fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+[ -n "$console" ] || console="$work/console.log"
+: > "$console"
+
+args=(-machine q35 -m "$memory" -smp 1 -nographic -no-reboot -no-user-config -nodefaults
+      -display none
+      -chardev "file,id=ser0,path=$console" -serial chardev:ser0
+      -kernel "$kernel" -initrd "$initrd"
+      -append "console=ttyS0 panic=-1 loglevel=4 $append")
+# A human monitor on a unix socket lets tests press keys (ctrl-alt-delete) or quit.
+if [ -n "$monitor" ]; then args+=(-monitor "unix:$monitor,server=on,wait=off"); else args+=(-monitor none); fi
+if [ "${CVM_KVM:-0}" = 1 ]; then args+=(-accel kvm -cpu host); else args+=(-accel tcg -cpu max); fi
+
+if [ "$tpm" = 1 ]; then
+  command -v swtpm >/dev/null || die "swtpm not installed (run scripts/setup.sh)"
+  state=${tpm_state:-$work/tpm}
+  mkdir -p "$state"
+  swtpm socket --tpm2 --tpmstate "dir=$state" --ctrl "type=unixio,path=$work/swtpm.sock" \
+        --log "file=$work/swtpm.log,level=1" --terminate &
+  swtpm_pid=$!
+  for _ in $(seq 1 100); do [ -S "$work/swtpm.sock" ] && break; sleep 0.05; done
+  [ -S "$work/swtpm.sock" ] || die "swtpm did not start: $(cat "$work/swtpm.log" 2>/dev/null)"
+  args+=(-chardev "socket,id=chrtpm,path=$work/swtpm.sock" -tpmdev emulator,id=tpm0,chardev=chrtpm
+         -device tpm-tis,tpmdev=tpm0)
+fi
+
+i=0
+for d in "${disks[@]}"; do
+  file=${d%:ro}; ro=off; [ "$file" != "$d" ] && ro=on
+  [ -f "$file" ] || die "no disk image at '$file'"
+  args+=(-drive "file=$file,if=none,id=disk$i,format=raw,readonly=$ro"
+         -device "virtio-blk-pci,drive=disk$i,serial=cvm-disk$i")
+  i=$((i + 1))
+done
+for f in "${fwcfg[@]}"; do args+=(-fw_cfg "name=${f%%=*},file=${f#*=}"); done
+
+if [ "$net" = 1 ]; then
+  netdev="user,id=n0,restrict=on,net=10.0.2.0/24"
+  for p in "${fwds[@]}"; do
+    [[ "$p" =~ ^[0-9]+$ ]] || die "--guestfwd takes a port number"
+    netdev+=",guestfwd=tcp:10.0.2.100:$p-tcp:127.0.0.1:$p"
+  done
+  args+=(-netdev "$netdev" -device virtio-net-pci,netdev=n0,romfile=)
+fi
+
+# Show the console live while it is written to the file.
+if [ "$quiet" = 0 ]; then
+  tail -n +1 -F "$console" 2>/dev/null &
+  tail_pid=$!
+fi
+rc=0
+timeout --kill-after=5 "$timeout" qemu-system-x86_64 "${args[@]}" </dev/null || rc=$?
+if [ "$quiet" = 0 ]; then sleep 0.2; kill "$tail_pid" 2>/dev/null || true; wait "$tail_pid" 2>/dev/null || true; fi
+
+if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
+  echo "boot.sh: VM did not power off within ${timeout}s" >&2
+  exit 124
+fi
+[ "$rc" = 0 ] || echo "boot.sh: qemu exited with $rc" >&2
+code=$(tr -d '\r' < "$console" | sed -n 's/^cvm-agent: result {.*"exit_code":\(-\{0,1\}[0-9]\{1,\}\).*/\1/p' | tail -n1)
+if [ -z "$code" ]; then
+  echo "boot.sh: the VM ended without a result line" >&2
+  exit 126
+fi
+echo "boot.sh: workload exit code $code" >&2
+# Exit codes are 0-255 on the host; a signal death (-N) becomes 128+N.
+if [ "$code" -lt 0 ]; then exit $((128 - code)); fi
+exit $((code > 255 ? 255 : code))

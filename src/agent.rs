@@ -1,0 +1,305 @@
+//! The agent's boot sequence: each stage runs in its own span, is timed, and either succeeds or
+//! ends the boot through [`Agent::fatal`] — fail closed, one error line, then power-off in
+//! production or an idle VM in debug.
+
+use crate::boot;
+use crate::cmdline::{self, Cmdline, Mode};
+use crate::kmod;
+use crate::logging::{self, Sink};
+use crate::pid1::{self, Pid1, Request};
+use crate::result::{RunResult, StageTimes};
+use crate::stage::{InStage, Stage, StageError};
+use crate::tpm::{HashAlg, Tpm};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::{info, warn};
+
+const MODULES_LOAD_LIST: &str = "/etc/cvm-agent/modules.load";
+const TPM_DEVICE: &str = "/dev/tpmrm0";
+const TPM_WAIT: Duration = Duration::from_secs(10);
+const COLDPLUG_ROUNDS: u32 = 8;
+
+/// Errors of the agent's own glue between stages.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("cannot read {path}")]
+    Read {
+        path: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no TPM at {TPM_DEVICE} (production requires a vTPM)")]
+    NoTpm(#[source] kmod::KmodError),
+    #[error("the TPM has no active SHA-256 PCR bank (active: {0})")]
+    NoSha256Bank(String),
+    #[error("test panic requested by cvm.test_panic={0}")]
+    TestPanic(Stage),
+}
+
+pub struct Agent {
+    sink: Arc<Sink>,
+    pid1: Pid1,
+    mode: Mode,
+    cmdline: Cmdline,
+    times: StageTimes,
+}
+
+/// Install the panic hook for `mode`: a panic is a failed stage like any other, never an exit of
+/// PID 1 (which the kernel would turn into "Attempted to kill init").
+fn install_panic_hook(sink: Arc<Sink>, mode: Mode) {
+    std::panic::set_hook(Box::new(move |info| {
+        let stage = logging::current_stage().map_or("agent", Stage::name);
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown payload".to_string());
+        let at = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        logging::error_line(&sink, &format!("{stage}: panic: {msg} (at {at})"));
+        stop_without_pid1(mode)
+    }));
+}
+
+/// The end of a boot when the signal machinery may not exist (early failures, panics).
+fn stop_without_pid1(mode: Mode) -> ! {
+    match mode {
+        Mode::Production => pid1::power_off(),
+        Mode::Debug => pid1::halt_forever(),
+    }
+}
+
+/// PID 1's entry point. Never returns.
+pub fn main() -> ! {
+    boot::set_umask();
+    let early_started = Instant::now();
+    let mounts = boot::mount_api_filesystems();
+    // Best effort: the initramfs's /dev/console usually gave us fds 0-2 already.
+    let _ = boot::attach_console();
+    let sink = Arc::new(Sink::new());
+    logging::install(sink.clone());
+    // Until the command line says otherwise, everything is production: fail closed.
+    install_panic_hook(sink.clone(), Mode::Production);
+    let early = logging::stage_span(Stage::Early);
+    let report = match mounts {
+        Ok(r) => r,
+        Err(e) => {
+            logging::error_line(&sink, &StageError::new(Stage::Early, e).to_string());
+            pid1::power_off()
+        }
+    };
+    let pid1 = match Pid1::init() {
+        Ok(p) => p,
+        Err(e) => {
+            logging::error_line(&sink, &StageError::new(Stage::Early, e).to_string());
+            pid1::power_off()
+        }
+    };
+    early.in_scope(|| {
+        info!(
+            "cvm-agent {} as PID 1; mounted {}{}",
+            env!("CARGO_PKG_VERSION"),
+            report.mounted.join(" "),
+            if report.deferred.is_empty() {
+                String::new()
+            } else {
+                format!("; deferred {}", report.deferred.join(" "))
+            }
+        )
+    });
+    let mut agent = Agent {
+        sink,
+        pid1,
+        mode: Mode::Production,
+        cmdline: Cmdline::default(),
+        times: StageTimes::default(),
+    };
+    agent
+        .times
+        .record(Stage::Early, early_started.elapsed().as_millis() as u64);
+    agent.run()
+}
+
+impl Agent {
+    fn run(mut self) -> ! {
+        self.stage(Stage::Cmdline, |a| a.cmdline_stage());
+        self.stage(Stage::Modules, |a| a.modules_stage());
+        self.stage(Stage::Tpm, |a| a.tpm_stage());
+        self.finish(0)
+    }
+
+    /// Run one stage: honour pending power-off requests first, time it, end the boot on error.
+    fn stage<T>(&mut self, stage: Stage, f: impl FnOnce(&mut Self) -> Result<T, StageError>) -> T {
+        if let Some(Request::PowerOff(sig)) = self.pid1.poll() {
+            logging::stage_span(stage)
+                .in_scope(|| info!("{sig} received before this stage: powering off"));
+            pid1::power_off();
+        }
+        let span = logging::stage_span(stage);
+        let _entered = span.enter();
+        if self.cmdline.test_panic == Some(stage) {
+            panic!("{}", AgentError::TestPanic(stage));
+        }
+        let started = Instant::now();
+        let out = f(self);
+        self.times
+            .record(stage, started.elapsed().as_millis() as u64);
+        match out {
+            Ok(v) => v,
+            Err(e) => self.fatal(e),
+        }
+    }
+
+    fn cmdline_stage(&mut self) -> Result<(), StageError> {
+        let raw = std::fs::read("/proc/cmdline")
+            .map_err(|source| AgentError::Read {
+                path: "/proc/cmdline",
+                source,
+            })
+            .in_stage(Stage::Cmdline)?;
+        let cmdline = cmdline::parse_bytes(&raw).in_stage(Stage::Cmdline)?;
+        self.mode = cmdline.mode;
+        self.sink
+            .set_debug_console(cmdline.log_level == cmdline::LogLevel::Debug);
+        install_panic_hook(self.sink.clone(), self.mode);
+        info!(
+            "mode={} roothash={} initdata={:?}",
+            cmdline.mode,
+            cmdline
+                .roothash
+                .as_ref()
+                .map_or("none".to_string(), |h| h.to_hex()),
+            cmdline.initdata
+        );
+        if cmdline.mode == Mode::Debug {
+            warn!("debug mode: the VM stays up after the workload or an error");
+        }
+        self.cmdline = cmdline;
+        // The switch is unknown at this stage's entry, so it fires here, once it is parsed.
+        if self.cmdline.test_panic == Some(Stage::Cmdline) {
+            panic!("{}", AgentError::TestPanic(Stage::Cmdline));
+        }
+        Ok(())
+    }
+
+    fn modules_stage(&mut self) -> Result<(), StageError> {
+        let kver = kmod::running_kernel_version().in_stage(Stage::Modules)?;
+        let modules_dir = Path::new("/lib/modules").join(&kver);
+        if !modules_dir.join("modules.dep").exists() {
+            info!("no module index for kernel {kver}: relying on built-in drivers");
+        } else {
+            let always = if Path::new(MODULES_LOAD_LIST).exists() {
+                kmod::read_module_list(Path::new(MODULES_LOAD_LIST)).in_stage(Stage::Modules)?
+            } else {
+                Vec::new()
+            };
+            let mut loader = kmod::Loader::new(Path::new("/"), &kver, kmod::FinitModule)
+                .in_stage(Stage::Modules)?;
+            let named = loader.load_named(&always).in_stage(Stage::Modules)?;
+            let report = loader.coldplug(COLDPLUG_ROUNDS);
+            for (name, why) in &report.failed {
+                tracing::debug!("coldplug: {name} not loaded ({why})");
+            }
+            info!(
+                "kernel {kver}: loaded {} listed + {} for present devices ({} rounds){}{}",
+                named.len(),
+                report.loaded.len(),
+                report.rounds,
+                if named.is_empty() && report.loaded.is_empty() {
+                    ""
+                } else {
+                    ": "
+                },
+                named
+                    .iter()
+                    .chain(report.loaded.iter())
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+        }
+        match boot::mount_configfs().in_stage(Stage::Modules)? {
+            boot::Configfs::Mounted => info!("mounted configfs on /sys/kernel/config"),
+            boot::Configfs::AlreadyMounted => {}
+            boot::Configfs::Unavailable => warn!("no configfs in this kernel (no configfs-tsm)"),
+        }
+        Ok(())
+    }
+
+    fn tpm_stage(&mut self) -> Result<(), StageError> {
+        let dev = Path::new(TPM_DEVICE);
+        if let Err(e) = kmod::wait_for_paths(&[dev], TPM_WAIT) {
+            if self.mode == Mode::Debug {
+                warn!("no TPM at {TPM_DEVICE} ({e}); debug mode carries on without measurements");
+                return Ok(());
+            }
+            return Err(StageError::new(Stage::Tpm, AgentError::NoTpm(e)));
+        }
+        let mut tpm = Tpm::open(dev).in_stage(Stage::Tpm)?;
+        let banks = tpm.pcr_banks().in_stage(Stage::Tpm)?;
+        let active: Vec<String> = banks
+            .iter()
+            .filter(|b| b.is_active())
+            .map(|b| format!("{}({})", b.alg.name(), b.pcrs.len()))
+            .collect();
+        if !banks
+            .iter()
+            .any(|b| b.alg == HashAlg::Sha256 && b.is_active())
+        {
+            return Err(StageError::new(
+                Stage::Tpm,
+                AgentError::NoSha256Bank(active.join(" ")),
+            ));
+        }
+        let pcrs = tpm
+            .pcr_read(HashAlg::Sha256, &[8, 15])
+            .in_stage(Stage::Tpm)?;
+        info!("active PCR banks: {}", active.join(" "));
+        for (index, digest) in pcrs {
+            info!("PCR {index} sha256={}", hex(&digest));
+        }
+        Ok(())
+    }
+
+    /// The end of a successful boot: the result line, then power-off (production) or idle
+    /// (debug).
+    fn finish(mut self, exit_code: i32) -> ! {
+        let span = logging::stage_span(Stage::End);
+        let _entered = span.enter();
+        let boot_ms = (logging::since_boot() * 1000.0) as u64;
+        let result = RunResult::new(exit_code, self.mode, self.times.clone(), boot_ms);
+        logging::result_line(&self.sink, &result.to_json());
+        self.stop()
+    }
+
+    fn fatal(&mut self, err: StageError) -> ! {
+        logging::error_line(&self.sink, &err.to_string());
+        self.stop()
+    }
+
+    fn stop(&mut self) -> ! {
+        match self.mode {
+            Mode::Production => {
+                info!("powering off");
+                pid1::power_off()
+            }
+            Mode::Debug => {
+                warn!("debug mode: staying up (SIGTERM or ctrl-alt-del powers off)");
+                loop {
+                    if let Some(Request::PowerOff(sig)) = self.pid1.wait(None) {
+                        info!("{sig}: powering off");
+                        pid1::power_off();
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,124 @@
+//! `cvmctl bench boot`: boot cost of the agent against a trivial init, measured in one run with
+//! the two interleaved so machine noise hits both alike. Prints figures; never fails on them.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+#[derive(Debug, clap::Args)]
+pub struct BootBench {
+    /// Guest kernel.
+    #[arg(long, default_value = ".cache/kernel/vmlinuz")]
+    pub kernel: PathBuf,
+    /// The cvm-agent initrd.
+    #[arg(long, default_value = "out/initrd.img")]
+    pub initrd: PathBuf,
+    /// An initrd whose /init prints a result line and powers off at once.
+    #[arg(long, default_value = "out/trivial-initrd.img")]
+    pub trivial_initrd: PathBuf,
+    /// The static agent binary, for its size.
+    #[arg(
+        long,
+        default_value = "target/x86_64-unknown-linux-gnu/release/cvm-agent"
+    )]
+    pub agent: PathBuf,
+    /// Boots of each kind.
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
+    /// The boot script.
+    #[arg(long, default_value = "qemu/boot.sh")]
+    pub boot_script: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("cannot read {0}")]
+    Missing(PathBuf, #[source] std::io::Error),
+    #[error("cannot run {0}")]
+    Spawn(PathBuf, #[source] std::io::Error),
+    #[error("boot of {initrd} failed with exit status {status}")]
+    Boot { initrd: PathBuf, status: i32 },
+}
+
+fn boot_once(args: &BootBench, initrd: &Path) -> Result<f64, BenchError> {
+    let started = Instant::now();
+    let status = Command::new(&args.boot_script)
+        .arg("--kernel")
+        .arg(&args.kernel)
+        .arg("--initrd")
+        .arg(initrd)
+        .args(["--quiet", "--timeout", "120"])
+        .status()
+        .map_err(|e| BenchError::Spawn(args.boot_script.clone(), e))?;
+    if !status.success() {
+        return Err(BenchError::Boot {
+            initrd: initrd.to_path_buf(),
+            status: status.code().unwrap_or(-1),
+        });
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
+pub fn median(values: &mut [f64]) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len().is_multiple_of(2) {
+        (values[mid - 1] + values[mid]) / 2.0
+    } else {
+        values[mid]
+    }
+}
+
+fn size(path: &Path) -> Result<u64, BenchError> {
+    std::fs::metadata(path)
+        .map(|m| m.len())
+        .map_err(|e| BenchError::Missing(path.to_path_buf(), e))
+}
+
+pub fn boot(args: &BootBench) -> Result<(), BenchError> {
+    let agent_size = size(&args.agent)?;
+    let initrd_size = size(&args.initrd)?;
+    size(&args.trivial_initrd)?;
+    let mut trivial = Vec::new();
+    let mut agent = Vec::new();
+    for run in 0..args.runs.max(1) {
+        let t = boot_once(args, &args.trivial_initrd)?;
+        let a = boot_once(args, &args.initrd)?;
+        eprintln!("run {}: trivial {t:.2}s agent {a:.2}s", run + 1);
+        trivial.push(t);
+        agent.push(a);
+    }
+    let (mt, ma) = (median(&mut trivial), median(&mut agent));
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    println!("boot (QEMU, swtpm, power-off; median of {}):", agent.len());
+    println!("  trivial static init   {mt:6.2} s");
+    println!("  cvm-agent             {ma:6.2} s");
+    println!(
+        "  ratio                 {:6.2}x   (target <= 1.30x)",
+        ma / mt
+    );
+    println!(
+        "  agent binary          {:6.2} MiB (target <= 6 MiB)",
+        mib(agent_size)
+    );
+    println!(
+        "  initrd                {:6.2} MiB (target <= 8 MiB)",
+        mib(initrd_size)
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn median_of_odd_and_even() {
+        assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&mut [4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert!(median(&mut []).is_nan());
+    }
+}

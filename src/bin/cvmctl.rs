@@ -1,0 +1,115 @@
+//! cvmctl: the host side of cvm-agent — build the initrd, and (as issues land) the verity root,
+//! predictions, replay, the dev KBS and benchmarks.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "cvmctl", version, about = "Host tool for cvm-agent images")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build the initrd (gzip'd newc cpio) reproducibly: the agent as /init, the kernel module
+    /// closure, and the files of the spec directory. Mtimes come from SOURCE_DATE_EPOCH (or 0).
+    Initrd {
+        /// The static cvm-agent binary.
+        #[arg(long)]
+        agent: PathBuf,
+        /// The initrd spec directory (modules.carry, modules.load, files/).
+        #[arg(long, default_value = "initrd")]
+        spec: PathBuf,
+        /// A kernel's lib/modules/<version> directory, depmod'ed.
+        #[arg(long)]
+        modules: Option<PathBuf>,
+        /// Output file.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Benchmarks that print figures (no pass/fail).
+    Bench {
+        #[command(subcommand)]
+        what: Bench,
+    },
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Boot a trivial static init and the cvm-agent initrd several times each and compare.
+    Boot(cvm_agent::bench::BootBench),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Initrd {
+            agent,
+            spec,
+            modules,
+            output,
+        } => initrd(agent, spec, modules, output),
+        Command::Bench {
+            what: Bench::Boot(args),
+        } => cvm_agent::bench::boot(&args).map_err(|e| e.to_string()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cvmctl: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn initrd(
+    agent: PathBuf,
+    spec_dir: PathBuf,
+    modules_dir: Option<PathBuf>,
+    output: PathBuf,
+) -> Result<(), String> {
+    use cvm_agent::initrd;
+    let mtime = initrd::source_date_epoch().map_err(|e| e.to_string())?;
+    let spec = initrd::InitrdSpec {
+        agent,
+        spec_dir,
+        modules_dir,
+        mtime,
+    };
+    let report = initrd::build(&spec).map_err(|e| error_chain(&e))?;
+    std::fs::write(&output, &report.bytes)
+        .map_err(|e| format!("cannot write {}: {e}", output.display()))?;
+    if !report.missing_modules.is_empty() {
+        eprintln!(
+            "cvmctl: note: not in this kernel (skipped): {}",
+            report.missing_modules.join(" ")
+        );
+    }
+    println!(
+        "{}: {} entries, {} modules{}, {} bytes ({} uncompressed)",
+        output.display(),
+        report.entries,
+        report.modules.len(),
+        report
+            .kernel_version
+            .as_deref()
+            .map(|k| format!(" for {k}"))
+            .unwrap_or_default(),
+        report.bytes.len(),
+        report.uncompressed_len
+    );
+    Ok(())
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(&format!(" ({c})"));
+        src = c.source();
+    }
+    s
+}

@@ -1,0 +1,16 @@
+//! cvm-agent: the PID 1 of a confidential VM, and the host tool `cvmctl` that builds, predicts and
+//! boots what the agent runs in. Modules are named after the stage or format they own; see
+//! DESIGN in the README for the stage list.
+
+pub mod agent;
+pub mod bench;
+pub mod boot;
+pub mod cmdline;
+pub mod cpio;
+pub mod initrd;
+pub mod kmod;
+pub mod logging;
+pub mod pid1;
+pub mod result;
+pub mod stage;
+pub mod tpm;
