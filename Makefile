@@ -41,7 +41,7 @@ lint:
 	cargo clippy --locked --all-targets -- -D warnings
 
 test: initrd lint
-	CVM_AGENT=$(AGENT) CVM_INITRD=$(OUT)/initrd.img CVM_KERNEL=$(KERNEL) \
+	CVM_AGENT=$(AGENT) CVM_INITRD=$(OUT)/initrd.img CVM_KERNEL=$(KERNEL) CVM_MODULES=$(realpath $(MODULES)) \
 	  cargo test --locked --all-targets -- --include-ignored --test-threads=2
 
 bench: initrd

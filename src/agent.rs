@@ -43,6 +43,9 @@ pub struct Agent {
     mode: Mode,
     cmdline: Cmdline,
     times: StageTimes,
+    /// Kept after the modules stage so later stages load what only they need (dm targets,
+    /// filesystems, crypto templates) when they need it.
+    modules: Option<kmod::Loader<kmod::FinitModule>>,
 }
 
 /// Install the panic hook for `mode`: a panic is a failed stage like any other, never an exit of
@@ -117,6 +120,7 @@ pub fn main() -> ! {
         mode: Mode::Production,
         cmdline: Cmdline::default(),
         times: StageTimes::default(),
+        modules: None,
     };
     agent
         .times
@@ -204,6 +208,7 @@ impl Agent {
             for (name, why) in &report.failed {
                 tracing::debug!("coldplug: {name} not loaded ({why})");
             }
+            self.modules = Some(loader);
             info!(
                 "kernel {kver}: loaded {} listed + {} for present devices ({} rounds){}{}",
                 named.len(),
@@ -226,6 +231,20 @@ impl Agent {
             boot::Configfs::Mounted => info!("mounted configfs on /sys/kernel/config"),
             boot::Configfs::AlreadyMounted => {}
             boot::Configfs::Unavailable => warn!("no configfs in this kernel (no configfs-tsm)"),
+        }
+        Ok(())
+    }
+
+    /// Load modules a stage needs on demand; without a module index (all built in) there is
+    /// nothing to load and the kernel will say so when the feature is used.
+    #[allow(dead_code)] // first used by the verity stage
+    fn need_modules(&mut self, stage: Stage, names: &[&str]) -> Result<(), StageError> {
+        if let Some(loader) = self.modules.as_mut() {
+            let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+            let loaded = loader.load_named(&names).in_stage(stage)?;
+            if !loaded.is_empty() {
+                info!("loaded {}", loaded.join(" "));
+            }
         }
         Ok(())
     }

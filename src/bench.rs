@@ -48,6 +48,7 @@ fn boot_once(args: &BootBench, initrd: &Path) -> Result<f64, BenchError> {
         .arg("--initrd")
         .arg(initrd)
         .args(["--quiet", "--timeout", "120"])
+        .stderr(std::process::Stdio::null())
         .status()
         .map_err(|e| BenchError::Spawn(args.boot_script.clone(), e))?;
     if !status.success() {

@@ -18,9 +18,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tracing::{debug, warn};
 
-/// sysfs device trees are a dozen levels deep; the bound only stops a pathological tree.
-const MAX_SYSFS_DEPTH: usize = 32;
-/// A small VM has a few thousand sysfs entries under /sys/devices.
+/// A kernel registers a few dozen bus types; the bound only stops a pathological tree.
+const MAX_BUSES: usize = 1024;
+/// A small VM has a few hundred bus devices.
 const MAX_SYSFS_ENTRIES: usize = 1 << 18;
 const MAX_MODALIASES: usize = 1 << 14;
 /// sysfs attributes are at most a page.
@@ -141,16 +141,16 @@ impl<I: ModuleInserter> Loader<I> {
         Ok(inserted)
     }
 
-    /// Load the modules the devices in `<root>/sys/devices` ask for, repeating while a round
+    /// Load the modules the devices on `<root>/sys/bus/*` ask for, repeating while a round
     /// loaded something (new drivers make new devices), at most `max_rounds` rounds.
     pub fn coldplug(&mut self, max_rounds: u32) -> LoadReport {
         let mut report = LoadReport::default();
         let mut seen_aliases = BTreeSet::new();
         let mut already = BTreeSet::new();
-        let devices = self.root.join("sys/devices");
+        let sys = self.root.join("sys");
         while report.rounds < max_rounds {
             report.rounds += 1;
-            let fresh: Vec<String> = scan_modaliases(&devices)
+            let fresh: Vec<String> = scan_modaliases(&sys)
                 .into_iter()
                 .filter(|a| seen_aliases.insert(a.clone()))
                 .collect();
@@ -262,44 +262,56 @@ impl<I: ModuleInserter> Loader<I> {
     }
 }
 
-/// Every distinct `modalias` under `devices`, without following symlinks (sysfs links back up
-/// the tree through `subsystem`, `driver`, `firmware_node`, …), bounded in depth and size.
-/// Unreadable entries are skipped: devices come and go while we walk.
-fn scan_modaliases(devices: &Path) -> BTreeSet<String> {
+/// A sysfs attribute as text: a regular file (not a symlink), bounded, UTF-8.
+fn read_attribute(path: &Path) -> Option<String> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_file() => {}
+        _ => return None,
+    }
+    let data = read_bounded(path, MAX_MODALIAS_LEN).ok()?;
+    String::from_utf8(data).ok()
+}
+
+/// Every distinct `modalias` of the devices listed under `<sys>/bus/*/devices/`, the way
+/// `udevadm trigger` enumerates them. Only devices on a bus carry a modalias, and the bus lists
+/// are one short directory each, where walking all of /sys/devices reads thousands of attribute
+/// entries (a tenth of a second per round under TCG). The bus entries are symlinks to the
+/// device directories and are followed one level; a `modalias` that is itself a symlink is not
+/// read. Bounded in count and size; unreadable entries are skipped (devices come and go).
+fn scan_modaliases(sys: &Path) -> BTreeSet<String> {
     let mut found = BTreeSet::new();
     let mut visited = 0usize;
-    let mut stack = vec![(devices.to_path_buf(), 0usize)];
-    while let Some((dir, depth)) = stack.pop() {
-        let Ok(entries) = fs::read_dir(&dir) else {
+    let Ok(buses) = fs::read_dir(sys.join("bus")) else {
+        return found;
+    };
+    for bus in buses.flatten().take(MAX_BUSES) {
+        let Ok(devices) = fs::read_dir(bus.path().join("devices")) else {
             continue;
         };
-        for entry in entries.flatten() {
+        for dev in devices.flatten() {
             visited += 1;
             if visited > MAX_SYSFS_ENTRIES || found.len() >= MAX_MODALIASES {
                 warn!(
-                    "stopped scanning {} after {visited} entries and {} modaliases",
-                    devices.display(),
+                    "stopped scanning {} after {visited} devices and {} modaliases",
+                    sys.display(),
                     found.len()
                 );
                 return found;
             }
-            // DirEntry::file_type does not follow symlinks.
-            let Ok(kind) = entry.file_type() else {
-                continue;
-            };
-            if kind.is_dir() {
-                if depth + 1 < MAX_SYSFS_DEPTH {
-                    stack.push((entry.path(), depth + 1));
-                }
-            } else if kind.is_file() && entry.file_name() == "modalias" {
-                let Ok(data) = read_bounded(&entry.path(), MAX_MODALIAS_LEN) else {
-                    continue;
-                };
-                if let Ok(text) = std::str::from_utf8(&data) {
-                    let text = text.trim();
-                    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_graphic()) {
-                        found.insert(text.to_owned());
-                    }
+            // Most devices have a `modalias` attribute; CPUs only announce theirs in `uevent`
+            // (the attribute lives on the cpu subsystem root), and udev reads it from there.
+            let text = read_attribute(&dev.path().join("modalias")).or_else(|| {
+                read_attribute(&dev.path().join("uevent")).and_then(|uevent| {
+                    uevent
+                        .lines()
+                        .find_map(|l| l.strip_prefix("MODALIAS="))
+                        .map(str::to_owned)
+                })
+            });
+            if let Some(text) = text {
+                let text = text.trim();
+                if !text.is_empty() && text.bytes().all(|b| b.is_ascii_graphic()) {
+                    found.insert(text.to_owned());
                 }
             }
         }
@@ -354,10 +366,16 @@ mod tests {
         }
     }
 
+    /// A device as sysfs shows it: its directory under sys/devices and a link from its bus
+    /// (named by the modalias prefix, as the kernel's buses are).
     fn device(root: &Path, rel: &str, modalias: &str) {
         let dir = root.join("sys/devices").join(rel);
         fs::create_dir_all(&dir).unwrap();
         fs::write(dir.join("modalias"), format!("{modalias}\n")).unwrap();
+        let bus = modalias.split(':').next().unwrap();
+        let list = root.join("sys/bus").join(bus).join("devices");
+        fs::create_dir_all(&list).unwrap();
+        std::os::unix::fs::symlink(&dir, list.join(rel.replace('/', "_"))).unwrap();
     }
 
     fn write(root: &Path, rel: &str, text: &str) {
@@ -634,33 +652,59 @@ mod tests {
     }
 
     #[test]
-    fn scan_does_not_follow_symlinks_and_is_bounded() {
+    fn scan_reads_bus_devices_only_and_rejects_hostile_values() {
         let tmp = tempfile::tempdir().unwrap();
-        let devices = tmp.path().join("sys/devices");
-        device(tmp.path(), "a/b", "x:1");
-        // A link back up the tree, as sysfs has everywhere.
-        std::os::unix::fs::symlink(&devices, devices.join("a/b/subsystem")).unwrap();
-        // A modalias that is a symlink is not read either.
-        std::os::unix::fs::symlink(devices.join("a/b/modalias"), devices.join("a/modalias"))
-            .unwrap();
+        let root = tmp.path();
+        device(root, "a/b", "x:1");
+        // A device on no bus (a class device) is not coldplugged.
+        fs::create_dir_all(root.join("sys/devices/virtual/c")).unwrap();
+        fs::write(root.join("sys/devices/virtual/c/modalias"), "class:1\n").unwrap();
+        // A modalias that is a symlink is not read.
+        let list = root.join("sys/bus/y/devices");
+        fs::create_dir_all(root.join("sys/devices/l")).unwrap();
+        std::os::unix::fs::symlink(
+            root.join("sys/devices/a/b/modalias"),
+            root.join("sys/devices/l/modalias"),
+        )
+        .unwrap();
+        fs::create_dir_all(&list).unwrap();
+        std::os::unix::fs::symlink(root.join("sys/devices/l"), list.join("l")).unwrap();
         // Hostile contents: empty, binary, oversized.
-        fs::create_dir_all(devices.join("c")).unwrap();
-        fs::write(devices.join("c/modalias"), "\n").unwrap();
-        fs::create_dir_all(devices.join("d")).unwrap();
-        fs::write(devices.join("d/modalias"), b"\xff\xfe").unwrap();
-        fs::create_dir_all(devices.join("e")).unwrap();
-        fs::write(devices.join("e/modalias"), vec![b'a'; 5000]).unwrap();
-        // Deeper than the bound.
-        let mut deep = String::from("deep");
-        for _ in 0..MAX_SYSFS_DEPTH {
-            deep.push_str("/d");
-        }
-        device(tmp.path(), &deep, "deep:1");
+        device(root, "e", "e:1");
+        fs::write(root.join("sys/devices/e/modalias"), "\n").unwrap();
+        device(root, "f", "f:1");
+        fs::write(root.join("sys/devices/f/modalias"), b"\xff\xfe").unwrap();
+        device(root, "g", "g:1");
+        fs::write(root.join("sys/devices/g/modalias"), vec![b'a'; 5000]).unwrap();
         assert_eq!(
-            scan_modaliases(&devices).into_iter().collect::<Vec<_>>(),
+            scan_modaliases(&root.join("sys"))
+                .into_iter()
+                .collect::<Vec<_>>(),
             ["x:1"]
         );
-        assert!(scan_modaliases(&tmp.path().join("absent")).is_empty());
+        assert!(scan_modaliases(&root.join("absent")).is_empty());
+    }
+
+    #[test]
+    fn scan_reads_cpu_modalias_from_uevent() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let cpu = root.join("sys/devices/system/cpu/cpu0");
+        fs::create_dir_all(&cpu).unwrap();
+        fs::write(
+            cpu.join("uevent"),
+            "DRIVER=processor\nMODALIAS=cpu:type:x86,ven0000fam0006mod003F:feature:,0099\n",
+        )
+        .unwrap();
+        let list = root.join("sys/bus/cpu/devices");
+        fs::create_dir_all(&list).unwrap();
+        std::os::unix::fs::symlink(&cpu, list.join("cpu0")).unwrap();
+        assert_eq!(
+            scan_modaliases(&root.join("sys"))
+                .into_iter()
+                .collect::<Vec<_>>(),
+            ["cpu:type:x86,ven0000fam0006mod003F:feature:,0099"]
+        );
     }
 
     #[test]
