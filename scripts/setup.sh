@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACKAGES=(qemu-system-x86 qemu-utils swtpm swtpm-tools cpio busybox-static kmod gzip zstd
-          erofs-utils cryptsetup-bin gdisk util-linux ca-certificates)
+          erofs-utils squashfs-tools cryptsetup-bin gdisk util-linux ca-certificates)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -162,7 +162,7 @@ impl FromStr for Guid {
                 continue;
             }
             let v = (c as char).to_digit(16).ok_or_else(err)? as u8;
-            out[nibbles / 2] |= if nibbles % 2 == 0 { v << 4 } else { v };
+            out[nibbles / 2] |= if nibbles.is_multiple_of(2) { v << 4 } else { v };
             nibbles += 1;
         }
         Ok(Guid(out))
@@ -214,13 +214,16 @@ pub struct Partition {
 
 impl Partition {
     /// Byte offset of the partition on the disk.
+    // Saturating: the reader guarantees sane values, but a caller may build a Partition by hand.
     pub fn offset(&self) -> u64 {
-        self.first_lba * SECTOR
+        self.first_lba.saturating_mul(SECTOR)
     }
 
     /// Size in bytes.
     pub fn size(&self) -> u64 {
-        (self.last_lba - self.first_lba + 1) * SECTOR
+        (self.last_lba.saturating_sub(self.first_lba))
+            .saturating_add(1)
+            .saturating_mul(SECTOR)
     }
 }
 
@@ -269,16 +272,16 @@ pub enum GptError {
         lba: u64,
         problem: String,
     },
-    #[error("{which} GPT header at LBA {lba}: header CRC {stored:#010x}, computed {computed:#010x}")]
+    #[error(
+        "{which} GPT header at LBA {lba}: header CRC {stored:#010x}, computed {computed:#010x}"
+    )]
     HeaderCrc {
         which: &'static str,
         lba: u64,
         stored: u32,
         computed: u32,
     },
-    #[error(
-        "{which} GPT entry array at LBA {lba}: CRC {stored:#010x}, computed {computed:#010x}"
-    )]
+    #[error("{which} GPT entry array at LBA {lba}: CRC {stored:#010x}, computed {computed:#010x}")]
     EntriesCrc {
         which: &'static str,
         lba: u64,
@@ -358,7 +361,11 @@ pub fn read_gpt(
     let backup = Header::parse(&sector, "backup", primary.alternate_lba, last_lba)?;
     primary.check_backup(&backup)?;
     let mut backup_entries = vec![0u8; backup.entries_len()];
-    read("backup GPT entries", backup.entries_lba, &mut backup_entries)?;
+    read(
+        "backup GPT entries",
+        backup.entries_lba,
+        &mut backup_entries,
+    )?;
     backup.check_entries_crc(&backup_entries)?;
     if backup_entries != entries {
         return Err(GptError::BackupMismatch {
@@ -472,7 +479,9 @@ impl Header {
             return Err(bad(format!("says it is at LBA {}", h.my_lba)));
         }
         if entry_size as usize != ENTRY_SIZE {
-            return Err(bad(format!("entry size {entry_size}, expected {ENTRY_SIZE}")));
+            return Err(bad(format!(
+                "entry size {entry_size}, expected {ENTRY_SIZE}"
+            )));
         }
         if h.entry_count as usize > MAX_ENTRIES {
             return Err(bad(format!(
@@ -695,7 +704,13 @@ impl Gpt {
         arr
     }
 
-    fn header(&self, my_lba: u64, alternate_lba: u64, entries_lba: u64, entries: &[u8]) -> [u8; 512] {
+    fn header(
+        &self,
+        my_lba: u64,
+        alternate_lba: u64,
+        entries_lba: u64,
+        entries: &[u8],
+    ) -> [u8; 512] {
         let last = self.last_lba();
         let mut h = [0u8; 512];
         h[0..8].copy_from_slice(SIGNATURE);
@@ -829,13 +844,15 @@ mod tests {
             let h = hdr_lba * 512;
             let entries_lba = le64(disk, h + 72) as usize;
             let count = (le32(disk, h + 80) as usize).min(MAX_ENTRIES);
-            let e = entries_lba * 512;
-            if let Some(arr) = disk.get(e..e + count * ENTRY_SIZE) {
+            let arr = entries_lba
+                .checked_mul(512)
+                .and_then(|e| disk.get(e..e + count * ENTRY_SIZE));
+            if let Some(arr) = arr {
                 let crc = crc32(arr);
                 disk[h + 88..h + 92].copy_from_slice(&crc.to_le_bytes());
             }
             disk[h + 16..h + 20].fill(0);
-            let size = (le32(disk, h + 12) as usize).clamp(0, 512);
+            let size = (le32(disk, h + 12) as usize).min(512);
             let crc = crc32(&disk[h..h + size]);
             disk[h + 16..h + 20].copy_from_slice(&crc.to_le_bytes());
         }
@@ -960,7 +977,7 @@ mod tests {
     }
 
     /// Applies `edit` to both entry arrays (so they stay equal) and fixes the CRCs.
-    fn edit_entries(disk: &mut Vec<u8>, edit: impl Fn(&mut [u8])) {
+    fn edit_entries(disk: &mut [u8], edit: impl Fn(&mut [u8])) {
         for primary in [true, false] {
             let off = entry_off(disk, primary, 0);
             edit(&mut disk[off..off + MAX_ENTRIES * ENTRY_SIZE]);
@@ -1005,12 +1022,18 @@ mod tests {
         let mut d = good.clone();
         d[512 + 80..512 + 84].copy_from_slice(&0x10000u32.to_le_bytes());
         fix_crcs(&mut d);
-        expect_err(&d, |e| matches!(e, GptError::BadHeader { problem, .. } if problem.contains("entries")));
+        expect_err(
+            &d,
+            |e| matches!(e, GptError::BadHeader { problem, .. } if problem.contains("entries")),
+        );
 
         let mut d = good.clone();
         d[512 + 84..512 + 88].copy_from_slice(&256u32.to_le_bytes());
         fix_crcs(&mut d);
-        expect_err(&d, |e| matches!(e, GptError::BadHeader { problem, .. } if problem.contains("entry size")));
+        expect_err(
+            &d,
+            |e| matches!(e, GptError::BadHeader { problem, .. } if problem.contains("entry size")),
+        );
 
         let mut d = good.clone();
         d[512 + 12..512 + 16].copy_from_slice(&600u32.to_le_bytes());
@@ -1039,15 +1062,23 @@ mod tests {
         edit_entries(&mut d, |arr| {
             arr[ENTRY_SIZE + 40..ENTRY_SIZE + 48].copy_from_slice(&(last as u64).to_le_bytes())
         });
-        expect_err(&d, |e| matches!(e, GptError::PartitionOutOfRange { number: 2, .. }));
+        expect_err(&d, |e| {
+            matches!(e, GptError::PartitionOutOfRange { number: 2, .. })
+        });
 
         let mut d = good.clone();
-        edit_entries(&mut d, |arr| arr[32..40].copy_from_slice(&5u64.to_le_bytes()));
-        expect_err(&d, |e| matches!(e, GptError::PartitionOutOfRange { number: 1, .. }));
+        edit_entries(&mut d, |arr| {
+            arr[32..40].copy_from_slice(&5u64.to_le_bytes())
+        });
+        expect_err(&d, |e| {
+            matches!(e, GptError::PartitionOutOfRange { number: 1, .. })
+        });
 
         // first > last
         let mut d = good.clone();
-        edit_entries(&mut d, |arr| arr[40..48].copy_from_slice(&2047u64.to_le_bytes()));
+        edit_entries(&mut d, |arr| {
+            arr[40..48].copy_from_slice(&2047u64.to_le_bytes())
+        });
         expect_err(&d, |e| matches!(e, GptError::PartitionOutOfRange { .. }));
 
         // Same PARTUUID twice.
@@ -1060,7 +1091,9 @@ mod tests {
 
         // Lone surrogate in a name.
         let mut d = good.clone();
-        edit_entries(&mut d, |arr| arr[56..58].copy_from_slice(&0xD800u16.to_le_bytes()));
+        edit_entries(&mut d, |arr| {
+            arr[56..58].copy_from_slice(&0xD800u16.to_le_bytes())
+        });
         expect_err(&d, |e| matches!(e, GptError::BadName { number: 1 }));
 
         // Backup entries differ from the primary's (each CRC valid on its own).
@@ -1073,19 +1106,83 @@ mod tests {
         // Backup missing altogether.
         let mut d = good.clone();
         d[last * 512..].fill(0);
-        expect_err(&d, |e| matches!(e, GptError::BadHeader { which: "backup", .. }));
+        expect_err(&d, |e| {
+            matches!(
+                e,
+                GptError::BadHeader {
+                    which: "backup",
+                    ..
+                }
+            )
+        });
 
         // Disk smaller than the table says.
         expect_err(&good[..good.len() - 512 * 1024], |e| {
             matches!(e, GptError::BadHeader { .. })
         });
-        expect_err(&good[..1024], |e| matches!(e, GptError::DiskTooSmall { .. }));
+        expect_err(&good[..1024], |e| {
+            matches!(e, GptError::DiskTooSmall { .. })
+        });
 
         // Entry array pointed into the usable area.
         let mut d = good.clone();
         d[512 + 72..512 + 80].copy_from_slice(&2048u64.to_le_bytes());
         fix_crcs(&mut d);
         expect_err(&d, |e| matches!(e, GptError::BadHeader { .. }));
+    }
+
+    fn sgdisk(args: &[&str]) -> std::process::Output {
+        std::process::Command::new("sgdisk")
+            .args(args)
+            .output()
+            .expect("sgdisk (gdisk) must be installed: these tests hold our tables to it")
+    }
+
+    /// sgdisk, told the same GUIDs, names and extents, writes the same table: both headers and
+    /// both entry arrays byte for byte, and it finds no problem in ours.
+    #[test]
+    fn same_bytes_as_sgdisk() {
+        let gpt = sample();
+        let dir = tempfile::tempdir().unwrap();
+        let ours = dir.path().join("ours.img");
+        let theirs = dir.path().join("theirs.img");
+        std::fs::write(&ours, image(&gpt)).unwrap();
+        let f = std::fs::File::create(&theirs).unwrap();
+        f.set_len(gpt.disk_size).unwrap();
+        drop(f);
+        let mut args = vec![format!("--disk-guid={}", gpt.disk_guid)];
+        for p in &gpt.partitions {
+            let n = p.number;
+            args.push(format!("--new={n}:{}:{}", p.first_lba, p.last_lba));
+            args.push(format!("--typecode={n}:{}", p.type_guid));
+            args.push(format!("--partition-guid={n}:{}", p.unique_guid));
+            args.push(format!("--change-name={n}:{}", p.name));
+        }
+        args.push(theirs.to_str().unwrap().into());
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = sgdisk(&argv);
+        assert!(out.status.success(), "{out:?}");
+
+        let a = std::fs::read(&ours).unwrap();
+        let b = std::fs::read(&theirs).unwrap();
+        assert_eq!(a.len(), b.len());
+        let tail = a.len() - 33 * 512;
+        assert!(
+            a[512..34 * 512] == b[512..34 * 512],
+            "primary header or entries differ"
+        );
+        assert!(a[tail..] == b[tail..], "backup entries or header differ");
+        // The MBR too, except the ending CHS: sgdisk computes one for small disks, we write
+        // 0xFFFFFF as libfdisk (sfdisk, systemd-repart) does; UEFI allows both.
+        assert!(a[446..451] == b[446..451], "protective MBR differs");
+        assert!(a[454..512] == b[454..512], "protective MBR differs");
+
+        let v = sgdisk(&["-v", ours.to_str().unwrap()]);
+        let text = String::from_utf8_lossy(&v.stdout);
+        assert!(
+            v.status.success() && text.contains("No problems found"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -30,6 +30,10 @@ enum Command {
         #[arg(short, long)]
         output: PathBuf,
     },
+    /// Build a dm-verity protected root disk (GPT: erofs/squashfs data + verity hash partition,
+    /// DPS types, PARTUUIDs from the root hash) from a directory, reproducibly. The root hash is
+    /// the last line of stdout and is written to <output>.roothash.
+    Rootfs(cvm_agent::rootfs::RootfsArgs),
     /// Benchmarks that print figures (no pass/fail).
     Bench {
         #[command(subcommand)]
@@ -52,6 +56,9 @@ fn main() -> ExitCode {
             modules,
             output,
         } => initrd(agent, spec, modules, output),
+        Command::Rootfs(args) => cvm_agent::rootfs::run(&args)
+            .map(|r| println!("{r}"))
+            .map_err(|e| error_chain(&e)),
         Command::Bench {
             what: Bench::Boot(args),
         } => cvm_agent::bench::boot(&args).map_err(|e| e.to_string()),
