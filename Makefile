@@ -11,7 +11,7 @@ OUT := out
 STATIC := RUSTFLAGS="-C target-feature=+crt-static"
 export SOURCE_DATE_EPOCH ?= 0
 
-.PHONY: all setup build initrd demo demo-reset test lint unit bench clean
+.PHONY: all setup build initrd rootfs images demo demo-reset test lint unit bench clean
 
 all: build
 
@@ -30,8 +30,15 @@ initrd: build
 	$(CVMCTL) initrd --agent $(AGENT) --spec initrd --modules $(realpath $(MODULES)) -o $(OUT)/initrd.img
 	$(CVMCTL) initrd --agent $(TRIVIAL) --spec tests/initrd-trivial -o $(OUT)/trivial-initrd.img
 
-demo: initrd
-	qemu/boot.sh --kernel $(KERNEL) --initrd $(OUT)/initrd.img --timeout 300 --console $(OUT)/demo-console.log
+rootfs: build
+	scripts/mkroot.sh $(OUT)/root-tree
+	$(CVMCTL) rootfs $(OUT)/root-tree -o $(OUT)/rootfs.img
+
+images: initrd rootfs
+
+demo: images
+	qemu/boot.sh --kernel $(KERNEL) --initrd $(OUT)/initrd.img --disk $(OUT)/rootfs.img:ro \
+	  --append "roothash=$$(cat $(OUT)/rootfs.img.roothash)" --timeout 300 --console $(OUT)/demo-console.log
 
 demo-reset:
 	rm -rf $(OUT)/demo-state
@@ -40,11 +47,11 @@ lint:
 	cargo fmt --all -- --check
 	cargo clippy --locked --all-targets -- -D warnings
 
-test: initrd lint
-	CVM_AGENT=$(AGENT) CVM_INITRD=$(OUT)/initrd.img CVM_KERNEL=$(KERNEL) CVM_MODULES=$(realpath $(MODULES)) \
+test: images lint
+	CVM_AGENT=$(AGENT) CVM_INITRD=$(OUT)/initrd.img CVM_ROOTFS=$(OUT)/rootfs.img CVM_KERNEL=$(KERNEL) CVM_MODULES=$(realpath $(MODULES)) \
 	  cargo test --locked --all-targets -- --include-ignored --test-threads=2
 
-bench: initrd
+bench: images
 	$(CVMCTL) bench boot --kernel $(KERNEL) --initrd $(OUT)/initrd.img --trivial-initrd $(OUT)/trivial-initrd.img --agent $(AGENT)
 
 clean:

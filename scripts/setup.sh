@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACKAGES=(qemu-system-x86 qemu-utils swtpm swtpm-tools cpio busybox-static kmod gzip zstd
-          erofs-utils squashfs-tools cryptsetup-bin gdisk util-linux ca-certificates)
+          erofs-utils squashfs-tools cryptsetup-bin gdisk util-linux ca-certificates
+          libdevmapper-dev libclang-dev pkg-config)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -10,12 +10,17 @@ use crate::pid1::{self, Pid1, Request};
 use crate::result::{RunResult, StageTimes};
 use crate::stage::{InStage, Stage, StageError};
 use crate::tpm::{HashAlg, Tpm};
+use crate::verity_root;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 const MODULES_LOAD_LIST: &str = "/etc/cvm-agent/modules.load";
+const MODULES_LATE_LIST: &str = "/etc/cvm-agent/modules.late";
+const SYSROOT: &str = "/sysroot";
+/// Disks show up while their drivers probe; a cloud NVMe disk can take a few seconds.
+const ROOT_DEVICE_WAIT: Duration = Duration::from_secs(10);
 const TPM_DEVICE: &str = "/dev/tpmrm0";
 const TPM_WAIT: Duration = Duration::from_secs(10);
 const COLDPLUG_ROUNDS: u32 = 8;
@@ -33,6 +38,8 @@ pub enum AgentError {
     NoTpm(#[source] kmod::KmodError),
     #[error("the TPM has no active SHA-256 PCR bank (active: {0})")]
     NoSha256Bank(String),
+    #[error("no roothash= on the kernel command line (production boots only a verified root)")]
+    NoRootHash,
     #[error("test panic requested by cvm.test_panic={0}")]
     TestPanic(Stage),
 }
@@ -46,6 +53,8 @@ pub struct Agent {
     /// Kept after the modules stage so later stages load what only they need (dm targets,
     /// filesystems, crypto templates) when they need it.
     modules: Option<kmod::Loader<kmod::FinitModule>>,
+    /// The verified root's os-release, once switched to it.
+    os_release: Option<verity_root::OsRelease>,
 }
 
 /// Install the panic hook for `mode`: a panic is a failed stage like any other, never an exit of
@@ -121,6 +130,7 @@ pub fn main() -> ! {
         cmdline: Cmdline::default(),
         times: StageTimes::default(),
         modules: None,
+        os_release: None,
     };
     agent
         .times
@@ -132,6 +142,7 @@ impl Agent {
     fn run(mut self) -> ! {
         self.stage(Stage::Cmdline, |a| a.cmdline_stage());
         self.stage(Stage::Modules, |a| a.modules_stage());
+        self.stage(Stage::Verity, |a| a.verity_stage());
         self.stage(Stage::Tpm, |a| a.tpm_stage());
         self.finish(0)
     }
@@ -235,9 +246,79 @@ impl Agent {
         Ok(())
     }
 
+    fn verity_stage(&mut self) -> Result<(), StageError> {
+        let Some(roothash) = self.cmdline.roothash.clone() else {
+            if self.mode == Mode::Production {
+                return Err(StageError::new(Stage::Verity, AgentError::NoRootHash));
+            }
+            warn!("!!! debug mode without roothash=: running from the UNVERIFIED initramfs !!!");
+            warn!("!!! the mode and the missing root hash are measured; a KBS should refuse !!!");
+            return Ok(());
+        };
+        let started = Instant::now();
+        let policy = verity_root::policy(self.mode, &self.cmdline.verity_root_options)
+            .in_stage(Stage::Verity)?;
+        let (data, hash) = verity_root::partition_specs(
+            &roothash,
+            self.cmdline.verity_root_data.as_ref(),
+            self.cmdline.verity_root_hash.as_ref(),
+        )
+        .in_stage(Stage::Verity)?;
+        self.need_modules(Stage::Verity, &["dm_mod", "dm_verity"])?;
+        let root = verity_root::activate(&roothash, &data, &hash, policy, ROOT_DEVICE_WAIT)
+            .in_stage(Stage::Verity)?;
+        info!(
+            "dm-verity {} over {} (data {}, hash {}), {} blocks, on corruption: {:?}",
+            root.device.path.display(),
+            roothash.to_hex(),
+            root.data.name,
+            root.hash.name,
+            root.superblock.data_blocks(),
+            root.policy
+        );
+        let fstype = verity_root::detect_fs(&root.device.path).in_stage(Stage::Verity)?;
+        self.need_modules(Stage::Verity, &[fstype])?;
+        verity_root::mount_ro(&root.device.path, fstype, Path::new(SYSROOT))
+            .in_stage(Stage::Verity)?;
+        let kver = kmod::running_kernel_version().in_stage(Stage::Verity)?;
+        let root_has_modules = Path::new(SYSROOT)
+            .join("lib/modules")
+            .join(&kver)
+            .join("modules.dep")
+            .exists();
+        if !root_has_modules && Path::new(MODULES_LATE_LIST).exists() {
+            // The initramfs and its modules are about to go; load now what later stages need.
+            let late =
+                kmod::read_module_list(Path::new(MODULES_LATE_LIST)).in_stage(Stage::Verity)?;
+            let late: Vec<&str> = late.iter().map(String::as_str).collect();
+            self.need_modules(Stage::Verity, &late)?;
+        }
+        let switched =
+            crate::switchroot::switch_root(Path::new(SYSROOT)).in_stage(Stage::Verity)?;
+        if root_has_modules {
+            self.modules = Some(
+                kmod::Loader::new(Path::new("/"), &kver, kmod::FinitModule)
+                    .in_stage(Stage::Verity)?,
+            );
+        }
+        let os = verity_root::read_os_release(Path::new("/"));
+        info!(
+            "switched to the verified root ({fstype}) in {} ms; freed {} KiB of initramfs ({} files)",
+            started.elapsed().as_millis(),
+            switched.freed / 1024,
+            switched.files
+        );
+        info!(
+            "image IMAGE_ID={} IMAGE_VERSION={}",
+            os.image_id.as_deref().unwrap_or("(unset)"),
+            os.image_version.as_deref().unwrap_or("(unset)")
+        );
+        self.os_release = Some(os);
+        Ok(())
+    }
+
     /// Load modules a stage needs on demand; without a module index (all built in) there is
     /// nothing to load and the kernel will say so when the feature is used.
-    #[allow(dead_code)] // first used by the verity stage
     fn need_modules(&mut self, stage: Stage, names: &[&str]) -> Result<(), StageError> {
         if let Some(loader) = self.modules.as_mut() {
             let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();

@@ -104,6 +104,9 @@ const SKELETON_DIRS: &[(&str, u32)] = &[
 
 /// Where the agent reads the modules it loads unconditionally.
 pub const MODULES_LOAD_PATH: &str = "etc/cvm-agent/modules.load";
+/// Where the agent finds the modules to load before it frees the initramfs (for the stages
+/// after switch_root, when the verified root carries no module tree of its own).
+pub const MODULES_LATE_PATH: &str = "etc/cvm-agent/modules.late";
 
 /// Reads SOURCE_DATE_EPOCH: unset is 0; anything but a plain decimal that fits the 32-bit
 /// newc mtime field is an error, because silently falling back would break reproducibility.
@@ -165,24 +168,31 @@ pub fn build(spec: &InitrdSpec) -> Result<InitrdReport, InitrdError> {
         "the agent",
     )?;
 
-    let load_path = spec.spec_dir.join("modules.load");
     let carry_path = spec.spec_dir.join("modules.carry");
     let mut wanted = Vec::new();
-    if let Some(names) = read_module_list(&load_path)? {
+    // Lists the agent reads at boot: copied verbatim, so it parses the very file the names in
+    // the initrd came from.
+    for (list, dest) in [
+        ("modules.load", MODULES_LOAD_PATH),
+        ("modules.late", MODULES_LATE_PATH),
+    ] {
+        let path = spec.spec_dir.join(list);
+        let Some(names) = read_module_list(&path)? else {
+            continue;
+        };
         wanted.extend(names);
-        // Verbatim, so the agent parses the very file the names above came from.
-        let text = std::fs::read(&load_path).map_err(|source| InitrdError::Read {
+        let text = std::fs::read(&path).map_err(|source| InitrdError::Read {
             what: "module list",
-            path: load_path.clone(),
+            path: path.clone(),
             source,
         })?;
         tree.add(
             Entry {
-                path: MODULES_LOAD_PATH.into(),
+                path: dest.into(),
                 mode: 0o644,
                 kind: EntryKind::File(text),
             },
-            "modules.load",
+            list,
         )?;
     }
     if let Some(names) = read_module_list(&carry_path)? {

@@ -4,9 +4,11 @@
 
 pub mod agent;
 pub mod bench;
+pub mod blockdev;
 pub mod boot;
 pub mod cmdline;
 pub mod cpio;
+pub mod dm;
 pub mod gpt;
 pub mod initrd;
 pub mod kmod;
@@ -15,5 +17,7 @@ pub mod pid1;
 pub mod result;
 pub mod rootfs;
 pub mod stage;
+pub mod switchroot;
 pub mod tpm;
 pub mod verity;
+pub mod verity_root;

@@ -1,99 +1,24 @@
-//! VM tests: boot the real static agent as PID 1 under QEMU (TCG) with swtpm, and judge the
-//! console and how the VM ended. They need the kernel and the static agent's initrd that `make`
-//! builds (CVM_KERNEL, CVM_INITRD), so a bare `cargo test` skips them; `make test` runs them.
+//! VM tests of the bootable core: boot the real static agent as PID 1 under QEMU (TCG) with
+//! swtpm, and judge the console and how the VM ended.
 
+mod common;
+
+use common::*;
 use std::io::Write;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn input(var: &str, default: &str) -> PathBuf {
-    let p = std::env::var_os(var)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join(default));
-    assert!(
-        p.exists(),
-        "{var}: {} is missing — VM tests need `make test` (it builds the kernel cache and the initrd)",
-        p.display()
-    );
-    p
-}
-
-struct Boot {
-    code: i32,
-    console: String,
-}
-
-impl Boot {
-    fn lines(&self, prefix: &str) -> Vec<&str> {
-        self.console
-            .lines()
-            .map(|l| l.trim_end_matches('\r'))
-            .filter(|l| l.starts_with(prefix))
-            .collect()
-    }
-
-    fn has(&self, needle: &str) -> bool {
-        self.console.contains(needle)
-    }
-
-    fn result(&self) -> Option<serde_json::Value> {
-        cvm_agent::result::find_result(&self.console)
-    }
-
-    fn powered_off(&self) -> bool {
-        // The kernel's own last words on an orderly power-off (pr_emerg, shown at any loglevel).
-        self.has("reboot: Power down")
-    }
-
-    fn show(&self) -> String {
-        format!("exit code {}\n--- console ---\n{}", self.code, self.console)
-    }
-}
-
-fn spawn(append: &str, extra: &[&str], console: &Path, timeout: u64) -> Child {
-    Command::new(repo().join("qemu/boot.sh"))
-        .arg("--kernel")
-        .arg(input("CVM_KERNEL", ".cache/kernel/vmlinuz"))
-        .arg("--initrd")
-        .arg(input("CVM_INITRD", "out/initrd.img"))
-        .arg("--append")
-        .arg(append)
-        .arg("--console")
-        .arg(console)
-        .args(["--timeout", &timeout.to_string(), "--quiet"])
-        .args(extra)
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("run qemu/boot.sh")
-}
-
-fn boot(append: &str, extra: &[&str]) -> Boot {
-    let dir = tempfile::tempdir().unwrap();
-    let console = dir.path().join("console.log");
-    let status = spawn(append, extra, &console, 180).wait().unwrap();
-    Boot {
-        code: status.code().unwrap_or(-1),
-        console: std::fs::read_to_string(&console).unwrap_or_default(),
-    }
-}
 
 #[test]
 #[ignore = "boots a VM: run through `make test`"]
 fn boot_smoke_runs_every_stage_and_powers_off() {
-    let b = boot("cvm.mode=production", &[]);
+    let b = boot_verified("cvm.mode=production");
     assert_eq!(b.code, 0, "{}", b.show());
     let result = b
         .result()
         .unwrap_or_else(|| panic!("no result line\n{}", b.show()));
     assert_eq!(result["exit_code"], 0);
     assert_eq!(result["mode"], "production");
-    for stage in ["early", "cmdline", "modules", "tpm"] {
+    for stage in ["early", "cmdline", "modules", "verity", "tpm"] {
         assert!(
             result["stages_ms"][stage].is_u64(),
             "stage {stage} missing from {result}"
@@ -145,7 +70,9 @@ fn agent_panic_powers_off_instead_of_killing_init() {
 #[test]
 #[ignore = "boots a VM: run through `make test`"]
 fn production_without_a_tpm_refuses() {
-    let b = boot("cvm.mode=production", &["--no-tpm"]);
+    let (hash, mut extra) = verified_root();
+    extra.push("--no-tpm".into());
+    let b = boot(&format!("cvm.mode=production {hash}"), &extra);
     assert_ne!(b.code, 0, "{}", b.show());
     let errors = b.lines("cvm-agent: error:");
     assert_eq!(errors.len(), 1, "{}", b.show());
@@ -168,7 +95,11 @@ fn debug_mode_stays_up_until_ctrl_alt_delete() {
     let monitor = dir.path().join("monitor.sock");
     let mut child = spawn(
         "cvm.mode=debug",
-        &["--no-tpm", "--monitor", monitor.to_str().unwrap()],
+        &[
+            "--no-tpm".into(),
+            "--monitor".into(),
+            monitor.to_str().unwrap().into(),
+        ],
         &console,
         180,
     );
@@ -203,5 +134,10 @@ fn debug_mode_stays_up_until_ctrl_alt_delete() {
     assert_eq!(b.code, 0, "{}", b.show());
     assert!(b.has("SIGINT: powering off"), "{}", b.show());
     assert!(b.has("tpm: warning: no TPM"), "{}", b.show());
+    assert!(
+        b.has("verity: warning: !!! debug mode without roothash="),
+        "{}",
+        b.show()
+    );
     assert!(b.powered_off(), "{}", b.show());
 }

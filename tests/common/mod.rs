@@ -1,0 +1,127 @@
+//! Shared harness of the VM tests: boot the real static agent as PID 1 under QEMU (TCG) with
+//! swtpm through qemu/boot.sh, and look at the console and how the VM ended. The inputs come
+//! from `make` (CVM_KERNEL, CVM_INITRD, CVM_ROOTFS); a bare `cargo test` skips these tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn input(var: &str, default: &str) -> PathBuf {
+    let p = std::env::var_os(var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(default));
+    assert!(
+        p.exists(),
+        "{var}: {} is missing — VM tests need `make test` (it builds the kernel cache and images)",
+        p.display()
+    );
+    p
+}
+
+pub fn rootfs() -> PathBuf {
+    input("CVM_ROOTFS", "out/rootfs.img")
+}
+
+/// The root hash `cvmctl rootfs` wrote next to the image.
+pub fn roothash() -> String {
+    let mut p = rootfs().into_os_string();
+    p.push(".roothash");
+    std::fs::read_to_string(&p)
+        .expect("read the .roothash next to the rootfs image")
+        .trim()
+        .to_string()
+}
+
+/// `roothash=…` plus the verified root disk, as a production boot needs.
+pub fn verified_root() -> (String, Vec<String>) {
+    (
+        format!("roothash={}", roothash()),
+        vec!["--disk".into(), format!("{}:ro", rootfs().display())],
+    )
+}
+
+pub struct Boot {
+    pub code: i32,
+    pub console: String,
+}
+
+impl Boot {
+    pub fn lines(&self, prefix: &str) -> Vec<&str> {
+        self.console
+            .lines()
+            .map(|l| l.trim_end_matches('\r'))
+            .filter(|l| l.starts_with(prefix))
+            .collect()
+    }
+
+    pub fn errors(&self) -> Vec<&str> {
+        self.lines("cvm-agent: error:")
+    }
+
+    pub fn has(&self, needle: &str) -> bool {
+        self.console.contains(needle)
+    }
+
+    pub fn result(&self) -> Option<serde_json::Value> {
+        cvm_agent::result::find_result(&self.console)
+    }
+
+    /// The kernel's own last words on an orderly power-off (pr_emerg, shown at any loglevel).
+    pub fn powered_off(&self) -> bool {
+        self.has("reboot: Power down")
+    }
+
+    pub fn show(&self) -> String {
+        format!("exit code {}\n--- console ---\n{}", self.code, self.console)
+    }
+
+    /// Exactly one error line, and it starts with `prefix`; no result line; the boot failed.
+    pub fn assert_one_error(&self, prefix: &str) {
+        assert_ne!(self.code, 0, "{}", self.show());
+        let errors = self.errors();
+        assert_eq!(errors.len(), 1, "{}", self.show());
+        assert!(
+            errors[0].starts_with(prefix),
+            "expected an error line starting with {prefix:?}\n{}",
+            self.show()
+        );
+        assert!(self.result().is_none(), "{}", self.show());
+    }
+}
+
+pub fn spawn(append: &str, extra: &[String], console: &Path, timeout: u64) -> Child {
+    Command::new(repo().join("qemu/boot.sh"))
+        .arg("--kernel")
+        .arg(input("CVM_KERNEL", ".cache/kernel/vmlinuz"))
+        .arg("--initrd")
+        .arg(input("CVM_INITRD", "out/initrd.img"))
+        .arg("--append")
+        .arg(append)
+        .arg("--console")
+        .arg(console)
+        .args(["--timeout", &timeout.to_string(), "--quiet"])
+        .args(extra)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("run qemu/boot.sh")
+}
+
+pub fn boot(append: &str, extra: &[String]) -> Boot {
+    let dir = tempfile::tempdir().unwrap();
+    let console = dir.path().join("console.log");
+    let status = spawn(append, extra, &console, 180).wait().unwrap();
+    Boot {
+        code: status.code().unwrap_or(-1),
+        console: std::fs::read_to_string(&console).unwrap_or_default(),
+    }
+}
+
+/// A verified boot with extra command-line words.
+pub fn boot_verified(extra_append: &str) -> Boot {
+    let (hash, disk) = verified_root();
+    boot(&format!("{hash} {extra_append}"), &disk)
+}
