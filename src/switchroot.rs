@@ -49,7 +49,7 @@ fn purge(dir: &Path, root_dev: u64, keep: &Path, report: &mut SwitchReport) {
         let Ok(st) = lstat(&path) else {
             continue;
         };
-        if st.st_dev as u64 != root_dev {
+        if st.st_dev != root_dev {
             continue;
         }
         let is_dir = st.st_mode & nix::libc::S_IFMT == nix::libc::S_IFDIR;
@@ -89,7 +89,7 @@ pub fn switch_root(new_root: &Path) -> Result<SwitchReport, SwitchError> {
         })?;
     }
     let sys = |what, source| SwitchError::Sys { what, source };
-    let root_dev = stat("/").map_err(|e| sys("stat /", e))?.st_dev as u64;
+    let root_dev = stat("/").map_err(|e| sys("stat /", e))?.st_dev;
     let mut report = SwitchReport::default();
     purge(Path::new("/"), root_dev, new_root, &mut report);
     nix::unistd::chdir(new_root).map_err(|e| sys("chdir into the new root", e))?;
