@@ -45,6 +45,8 @@ enum Command {
 enum Bench {
     /// Boot a trivial static init and the cvm-agent initrd several times each and compare.
     Boot(cvm_agent::bench::BootBench),
+    /// Build a verity root disk from a generated tree, against mkfs.erofs + veritysetup.
+    Rootfs(cvm_agent::bench::RootfsBench),
 }
 
 fn main() -> ExitCode {
@@ -61,7 +63,10 @@ fn main() -> ExitCode {
             .map_err(|e| error_chain(&e)),
         Command::Bench {
             what: Bench::Boot(args),
-        } => cvm_agent::bench::boot(&args).map_err(|e| e.to_string()),
+        } => cvm_agent::bench::boot(&args).map_err(|e| error_chain(&e)),
+        Command::Bench {
+            what: Bench::Rootfs(args),
+        } => cvm_agent::bench::rootfs(&args).map_err(|e| error_chain(&e)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
