@@ -38,7 +38,8 @@ images: initrd rootfs
 
 demo: images
 	qemu/boot.sh --kernel $(KERNEL) --initrd $(OUT)/initrd.img --disk $(OUT)/rootfs.img:ro \
-	  --append "roothash=$$(cat $(OUT)/rootfs.img.roothash)" --timeout 300 --console $(OUT)/demo-console.log
+	  --fw-cfg opt/cvm/initdata=qemu/demo-initdata.toml \
+	  --append "roothash=$$(cat $(OUT)/rootfs.img.roothash) cvm.initdata=fw_cfg" --timeout 300 --console $(OUT)/demo-console.log
 
 demo-reset:
 	rm -rf $(OUT)/demo-state

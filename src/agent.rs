@@ -4,8 +4,10 @@
 
 use crate::boot;
 use crate::cmdline::{self, Cmdline, Mode};
+use crate::initdata::{self, InitData};
 use crate::kmod;
 use crate::logging::{self, Sink};
+use crate::measure::{Event, Measurer};
 use crate::pid1::{self, Pid1, Request};
 use crate::result::{RunResult, StageTimes};
 use crate::stage::{InStage, Stage, StageError};
@@ -22,6 +24,7 @@ const SYSROOT: &str = "/sysroot";
 /// Disks show up while their drivers probe; a cloud NVMe disk can take a few seconds.
 const ROOT_DEVICE_WAIT: Duration = Duration::from_secs(10);
 const TPM_DEVICE: &str = "/dev/tpmrm0";
+const MEASURE_LOG: &str = "/run/cvm-agent/measure.log";
 const TPM_WAIT: Duration = Duration::from_secs(10);
 const COLDPLUG_ROUNDS: u32 = 8;
 
@@ -40,6 +43,17 @@ pub enum AgentError {
     NoSha256Bank(String),
     #[error("no roothash= on the kernel command line (production boots only a verified root)")]
     NoRootHash,
+    #[error(
+        "PCR {pcr} ({bank}) is {actual}, but the event log replays to {expected} (something else extended it)"
+    )]
+    LogMismatch {
+        pcr: u32,
+        bank: &'static str,
+        actual: String,
+        expected: String,
+    },
+    #[error("cannot create {0}")]
+    MkDir(&'static str, #[source] std::io::Error),
     #[error("test panic requested by cvm.test_panic={0}")]
     TestPanic(Stage),
 }
@@ -54,7 +68,11 @@ pub struct Agent {
     /// filesystems, crypto templates) when they need it.
     modules: Option<kmod::Loader<kmod::FinitModule>>,
     /// The verified root's os-release, once switched to it.
-    os_release: Option<verity_root::OsRelease>,
+    os_release: Option<crate::osrelease::OsRelease>,
+    /// None only in debug mode without a TPM.
+    tpm: Option<Tpm>,
+    measurer: Option<Measurer>,
+    initdata: Option<InitData>,
 }
 
 /// Install the panic hook for `mode`: a panic is a failed stage like any other, never an exit of
@@ -131,6 +149,9 @@ pub fn main() -> ! {
         times: StageTimes::default(),
         modules: None,
         os_release: None,
+        tpm: None,
+        measurer: None,
+        initdata: None,
     };
     agent
         .times
@@ -144,6 +165,7 @@ impl Agent {
         self.stage(Stage::Modules, |a| a.modules_stage());
         self.stage(Stage::Verity, |a| a.verity_stage());
         self.stage(Stage::Tpm, |a| a.tpm_stage());
+        self.stage(Stage::Measure, |a| a.measure_stage());
         self.finish(0)
     }
 
@@ -301,7 +323,7 @@ impl Agent {
                     .in_stage(Stage::Verity)?,
             );
         }
-        let os = verity_root::read_os_release(Path::new("/"));
+        let os = crate::osrelease::read(Path::new("/"));
         info!(
             "switched to the verified root ({fstype}) in {} ms; freed {} KiB of initramfs ({} files)",
             started.elapsed().as_millis(),
@@ -362,6 +384,182 @@ impl Agent {
         for (index, digest) in pcrs {
             info!("PCR {index} sha256={}", hex(&digest));
         }
+        let banks: Vec<HashAlg> = banks
+            .iter()
+            .filter(|b| b.is_active())
+            .map(|b| b.alg)
+            .collect();
+        self.measurer = Some(Measurer::new(&banks).in_stage(Stage::Tpm)?);
+        self.tpm = Some(tpm);
+        Ok(())
+    }
+
+    /// Record one event: log first, then extend every active bank. A failed extend leaves a
+    /// log that explains a PCR state the TPM does not have, so it ends the boot.
+    fn measure_event(&mut self, stage: Stage, event: Event) -> Result<(), StageError> {
+        let measurer = match self.measurer.as_mut() {
+            Some(m) => m,
+            None => self
+                .measurer
+                .insert(Measurer::new(&[HashAlg::Sha256]).in_stage(stage)?),
+        };
+        let pcr = event.pcr();
+        let what = format!("{}={}", event.kind().name(), event.value());
+        let digests = measurer.record(event).in_stage(stage)?;
+        if let Some(tpm) = self.tpm.as_mut() {
+            tpm.pcr_extend(pcr, &digests).in_stage(stage)?;
+        }
+        tracing::debug!("PCR {pcr} += {what}");
+        Ok(())
+    }
+
+    fn write_measure_log(&self, stage: Stage) -> Result<(), StageError> {
+        std::fs::create_dir_all("/run/cvm-agent")
+            .map_err(|e| AgentError::MkDir("/run/cvm-agent", e))
+            .in_stage(stage)?;
+        if let Some(m) = &self.measurer {
+            m.write_log(Path::new(MEASURE_LOG)).in_stage(stage)?;
+        }
+        Ok(())
+    }
+
+    /// The PCRs the TPM holds must be exactly what the event log replays to; anything else
+    /// means an extend the log cannot explain.
+    fn check_pcrs_against_log(&mut self, stage: Stage) -> Result<(), StageError> {
+        let (Some(tpm), Some(m)) = (self.tpm.as_mut(), self.measurer.as_ref()) else {
+            return Ok(());
+        };
+        let replayed = m.log().replay(m.banks()).in_stage(stage)?;
+        for &alg in m.banks() {
+            let read = tpm.pcr_read(alg, &[8, 15]).in_stage(stage)?;
+            for (pcr, actual) in read {
+                let expected = replayed
+                    .get(alg, pcr)
+                    .map(<[u8]>::to_vec)
+                    .unwrap_or_else(|| vec![0; alg.digest_len()]);
+                if actual != expected {
+                    return Err(StageError::new(
+                        stage,
+                        AgentError::LogMismatch {
+                            pcr,
+                            bank: alg.name(),
+                            actual: hex(&actual),
+                            expected: hex(&expected),
+                        },
+                    ));
+                }
+                if alg == HashAlg::Sha256 {
+                    info!("PCR {pcr} sha256={}", hex(&actual));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn measure_stage(&mut self) -> Result<(), StageError> {
+        let raw =
+            initdata::load(&self.cmdline.initdata, Path::new("/")).in_stage(Stage::Measure)?;
+        if let Some(raw) = raw {
+            let parsed = InitData::parse(&raw).in_stage(Stage::Measure)?;
+            // launch.toml is validated now, before anything is measured or fetched for it.
+            let launch = parsed.launch().in_stage(Stage::Measure)?;
+            info!(
+                "init-data from {:?}: {} bytes, {} digest {}, documents: {}{}",
+                self.cmdline.initdata,
+                raw.len(),
+                parsed.algorithm(),
+                hex(&parsed.digest()),
+                parsed
+                    .documents()
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                if launch.is_some() {
+                    ""
+                } else {
+                    " (no launch.toml)"
+                }
+            );
+            self.initdata = Some(parsed);
+        } else {
+            warn!(
+                "no init-data ({:?}): PCR 8 stays unbound",
+                self.cmdline.initdata
+            );
+        }
+        if self.tpm.is_none() {
+            warn!("no TPM: events are logged but not extended");
+        }
+        self.measure_event(Stage::Measure, Event::mode(self.mode))?;
+        if let Some(hash) = self.cmdline.roothash.clone() {
+            self.measure_event(
+                Stage::Measure,
+                Event::roothash(&hash.to_hex()).in_stage(Stage::Measure)?,
+            )?;
+        }
+        if let Some(version) = self
+            .os_release
+            .as_ref()
+            .and_then(|o| o.image_version_fact())
+        {
+            self.measure_event(
+                Stage::Measure,
+                Event::image_version(&version).in_stage(Stage::Measure)?,
+            )?;
+        }
+        if let Some(data) = &self.initdata {
+            let event = Event::from_initdata(data);
+            self.measure_event(Stage::Measure, event)?;
+        }
+        self.write_measure_log(Stage::Measure)?;
+        self.check_pcrs_against_log(Stage::Measure)?;
+        let records = self.measurer.as_ref().map_or(0, |m| m.log().len());
+        info!("{records} events measured; log at {MEASURE_LOG}");
+        Ok(())
+    }
+
+    /// The launch separator: after it nothing is extended into PCR 15, so a verifier rejects
+    /// any later record and a workload cannot forge pre-launch claims.
+    fn seal_measurements(&mut self, stage: Stage) -> Result<(), StageError> {
+        if self.measurer.as_ref().is_some_and(Measurer::is_sealed) {
+            return Ok(());
+        }
+        self.measure_event(stage, Event::separator())?;
+        self.write_measure_log(stage)?;
+        self.check_pcrs_against_log(stage)?;
+        info!("launch separator extended; measurements sealed");
+        if let Some(nonce) = self.cmdline.test_quote.clone() {
+            self.print_test_evidence(stage, &nonce)?;
+        }
+        Ok(())
+    }
+
+    /// `cvm.test_quote=`: quote PCRs 0–23 (sha256) with the host's nonce and print it.
+    fn print_test_evidence(&mut self, stage: Stage, nonce: &[u8]) -> Result<(), StageError> {
+        use base64::Engine as _;
+        let Some(tpm) = self.tpm.as_mut() else {
+            return Ok(());
+        };
+        let ak = tpm.attestation_key().in_stage(stage)?;
+        let pcrs: Vec<u32> = (0..24).collect();
+        let quote = tpm.quote(&ak, nonce, &pcrs).in_stage(stage)?;
+        let values = tpm.pcr_read(HashAlg::Sha256, &pcrs).in_stage(stage)?;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let evidence = serde_json::json!({
+            "ak_public": b64.encode(&ak.spki_der),
+            "quote": {
+                "message": b64.encode(&quote.attest),
+                "signature": b64.encode(&quote.signature),
+            },
+            "pcrs": values.iter().map(|(_, v)| hex(v)).collect::<Vec<_>>(),
+            "eventlog": self
+                .measurer
+                .as_ref()
+                .map(|m| b64.encode(m.log().to_json_seq())),
+        });
+        self.sink
+            .line(6, &format!("cvm-agent: test-evidence {evidence}"), true);
         Ok(())
     }
 
@@ -370,6 +568,9 @@ impl Agent {
     fn finish(mut self, exit_code: i32) -> ! {
         let span = logging::stage_span(Stage::End);
         let _entered = span.enter();
+        if let Err(e) = self.seal_measurements(Stage::End) {
+            self.fatal(e);
+        }
         let boot_ms = (logging::since_boot() * 1000.0) as u64;
         let result = RunResult::new(exit_code, self.mode, self.times.clone(), boot_ms);
         logging::result_line(&self.sink, &result.to_json());

@@ -125,6 +125,10 @@ pub struct Cmdline {
     /// stop, which the host can cause anyway, so this grants nothing; it is measured with the
     /// rest of the command line.
     pub test_panic: Option<Stage>,
+    /// Test hook: quote the PCRs with this nonce at the end and print the evidence, so a host
+    /// test can verify a quote taken in the guest. Evidence is public by design; this reveals
+    /// nothing a verifier does not see.
+    pub test_quote: Option<Vec<u8>>,
     /// What follows `--`: the kernel hands it to init as arguments.
     pub init_args: Vec<String>,
 }
@@ -300,6 +304,13 @@ pub fn parse(line: &str) -> Result<Cmdline, CmdlineError> {
                     "debug" => LogLevel::Debug,
                     _ => return Err(bad("expected info or debug")),
                 }
+            }
+            "cvm.test_quote" => {
+                out.test_quote = Some(
+                    decode_hex(value)
+                        .filter(|n| (1..=64).contains(&n.len()))
+                        .ok_or_else(|| bad("expected 1 to 64 bytes of hex"))?,
+                )
             }
             "cvm.test_panic" => {
                 out.test_panic = Some(Stage::from_name(value).ok_or_else(|| bad("not a stage"))?)
@@ -588,6 +599,8 @@ mod tests {
             "systemd.verity_root_options=salt",
             "systemd.verity_root_options=panic-on-corruption,panic-on-corruption",
             "cvm.test_panic=nowhere",
+            "cvm.test_quote=zz",
+            &format!("cvm.test_quote={}", "00".repeat(65)),
         ] {
             assert!(parse(line).is_err(), "accepted: {line}");
         }

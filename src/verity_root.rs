@@ -271,70 +271,6 @@ pub fn mount_ro(dev: &Path, fstype: &'static str, target: &Path) -> Result<(), V
     })
 }
 
-/// The fields of os-release(5) the agent reports and measures.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct OsRelease {
-    pub image_id: Option<String>,
-    pub image_version: Option<String>,
-    pub pretty_name: Option<String>,
-}
-
-/// Parse os-release text: `KEY=value`, values optionally in single or double quotes with
-/// backslash escapes. Unknown keys and malformed lines are ignored, as os-release(5) asks.
-pub fn parse_os_release(text: &str) -> OsRelease {
-    let mut out = OsRelease::default();
-    for line in text.lines().take(1024) {
-        let line = line.trim();
-        let Some((key, raw)) = line.split_once('=') else {
-            continue;
-        };
-        let value = unquote(raw.trim());
-        if value.len() > 256 || value.chars().any(char::is_control) {
-            continue;
-        }
-        match key {
-            "IMAGE_ID" => out.image_id = Some(value),
-            "IMAGE_VERSION" => out.image_version = Some(value),
-            "PRETTY_NAME" => out.pretty_name = Some(value),
-            _ => {}
-        }
-    }
-    out
-}
-
-fn unquote(raw: &str) -> String {
-    let inner = match raw.as_bytes().first() {
-        Some(q @ (b'"' | b'\'')) if raw.len() >= 2 && raw.as_bytes()[raw.len() - 1] == *q => {
-            &raw[1..raw.len() - 1]
-        }
-        _ => raw,
-    };
-    let mut out = String::new();
-    let mut chars = inner.chars();
-    while let Some(c) = chars.next() {
-        if c == '\\' {
-            if let Some(n) = chars.next() {
-                out.push(n);
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// Read /etc/os-release (or /usr/lib/os-release) of the running root, bounded.
-pub fn read_os_release(root: &Path) -> OsRelease {
-    for p in ["etc/os-release", "usr/lib/os-release"] {
-        if let Ok(data) = std::fs::read(root.join(p))
-            && data.len() <= 64 * 1024
-        {
-            return parse_os_release(&String::from_utf8_lossy(&data));
-        }
-    }
-    OsRelease::default()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -394,17 +330,5 @@ mod tests {
         let mut head = [0u8; 2048];
         head[1080..1082].copy_from_slice(&0xEF53u16.to_le_bytes());
         assert_eq!(fs_by_magic(&head), Some("ext4"));
-    }
-
-    #[test]
-    fn os_release_fields() {
-        let r = parse_os_release(
-            "NAME=x\nIMAGE_ID=\"cvm-demo\"\nIMAGE_VERSION='1.2'\nPRETTY_NAME=\"A \\\"b\\\"\"\nbogus\n",
-        );
-        assert_eq!(r.image_id.as_deref(), Some("cvm-demo"));
-        assert_eq!(r.image_version.as_deref(), Some("1.2"));
-        assert_eq!(r.pretty_name.as_deref(), Some("A \"b\""));
-        let r = parse_os_release("IMAGE_ID=a\u{7}b\n");
-        assert_eq!(r.image_id, None);
     }
 }

@@ -34,6 +34,12 @@ enum Command {
     /// DPS types, PARTUUIDs from the root hash) from a directory, reproducibly. The root hash is
     /// the last line of stdout and is written to <output>.roothash.
     Rootfs(cvm_agent::rootfs::RootfsArgs),
+    /// Predict the event log and the PCR 8 / PCR 15 values a boot with these facts produces
+    /// (JSON on stdout): reference values for a verifier.
+    Measure(cvm_agent::measure::predict::MeasureArgs),
+    /// Replay an event log (JSON-SEQ, as /run/cvm-agent/measure.log) to PCR values (JSON on
+    /// stdout); with --pcrs, compare and exit non-zero on a mismatch.
+    Replay(cvm_agent::measure::predict::ReplayArgs),
     /// Benchmarks that print figures (no pass/fail).
     Bench {
         #[command(subcommand)]
@@ -61,6 +67,20 @@ fn main() -> ExitCode {
         Command::Rootfs(args) => cvm_agent::rootfs::run(&args)
             .map(|r| println!("{r}"))
             .map_err(|e| error_chain(&e)),
+        Command::Measure(args) => cvm_agent::measure::predict::measure_command(&args)
+            .map(|json| println!("{json}"))
+            .map_err(|e| error_chain(&e)),
+        Command::Replay(args) => match cvm_agent::measure::predict::replay_command(&args) {
+            Ok(outcome) => {
+                println!("{}", outcome.json);
+                if outcome.matches {
+                    Ok(())
+                } else {
+                    Err("the replayed PCRs do not match the given values".to_string())
+                }
+            }
+            Err(e) => Err(error_chain(&e)),
+        },
         Command::Bench {
             what: Bench::Boot(args),
         } => cvm_agent::bench::boot(&args).map_err(|e| error_chain(&e)),

@@ -8,6 +8,7 @@ use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use tpm2_protocol::data::{TpmRc, TpmRcIndex};
 
@@ -15,6 +16,9 @@ use super::{HashAlg, MAX_BUFFER};
 
 /// `TPM_RC_INITIALIZE`: TPM2_Startup sent to a TPM that is already started.
 pub(crate) const TPM_RC_INITIALIZE: u32 = 0x100;
+/// `TPM_RC_HANDLE` (format 1, without its handle/parameter number): the handle names no
+/// loaded object, persistent object or NV index. Compare with [`ResponseCode::base`].
+pub const TPM_RC_HANDLE: u32 = 0x08B;
 
 /// Everything that can go wrong between the agent and the TPM.
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +98,23 @@ pub enum TpmError {
 
     #[error("PCR values changed during each of {attempts} read attempts")]
     PcrsChanging { attempts: u32 },
+
+    /// A caller's argument the TPM would reject or that makes no sense; nothing was sent.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+
+    #[error("no answer from the TPM within {} s", timeout.as_secs_f64())]
+    Timeout { timeout: Duration },
+
+    /// A command timed out earlier and its answer has still not arrived; the device takes
+    /// no new command until it does.
+    #[error("the TPM is still busy with an earlier command that timed out")]
+    Busy,
+
+    /// The persistent handle holds an object that is not the attestation key this client
+    /// creates; quoting with it would let whoever planted it speak for the TPM.
+    #[error("persistent object {handle:#010x} is not the expected attestation key: {reason}")]
+    ForeignKey { handle: u32, reason: String },
 }
 
 impl TpmError {
@@ -105,6 +126,11 @@ impl TpmError {
             TpmError::Command { source, .. } => source.response_code(),
             _ => None,
         }
+    }
+
+    /// [`ResponseCode::base`] of the response code behind this error.
+    pub fn response_base(&self) -> Option<u32> {
+        self.response_code().map(|rc| ResponseCode(rc).base())
     }
 
     /// The command this error belongs to, if it came out of a `Tpm` method.
@@ -127,6 +153,19 @@ impl TpmError {
 /// format-1 codes, the parameter, handle or session it refers to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ResponseCode(pub u32);
+
+impl ResponseCode {
+    /// The error itself without the handle, parameter or session number a format-1 code
+    /// carries, e.g. `TPM_RC_HANDLE` (0x08B) for "TPM_RC_HANDLE, handle 1" (0x18B).
+    pub fn base(&self) -> u32 {
+        let raw = self.0;
+        if raw >> 16 == 0 && raw & RC_FMT1 != 0 {
+            raw & (RC_FMT1 | 0x3F)
+        } else {
+            raw
+        }
+    }
+}
 
 /// TCG vendor-defined bit of a format-0 code (Part 2, 6.6.2 "T").
 const RC_VENDOR: u32 = 0x400;

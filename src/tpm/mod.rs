@@ -1,9 +1,12 @@
 //! A small TPM 2.0 client over /dev/tpmrm0, marshalled with `tpm2-protocol` (pure Rust, so the
 //! static PID 1 needs no tpm2-tss libraries).
 //!
-//! It does only what the agent needs to measure and attest: list the PCR banks, read PCRs and
-//! start a raw simulator. There are no sessions and no objects, so every command and response is
-//! `TPM_ST_NO_SESSIONS` and there is nothing to authorize.
+//! It does only what the agent needs to measure and attest: list the PCR banks, read and extend
+//! PCRs, get random bytes, create (or find) the attestation key, quote, and read NV indices
+//! (the Azure HCL report, cloud AK certificates). The only authorization ever used is a password
+//! session with an empty password (`TPM_RS_PW`): PCRs, the endorsement and owner hierarchies of a
+//! vTPM, our own AK and the NV indices we read all have empty auth values. Commands that need no
+//! authorization go out as `TPM_ST_NO_SESSIONS`.
 //!
 //! The TPM sits behind a host we do not trust (a vTPM is the host's software; even a discrete
 //! TPM's bus is the host's). Every response is therefore parsed as hostile input: its length is
@@ -13,27 +16,40 @@
 //! unmarshaller where its types fit, and through a local bounds-checked reader where they do not
 //! (a capability answer may list hash algorithms the crate cannot name, which must be skipped).
 
+mod ak;
 mod error;
+mod nv;
 mod transport;
+pub mod verify;
 
+#[cfg(test)]
+mod command_tests;
 #[cfg(test)]
 mod tests;
 
-pub use error::{ResponseCode, TpmError};
-pub use transport::{DeviceTransport, TcpTransport, Transport};
+pub use ak::{AK_HANDLE, AttestationKey, MAX_QUALIFYING_DATA, Quote, rsa_spki_der};
+pub use error::{ResponseCode, TPM_RC_HANDLE, TpmError};
+pub use nv::NvPublic;
+pub use transport::{
+    DEFAULT_SLOW_TIMEOUT, DEFAULT_TIMEOUT, DeviceTransport, TcpTransport, Transport,
+};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::Path;
+use std::time::Duration;
 
 use tpm2_protocol::TpmWriter;
-use tpm2_protocol::basic::TpmUint32;
+use tpm2_protocol::basic::{TpmBuffer, TpmUint16, TpmUint32};
 use tpm2_protocol::data::{
-    TpmAlgId, TpmCap, TpmSt, TpmSu, TpmlPcrSelection, TpmsPcrSelect, TpmsPcrSelection,
+    Tpm2bAuth, Tpm2bNonce, TpmAlgId, TpmCap, TpmSt, TpmSu, TpmaSession, TpmlDigestValues,
+    TpmlPcrSelection, TpmsAuthCommand, TpmsPcrSelect, TpmsPcrSelection, TpmtHa, TpmuHa,
 };
 use tpm2_protocol::frame::{
-    TpmFrame, TpmGetCapabilityCommand, TpmPcrReadCommand, TpmPcrReadResponse, TpmResponse,
-    TpmStartupCommand, TpmStartupResponse, TpmUnmarshalBody, tpm_marshal_command,
+    TpmFlushContextCommand, TpmFlushContextResponse, TpmFrame, TpmGetCapabilityCommand,
+    TpmGetRandomCommand, TpmGetRandomResponse, TpmPcrExtendCommand, TpmPcrReadCommand,
+    TpmPcrReadResponse, TpmReadPublicCommand, TpmResponse, TpmStartupCommand, TpmStartupResponse,
+    TpmUnmarshalBody, tpm_marshal_command,
 };
 
 use error::TPM_RC_INITIALIZE;
@@ -54,6 +70,26 @@ const PCR_SELECT_MIN: usize = 3;
 /// A PCR extended between two partial reads invalidates the set; retrying a few times
 /// covers a concurrent extend, an endless stream of them is an error.
 const PCR_READ_ATTEMPTS: u32 = 4;
+/// `TPM_RS_PW`: the password session, authorizing with the entity's auth value in clear.
+const TPM_RS_PW: u32 = 0x4000_0009;
+/// `TPM_RH_OWNER` and `TPM_RH_ENDORSEMENT`, the hierarchies we authorize with empty auth.
+pub(crate) const TPM_RH_OWNER: u32 = 0x4000_0001;
+pub(crate) const TPM_RH_ENDORSEMENT: u32 = 0x4000_000B;
+/// The largest TPM2B_DIGEST: one GetRandom answer holds at most this many bytes.
+const RANDOM_CHUNK: usize = 64;
+/// get_random serves seeds and nonces, not bulk data.
+pub const MAX_RANDOM: usize = 64 * 1024;
+/// `TPM_CAP_TPM_PROPERTIES`.
+const TPM_CAP_TPM_PROPERTIES: u32 = 6;
+/// TPM_RC_RETRY, TPM_RC_YIELDED, TPM_RC_TESTING: warnings after which the same command is
+/// simply sent again.
+const RETRY_CODES: [u32; 3] = [0x922, 0x908, 0x90A];
+/// Pauses before a retry: 20 ms doubling up to 1.28 s (about 2.5 s in all), as the kernel's
+/// tpm_transmit() does between TPM2_DURATION_SHORT and TPM2_DURATION_LONG.
+const RETRY_FIRST_DELAY: Duration = Duration::from_millis(20);
+const RETRY_LAST_DELAY: Duration = Duration::from_millis(1280);
+/// TPM2B sizes in answers: a TPM2B_NAME is at most a handle or an algorithm id and a digest.
+const MAX_NAME: usize = 2 + 64;
 
 /// A TPM hash algorithm that can back a PCR bank.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -179,6 +215,27 @@ impl<T: Transport> Tpm<T> {
         self.startup().map_err(|e| e.in_command("Startup"))
     }
 
+    /// TPM2_PCR_Extend of PCR `pcr` with one digest per bank, authorized by a password
+    /// session with the PCR's (empty) auth value. The caller passes a digest for every
+    /// active bank: a bank left out keeps its old value, and a verifier reading that bank
+    /// would see a PCR that never changed. Digests of the wrong length, two digests for one
+    /// bank or no digest at all are refused before anything is sent.
+    pub fn pcr_extend(&mut self, pcr: u32, digests: &[(HashAlg, Vec<u8>)]) -> Result<(), TpmError> {
+        self.extend(pcr, digests)
+            .map_err(|e| e.in_command("PCR_Extend"))
+    }
+
+    /// `n` bytes from TPM2_GetRandom, in as many calls as it takes (one answer holds at most
+    /// 64 bytes, often fewer). At most [`MAX_RANDOM`] bytes.
+    pub fn get_random(&mut self, n: usize) -> Result<Vec<u8>, TpmError> {
+        self.random(n).map_err(|e| e.in_command("GetRandom"))
+    }
+
+    /// TPM2_FlushContext: unloads a transient object or session.
+    pub fn flush_context(&mut self, handle: u32) -> Result<(), TpmError> {
+        self.flush(handle).map_err(|e| e.in_command("FlushContext"))
+    }
+
     fn get_pcr_banks(&mut self) -> Result<Vec<PcrBank>, TpmError> {
         let command = marshal(&TpmGetCapabilityCommand {
             handles: [],
@@ -264,6 +321,146 @@ impl<T: Transport> Tpm<T> {
         Ok(Some(values))
     }
 
+    fn extend(&mut self, pcr: u32, digests: &[(HashAlg, Vec<u8>)]) -> Result<(), TpmError> {
+        if pcr > MAX_PCR {
+            return Err(TpmError::PcrOutOfRange { pcr });
+        }
+        if digests.is_empty() {
+            return Err(TpmError::InvalidArgument(format!(
+                "no digest to extend PCR {pcr} with"
+            )));
+        }
+        let mut list = TpmlDigestValues::new();
+        for (i, (alg, digest)) in digests.iter().enumerate() {
+            if digests.iter().take(i).any(|(seen, _)| seen == alg) {
+                return Err(TpmError::InvalidArgument(format!(
+                    "two {alg} digests for PCR {pcr}"
+                )));
+            }
+            if digest.len() != alg.digest_len() {
+                return Err(TpmError::DigestLength {
+                    alg: *alg,
+                    pcr,
+                    len: digest.len(),
+                    expected: alg.digest_len(),
+                });
+            }
+            let digest = TpmBuffer::try_from(digest.as_slice())
+                .map_err(|e| TpmError::Marshal(describe(e)))?;
+            list.try_push(TpmtHa {
+                hash_alg: alg.protocol_id(),
+                digest: TpmuHa::Digest(digest),
+            })
+            .map_err(|e| TpmError::Marshal(describe(e)))?;
+        }
+        let command = marshal_with_password(&TpmPcrExtendCommand {
+            handles: [TpmUint32::new(pcr)],
+            digests: list,
+        })?;
+        let frame = self.execute_authorized(&command)?;
+        let (_, params) = session_response(&frame, 0)?;
+        params.finish()
+    }
+
+    fn random(&mut self, n: usize) -> Result<Vec<u8>, TpmError> {
+        if n > MAX_RANDOM {
+            return Err(TpmError::InvalidArgument(format!(
+                "{n} random bytes asked for, at most {MAX_RANDOM}"
+            )));
+        }
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            let want = (n - out.len()).min(RANDOM_CHUNK);
+            // `want` is at most 64, so it fits.
+            let requested = u16::try_from(want).unwrap_or(u16::MAX);
+            let command = marshal(&TpmGetRandomCommand {
+                handles: [],
+                bytes_requested: TpmUint16::new(requested),
+            })?;
+            let frame = self.execute(&command)?;
+            let response: TpmGetRandomResponse = unmarshal(&frame)?;
+            let got = response.random_bytes.as_ref();
+            // An empty answer would make this loop endless; a longer one is not an answer
+            // to what we asked.
+            if got.is_empty() || got.len() > want {
+                return Err(TpmError::Malformed(format!(
+                    "{} random bytes in the answer to a request for {want}",
+                    got.len()
+                )));
+            }
+            out.extend_from_slice(got);
+        }
+        Ok(out)
+    }
+
+    fn flush(&mut self, handle: u32) -> Result<(), TpmError> {
+        let command = marshal(&TpmFlushContextCommand {
+            handles: [],
+            flush_handle: TpmUint32::new(handle),
+        })?;
+        let frame = self.execute(&command)?;
+        unmarshal::<TpmFlushContextResponse>(&frame).map(drop)
+    }
+
+    /// TPM2_ReadPublic: the object's TPM2B_PUBLIC as sent (size included), after checking
+    /// that the name the TPM reports is the hash of that public area.
+    fn read_public(&mut self, handle: u32) -> Result<Vec<u8>, TpmError> {
+        let command = marshal(&TpmReadPublicCommand {
+            handles: [TpmUint32::new(handle)],
+        })?;
+        let frame = self.execute(&command)?;
+        let mut r = Reader::new(&frame, HEADER_LEN)?;
+        let public = r.tpm2b_whole(MAX_BUFFER, "outPublic")?;
+        let name = r.tpm2b(MAX_NAME, "name")?;
+        let _qualified_name = r.tpm2b(MAX_NAME, "qualifiedName")?;
+        r.finish()?;
+        ak::check_object_name(public, name)?;
+        Ok(public.to_vec())
+    }
+
+    /// One TPM_PT_* value from GetCapability(TPM_CAP_TPM_PROPERTIES), `None` when the TPM
+    /// does not report that property.
+    fn tpm_property(&mut self, property: u32) -> Result<Option<u32>, TpmError> {
+        let command = marshal(&TpmGetCapabilityCommand {
+            handles: [],
+            cap: TpmCap::TpmProperties,
+            property: TpmUint32::new(property),
+            property_count: TpmUint32::new(1),
+        })?;
+        let frame = self.execute(&command)?;
+        let mut r = Reader::new(&frame, HEADER_LEN)?;
+        let more_data = r.u8("moreData")?;
+        if more_data > 1 {
+            return Err(TpmError::Malformed(format!(
+                "moreData is {more_data}, not a TPMI_YES_NO"
+            )));
+        }
+        let capability = r.u32("capability")?;
+        if capability != TPM_CAP_TPM_PROPERTIES {
+            return Err(TpmError::Malformed(format!(
+                "capability {capability:#x} in the answer to TPM_CAP_TPM_PROPERTIES"
+            )));
+        }
+        let count = r.u32("TPML_TAGGED_TPM_PROPERTY.count")?;
+        if count > 1 {
+            return Err(TpmError::Malformed(format!(
+                "{count} properties in the answer to a request for one"
+            )));
+        }
+        let mut value = None;
+        if count == 1 {
+            let tag = r.u32("TPMS_TAGGED_PROPERTY.property")?;
+            let v = r.u32("TPMS_TAGGED_PROPERTY.value")?;
+            // The TPM lists properties from the one asked for onwards: a different tag
+            // means it has no such property.
+            if tag == property {
+                value = Some(v);
+            }
+        }
+        r.finish()?;
+        Ok(value)
+    }
+
     fn startup(&mut self) -> Result<(), TpmError> {
         let command = marshal(&TpmStartupCommand {
             handles: [],
@@ -276,12 +473,55 @@ impl<T: Transport> Tpm<T> {
         }
     }
 
-    /// Sends `command` and returns the response frame once its envelope checks out and
-    /// its response code is success.
+    /// Sends `command` (without sessions) and returns the response frame once its envelope
+    /// checks out and its response code is success.
     fn execute(&mut self, command: &[u8]) -> Result<Vec<u8>, TpmError> {
-        let frame = self.transport.transact(command)?;
-        check_response(&frame)?;
+        let frame = self.transact(command, false)?;
+        check_response(&frame, TpmSt::NoSessions)?;
         Ok(frame)
+    }
+
+    /// The same for a command sent with a password session: its success answer carries
+    /// the session area, so its tag is `TPM_ST_SESSIONS`.
+    fn execute_authorized(&mut self, command: &[u8]) -> Result<Vec<u8>, TpmError> {
+        let frame = self.transact(command, false)?;
+        check_response(&frame, TpmSt::Sessions)?;
+        Ok(frame)
+    }
+
+    /// `execute_authorized` for key generation, which may take much longer.
+    fn execute_authorized_slow(&mut self, command: &[u8]) -> Result<Vec<u8>, TpmError> {
+        let frame = self.transact(command, true)?;
+        check_response(&frame, TpmSt::Sessions)?;
+        Ok(frame)
+    }
+
+    /// One exchange, repeated while the TPM answers "not now" (TPM_RC_RETRY, TPM_RC_YIELDED,
+    /// TPM_RC_TESTING: the command was not executed), with doubling pauses as the kernel
+    /// does for its own commands. The last answer is returned whatever it is.
+    fn transact(&mut self, command: &[u8], slow: bool) -> Result<Vec<u8>, TpmError> {
+        let mut delay = RETRY_FIRST_DELAY;
+        loop {
+            let frame = if slow {
+                self.transport.transact_slow(command)?
+            } else {
+                self.transport.transact(command)?
+            };
+            let rc = frame
+                .get(6..HEADER_LEN)
+                .and_then(|rc| rc.first_chunk::<4>())
+                .map(|rc| u32::from_be_bytes(*rc));
+            let again = rc.is_some_and(|rc| RETRY_CODES.contains(&rc));
+            if !again || delay > RETRY_LAST_DELAY {
+                return Ok(frame);
+            }
+            tracing::debug!(
+                "tpm: answered {:#x}, retrying in {delay:?}",
+                rc.unwrap_or(0)
+            );
+            std::thread::sleep(delay);
+            delay *= 2;
+        }
     }
 }
 
@@ -291,6 +531,55 @@ fn marshal<C: TpmFrame>(command: &C) -> Result<Vec<u8>, TpmError> {
     tpm_marshal_command(command, TpmSt::NoSessions, &[], &mut writer)
         .map_err(|e| TpmError::Marshal(describe(e)))?;
     Ok(writer.as_bytes().to_vec())
+}
+
+/// Marshals `command` with one password session and an empty password, which authorizes
+/// the first handle of every command we send that way.
+fn marshal_with_password<C: TpmFrame>(command: &C) -> Result<Vec<u8>, TpmError> {
+    let session = TpmsAuthCommand {
+        session_handle: TpmUint32::new(TPM_RS_PW),
+        nonce: Tpm2bNonce::default(),
+        // Ignored for a password session (it is never closed), but what TSSes send.
+        session_attributes: TpmaSession::CONTINUE_SESSION,
+        hmac: Tpm2bAuth::default(),
+    };
+    let mut buf = [0u8; MAX_BUFFER];
+    let mut writer = TpmWriter::new(&mut buf);
+    tpm_marshal_command(command, TpmSt::Sessions, &[session], &mut writer)
+        .map_err(|e| TpmError::Marshal(describe(e)))?;
+    Ok(writer.as_bytes().to_vec())
+}
+
+/// Splits a successful answer to a command sent with one password session: the `handles`
+/// response handles, then a reader over exactly the parameter area. The session area after
+/// it must be the one password-session answer (empty nonce, attributes, empty HMAC) and
+/// nothing else.
+fn session_response(frame: &[u8], handles: usize) -> Result<(Vec<u32>, Reader<'_>), TpmError> {
+    let mut r = Reader::new(frame, HEADER_LEN)?;
+    let handles = (0..handles)
+        .map(|_| r.u32("response handle"))
+        .collect::<Result<Vec<u32>, TpmError>>()?;
+    let parameter_size = r.u32("parameterSize")?;
+    let parameter_size = usize::try_from(parameter_size)
+        .map_err(|_| TpmError::Malformed(format!("parameterSize {parameter_size}")))?;
+    let offset = r.offset;
+    let parameters = r.take(parameter_size, "parameters")?;
+    let nonce = r.tpm2b(MAX_NAME, "nonceTPM")?;
+    let _attributes = r.u8("sessionAttributes")?;
+    let hmac = r.tpm2b(MAX_NAME, "hmac")?;
+    if !nonce.is_empty() || !hmac.is_empty() {
+        return Err(TpmError::Malformed(
+            "password session answered with a nonce or HMAC".to_string(),
+        ));
+    }
+    r.finish()?;
+    Ok((
+        handles,
+        Reader {
+            rest: parameters,
+            offset,
+        },
+    ))
 }
 
 /// The crate's validating unmarshaller: checks the frame against `R`'s shape, every list
@@ -305,8 +594,10 @@ fn describe(e: tpm2_protocol::TpmError) -> String {
     format!("{e} at byte {}", e.offset())
 }
 
-/// The envelope checks every response gets before any of its body is looked at.
-fn check_response(frame: &[u8]) -> Result<(), TpmError> {
+/// The envelope checks every response gets before any of its body is looked at. `success_tag`
+/// is the tag a success answer must carry: `TPM_ST_SESSIONS` exactly when the command had
+/// sessions.
+fn check_response(frame: &[u8], success_tag: TpmSt) -> Result<(), TpmError> {
     let len = frame.len();
     if len > MAX_BUFFER {
         return Err(TpmError::TooLarge { len: len as u64 });
@@ -345,8 +636,7 @@ fn check_response(frame: &[u8]) -> Result<(), TpmError> {
         }
         return Err(TpmError::Response(ResponseCode(rc)));
     }
-    // We never send sessions, so a success answer has none either.
-    if tag != no_sessions {
+    if tag != success_tag.value() {
         return Err(TpmError::UnexpectedTag { tag });
     }
     Ok(())
@@ -501,6 +791,36 @@ impl<'a> Reader<'a> {
 
     fn u32(&mut self, what: &str) -> Result<u32, TpmError> {
         Ok(u32::from_be_bytes(self.array(what)?))
+    }
+
+    fn u64(&mut self, what: &str) -> Result<u64, TpmError> {
+        Ok(u64::from_be_bytes(self.array(what)?))
+    }
+
+    /// A TPM2B's contents, its size bounded by `max`.
+    fn tpm2b(&mut self, max: usize, what: &str) -> Result<&'a [u8], TpmError> {
+        let size = usize::from(self.u16(what)?);
+        if size > max {
+            return Err(TpmError::Malformed(format!(
+                "{what} at byte {} is {size} bytes, at most {max}",
+                self.offset - 2
+            )));
+        }
+        self.take(size, what)
+    }
+
+    /// A TPM2B as marshalled, size field included.
+    fn tpm2b_whole(&mut self, max: usize, what: &str) -> Result<&'a [u8], TpmError> {
+        let whole = self.rest;
+        let start = self.offset;
+        self.tpm2b(max, what)?;
+        whole
+            .get(..self.offset - start)
+            .ok_or_else(|| TpmError::Malformed(format!("{what}: short read")))
+    }
+
+    fn is_empty(&self) -> bool {
+        self.rest.is_empty()
     }
 
     fn finish(self) -> Result<(), TpmError> {

@@ -1,0 +1,318 @@
+//! Host side: predict the event log and PCR values a boot will produce (`cvmctl measure`), and
+//! replay a log a guest produced (`cvmctl replay`).
+//!
+//! Both go through the same [`Measurer`] and [`EventLog`] code the agent uses, so a
+//! prediction is what the agent extends by construction, not by a second implementation.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use super::{Event, EventLog, MeasureError, Measurer, Pcrs, bank_from_name, hex};
+use crate::cmdline::Mode;
+use crate::initdata::{InitData, RestartPolicy, read_bounded};
+use crate::tpm::HashAlg;
+
+/// Everything the agent measures, as known before boot. `None`: the agent records no event
+/// for that fact.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Facts {
+    pub mode: Mode,
+    /// dm-verity root hash, hex.
+    pub roothash: Option<String>,
+    pub image_version: Option<String>,
+    /// Raw init-data bytes.
+    pub initdata: Option<Vec<u8>>,
+    pub state_disk: Option<String>,
+    pub workload_image: Option<String>,
+    pub workload_digest: Option<String>,
+    pub restart_policy: Option<RestartPolicy>,
+    /// Final argv.
+    pub args: Option<Vec<String>>,
+    /// Final environment, `NAME=value`.
+    pub env: Option<Vec<String>>,
+    pub overrides: Option<String>,
+}
+
+impl Facts {
+    /// The events in recording order, ending with the separator.
+    pub fn events(&self) -> Result<Vec<Event>, MeasureError> {
+        let mut events = vec![Event::mode(self.mode)];
+        if let Some(v) = &self.roothash {
+            events.push(Event::roothash(v)?);
+        }
+        if let Some(v) = &self.image_version {
+            events.push(Event::image_version(v)?);
+        }
+        if let Some(v) = &self.initdata {
+            events.push(Event::initdata(v));
+        }
+        if let Some(v) = &self.state_disk {
+            events.push(Event::state_disk(v)?);
+        }
+        if let Some(v) = &self.workload_image {
+            events.push(Event::workload_image(v)?);
+        }
+        if let Some(v) = &self.workload_digest {
+            events.push(Event::workload_digest(v)?);
+        }
+        if let Some(v) = self.restart_policy {
+            events.push(Event::restart_policy(v));
+        }
+        if let Some(v) = &self.args {
+            events.push(Event::args(v)?);
+        }
+        if let Some(v) = &self.env {
+            events.push(Event::env(v)?);
+        }
+        if let Some(v) = &self.overrides {
+            events.push(Event::overrides(v)?);
+        }
+        events.push(Event::separator());
+        Ok(events)
+    }
+}
+
+/// A predicted log and the PCR values its replay gives. As JSON:
+/// `{"pcrs": {"sha256": {"8": "...", "15": "..."}}, "log": [<records>]}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prediction {
+    pub pcrs: Pcrs,
+    pub log: EventLog,
+}
+
+impl Serialize for Prediction {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        json!({"pcrs": self.pcrs.to_json(), "log": self.log.to_json()}).serialize(serializer)
+    }
+}
+
+/// Records `facts` as the agent would into `banks`, then replays the log.
+pub fn predict(facts: &Facts, banks: &[HashAlg]) -> Result<Prediction, MeasureError> {
+    let mut measurer = Measurer::new(banks)?;
+    for event in facts.events()? {
+        measurer.record(event)?;
+    }
+    let pcrs = measurer.log().replay(measurer.banks())?;
+    Ok(Prediction {
+        pcrs,
+        log: measurer.log().clone(),
+    })
+}
+
+fn parse_mode(text: &str) -> Result<Mode, String> {
+    match text {
+        "production" => Ok(Mode::Production),
+        "debug" => Ok(Mode::Debug),
+        _ => Err("expected production or debug".into()),
+    }
+}
+
+fn parse_restart(text: &str) -> Result<RestartPolicy, String> {
+    RestartPolicy::from_name(text).ok_or_else(|| "expected Never, OnFailure or Always".into())
+}
+
+fn parse_bank(text: &str) -> Result<HashAlg, String> {
+    bank_from_name(text).ok_or_else(|| "expected sha1, sha256, sha384 or sha512".into())
+}
+
+fn parse_json_strings(flag: &str, text: &str) -> Result<Vec<String>, MeasureError> {
+    serde_json::from_str(text)
+        .map_err(|_| MeasureError::Usage(format!("{flag}: expected a JSON array of strings")))
+}
+
+/// `cvmctl measure`: predict the event log and PCR values of a boot.
+#[derive(clap::Args, Debug, Clone)]
+pub struct MeasureArgs {
+    /// The init-data TOML file the VM gets (measured into PCR 8).
+    #[arg(long)]
+    pub initdata: Option<PathBuf>,
+    /// The dm-verity root hash (hex) on the kernel command line.
+    #[arg(long)]
+    pub roothash: Option<String>,
+    /// cvm.mode of the boot.
+    #[arg(long, default_value = "production", value_parser = parse_mode)]
+    pub mode: Mode,
+    /// The image identity the agent measures: "<IMAGE_ID> <IMAGE_VERSION>".
+    #[arg(long, conflicts_with = "os_release")]
+    pub image_version: Option<String>,
+    /// The image's os-release file, to take --image-version from.
+    #[arg(long)]
+    pub os_release: Option<PathBuf>,
+    /// The state disk identity the agent measures.
+    #[arg(long)]
+    pub state_disk: Option<String>,
+    /// The workload image reference as configured.
+    #[arg(long)]
+    pub workload_image: Option<String>,
+    /// The manifest digest the workload reference resolves to.
+    #[arg(long)]
+    pub workload_digest: Option<String>,
+    /// The restart policy: Never, OnFailure or Always.
+    #[arg(long, value_parser = parse_restart)]
+    pub restart: Option<RestartPolicy>,
+    /// The final argv, as a JSON array of strings.
+    #[arg(long)]
+    pub args: Option<String>,
+    /// The final environment, as a JSON array of "NAME=value" strings.
+    #[arg(long)]
+    pub env: Option<String>,
+    /// The overrides the agent records.
+    #[arg(long)]
+    pub overrides: Option<String>,
+    /// PCR banks to predict, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "sha256", value_parser = parse_bank)]
+    pub banks: Vec<HashAlg>,
+}
+
+/// Runs `cvmctl measure`: the prediction as pretty JSON, plus, with `--initdata`, the values
+/// a host sets or a verifier expects for it (`digest`, `host_data`, `mrconfigid`, `pcr8`).
+pub fn measure_command(args: &MeasureArgs) -> Result<String, MeasureError> {
+    let initdata = args
+        .initdata
+        .as_deref()
+        .map(|path| -> Result<InitData, MeasureError> {
+            // Parsed strictly: an init-data the agent would refuse has no prediction.
+            Ok(InitData::parse(&read_bounded(path)?)?)
+        })
+        .transpose()?;
+    let image_version = match &args.os_release {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|source| MeasureError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            Some(super::image_version(&text).ok_or_else(|| {
+                MeasureError::Usage(format!(
+                    "{}: no usable IMAGE_ID (and IMAGE_VERSION)",
+                    path.display()
+                ))
+            })?)
+        }
+        None => args.image_version.clone(),
+    };
+    let facts = Facts {
+        mode: args.mode,
+        roothash: args.roothash.clone(),
+        image_version,
+        initdata: initdata.as_ref().map(|i| i.raw().to_vec()),
+        state_disk: args.state_disk.clone(),
+        workload_image: args.workload_image.clone(),
+        workload_digest: args.workload_digest.clone(),
+        restart_policy: args.restart,
+        args: args
+            .args
+            .as_deref()
+            .map(|a| parse_json_strings("--args", a))
+            .transpose()?,
+        env: args
+            .env
+            .as_deref()
+            .map(|e| parse_json_strings("--env", e))
+            .transpose()?,
+        overrides: args.overrides.clone(),
+    };
+    let prediction = predict(&facts, &args.banks)?;
+    let mut out = json!({"pcrs": prediction.pcrs.to_json(), "log": prediction.log.to_json()});
+    if let Some(initdata) = &initdata {
+        out["initdata"] = json!({
+            "algorithm": initdata.algorithm().name(),
+            "digest": hex::encode(&initdata.digest()),
+            "host_data": hex::encode(&initdata.host_data()),
+            "mrconfigid": hex::encode(&initdata.mrconfigid()),
+            "pcr8": hex::encode(&initdata.pcr8_expected()),
+            // Trustee's tpm verifier can only match PCR 8 for sha256 init-data.
+            "tpm_binding": initdata.check_tpm_binding().is_ok(),
+        });
+    }
+    to_pretty(&out)
+}
+
+fn to_pretty(value: &Value) -> Result<String, MeasureError> {
+    serde_json::to_string_pretty(value).map_err(|e| MeasureError::Format(e.to_string()))
+}
+
+/// `cvmctl replay`: replay an event log, optionally against expected PCR values.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ReplayArgs {
+    /// The event log (JSON-SEQ), e.g. a copy of /run/cvm-agent/measure.log.
+    pub log: PathBuf,
+    /// Expected PCR values: a JSON file like a prediction's "pcrs" (or a whole prediction).
+    #[arg(long)]
+    pub pcrs: Option<PathBuf>,
+    /// Banks to replay, comma-separated (default: every bank the log has digests for).
+    #[arg(long, value_delimiter = ',', value_parser = parse_bank)]
+    pub banks: Vec<HashAlg>,
+}
+
+/// The replay as pretty JSON, and whether every expected PCR value matched (true when none
+/// were given). The caller turns `matches == false` into a failing exit status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplayOutcome {
+    pub json: String,
+    pub matches: bool,
+}
+
+/// Expected values are compared entry by entry: a PCR the log never touches is expected to be
+/// all zeros, a bank the log has no digests for never matches.
+pub fn replay_command(args: &ReplayArgs) -> Result<ReplayOutcome, MeasureError> {
+    let log = EventLog::read(&args.log)?;
+    let banks = if args.banks.is_empty() {
+        log.banks()
+    } else {
+        args.banks.clone()
+    };
+    if banks.is_empty() {
+        return Err(MeasureError::Format(
+            "the log has no records to replay".into(),
+        ));
+    }
+    let pcrs = log.replay(&banks)?;
+    let expected = args.pcrs.as_deref().map(read_expected).transpose()?;
+
+    let mut mismatches = Vec::new();
+    if let Some(expected) = &expected {
+        for (alg, pcr, want) in expected.iter() {
+            let zero = vec![0u8; alg.digest_len()];
+            let got = if banks.contains(&alg) {
+                Some(pcrs.get(alg, pcr).unwrap_or(&zero))
+            } else {
+                None
+            };
+            if got != Some(want) {
+                mismatches.push(json!({
+                    "bank": alg.name(),
+                    "pcr": pcr,
+                    "expected": hex::encode(want),
+                    "actual": got.map(hex::encode),
+                }));
+            }
+        }
+    }
+    let matches = mismatches.is_empty();
+    let out = json!({
+        "pcrs": pcrs.to_json(),
+        "records": log.len(),
+        "separator": log.has_separator(),
+        "expected": expected.as_ref().map(Pcrs::to_json),
+        "mismatches": mismatches,
+        "matches": matches,
+    });
+    Ok(ReplayOutcome {
+        json: to_pretty(&out)?,
+        matches,
+    })
+}
+
+/// A `pcrs` object, or a whole prediction (which has one under "pcrs").
+fn read_expected(path: &std::path::Path) -> Result<Pcrs, MeasureError> {
+    let io = |source| MeasureError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let text = std::fs::read(path).map_err(io)?;
+    let value: Value = serde_json::from_slice(&text)
+        .map_err(|e| MeasureError::Pcrs(format!("{}: not JSON ({e})", path.display())))?;
+    Pcrs::from_json(value.get("pcrs").unwrap_or(&value))
+}

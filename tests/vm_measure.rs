@@ -1,0 +1,160 @@
+//! VM tests of stage 5: what the guest measures is what `cvmctl measure` predicts, the guest's
+//! event log replays to the PCRs its TPM holds, and a quote taken in the guest with a host
+//! nonce verifies on the host.
+
+mod common;
+
+use base64::Engine as _;
+use common::*;
+use cvm_agent::measure::eventlog::EventLog;
+use cvm_agent::tpm::HashAlg;
+use cvm_agent::tpm::verify::{AkPublic, verify_quote};
+use std::process::Command;
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+fn initdata() -> std::path::PathBuf {
+    repo().join("qemu/demo-initdata.toml")
+}
+
+fn boot_with_initdata(initdata: &std::path::Path, extra_append: &str) -> Boot {
+    let (hash, mut extra) = verified_root();
+    extra.extend([
+        "--fw-cfg".into(),
+        format!("opt/cvm/initdata={}", initdata.display()),
+    ]);
+    boot(
+        &format!("{hash} cvm.initdata=fw_cfg {extra_append}"),
+        &extra,
+    )
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// `cvmctl measure` for the test image and init-data: (PCR 8, PCR 15) in the sha256 bank.
+fn predicted() -> (String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_cvmctl"))
+        .arg("measure")
+        .arg("--initdata")
+        .arg(initdata())
+        .args(["--roothash", &roothash(), "--mode", "production"])
+        .arg("--os-release")
+        .arg(repo().join("rootfs/demo/etc/os-release"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let pcr = |n: &str| v["pcrs"]["sha256"][n].as_str().unwrap().to_string();
+    (pcr("8"), pcr("15"))
+}
+
+#[test]
+#[ignore = "boots a VM: run through `make test`"]
+fn measurements_match_prediction_replay_and_a_host_verified_quote() {
+    let nonce: Vec<u8> = (0..32)
+        .map(|i| (i * 37 + 11) as u8 ^ std::process::id() as u8)
+        .collect();
+    let b = boot_with_initdata(&initdata(), &format!("cvm.test_quote={}", hex(&nonce)));
+    assert_eq!(b.code, 0, "{}", b.show());
+    let line = b
+        .lines("cvm-agent: test-evidence ")
+        .first()
+        .copied()
+        .unwrap_or_else(|| panic!("no evidence line\n{}", b.show()));
+    let ev: serde_json::Value =
+        serde_json::from_str(line.trim_start_matches("cvm-agent: test-evidence ")).unwrap();
+    let pcrs: Vec<Vec<u8>> = ev["pcrs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| cvm_agent::cmdline::decode_hex(p.as_str().unwrap()).unwrap())
+        .collect();
+    assert_eq!(pcrs.len(), 24);
+
+    // The quote: signed by the AK, over these PCR values, with our nonce.
+    let spki = B64.decode(ev["ak_public"].as_str().unwrap()).unwrap();
+    let message = B64
+        .decode(ev["quote"]["message"].as_str().unwrap())
+        .unwrap();
+    let signature = B64
+        .decode(ev["quote"]["signature"].as_str().unwrap())
+        .unwrap();
+    let values: Vec<(u32, Vec<u8>)> = pcrs
+        .iter()
+        .cloned()
+        .enumerate()
+        .map(|(i, v)| (i as u32, v))
+        .collect();
+    verify_quote(
+        &AkPublic::SpkiDer(&spki),
+        &message,
+        &signature,
+        &nonce,
+        &values,
+    )
+    .expect("the guest's quote verifies on the host");
+    let mut wrong_nonce = nonce.clone();
+    wrong_nonce[0] ^= 1;
+    assert!(
+        verify_quote(
+            &AkPublic::SpkiDer(&spki),
+            &message,
+            &signature,
+            &wrong_nonce,
+            &values
+        )
+        .is_err()
+    );
+
+    // The guest's event log replays to the quoted PCR 8 and PCR 15, and ends sealed.
+    let log = EventLog::parse(&B64.decode(ev["eventlog"].as_str().unwrap()).unwrap()).unwrap();
+    assert!(log.has_separator());
+    let replayed = log.replay(&[HashAlg::Sha256]).unwrap();
+    assert_eq!(
+        replayed.get(HashAlg::Sha256, 8).unwrap(),
+        pcrs[8].as_slice()
+    );
+    assert_eq!(
+        replayed.get(HashAlg::Sha256, 15).unwrap(),
+        pcrs[15].as_slice()
+    );
+
+    // And `cvmctl measure` predicted both from the image, the mode and the init-data alone.
+    let (p8, p15) = predicted();
+    assert_eq!(hex(&pcrs[8]), p8);
+    assert_eq!(hex(&pcrs[15]), p15);
+    // The console shows the sealed PCR 15 for comparison from outside.
+    assert!(b.has(&format!("end: PCR 15 sha256={p15}")), "{}", b.show());
+}
+
+#[test]
+#[ignore = "boots a VM: run through `make test`"]
+fn changed_init_data_changes_pcr8_only_where_expected() {
+    let dir = tempfile::tempdir().unwrap();
+    let changed = dir.path().join("initdata.toml");
+    let text = std::fs::read_to_string(initdata()).unwrap();
+    std::fs::write(&changed, text.replace("demo-secret", "demo-secreT")).unwrap();
+    let b = boot_with_initdata(&changed, "");
+    assert_eq!(b.code, 0, "{}", b.show());
+    let (p8, _) = predicted();
+    assert!(b.has("measure: PCR 8 sha256="), "{}", b.show());
+    assert!(!b.has(&format!("PCR 8 sha256={p8}")), "{}", b.show());
+}
+
+#[test]
+#[ignore = "boots a VM: run through `make test`"]
+fn malformed_init_data_stops_the_boot() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("initdata.toml");
+    std::fs::write(&bad, "version = \"0.1.0\"\nalgorithm = \"md5\"\n[data]\n").unwrap();
+    let b = boot_with_initdata(&bad, "");
+    b.assert_one_error("cvm-agent: error: measure: ");
+    assert!(b.has("md5"), "{}", b.show());
+    assert!(b.powered_off(), "{}", b.show());
+}
