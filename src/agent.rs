@@ -405,9 +405,18 @@ impl Agent {
         };
         let pcr = event.pcr();
         let what = format!("{}={}", event.kind().name(), event.value());
+        // RTMRs are SHA-384 registers outside the TPM's banks, under the same digest rule.
+        let rtmr_digest = event.digest(HashAlg::Sha384).in_stage(stage)?;
         let digests = measurer.record(event).in_stage(stage)?;
         if let Some(tpm) = self.tpm.as_mut() {
             tpm.pcr_extend(pcr, &digests).in_stage(stage)?;
+        }
+        if pcr == 15
+            && let Some(rtmr2) = crate::measure::rtmr::rtmr2(Path::new("/sys"))
+        {
+            // The TD's RTMR2 gets the SHA-384 digest of the same event (a TD may have no vTPM
+            // at all: then this is where the claims live).
+            crate::measure::rtmr::extend(&rtmr2, &rtmr_digest).in_stage(stage)?;
         }
         tracing::debug!("PCR {pcr} += {what}");
         Ok(())
@@ -515,7 +524,12 @@ impl Agent {
         self.write_measure_log(Stage::Measure)?;
         self.check_pcrs_against_log(Stage::Measure)?;
         let records = self.measurer.as_ref().map_or(0, |m| m.log().len());
-        info!("{records} events measured; log at {MEASURE_LOG}");
+        let stats = self.tpm.as_ref().map(Tpm::stats).unwrap_or_default();
+        info!(
+            "{records} events measured; log at {MEASURE_LOG}; TPM: {} commands, {} ms since boot",
+            stats.commands,
+            stats.busy.as_millis()
+        );
         Ok(())
     }
 

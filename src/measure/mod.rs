@@ -55,6 +55,7 @@
 
 pub mod eventlog;
 pub mod predict;
+pub mod rtmr;
 
 #[cfg(test)]
 mod tests;

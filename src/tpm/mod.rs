@@ -176,6 +176,14 @@ impl PcrBank {
 #[derive(Debug)]
 pub struct Tpm<T: Transport = DeviceTransport> {
     transport: T,
+    stats: TpmStats,
+}
+
+/// Commands sent and the time spent waiting for their answers, for the boot figures.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TpmStats {
+    pub commands: u32,
+    pub busy: std::time::Duration,
 }
 
 impl Tpm<DeviceTransport> {
@@ -187,7 +195,14 @@ impl Tpm<DeviceTransport> {
 
 impl<T: Transport> Tpm<T> {
     pub fn new(transport: T) -> Self {
-        Tpm { transport }
+        Tpm {
+            transport,
+            stats: TpmStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> TpmStats {
+        self.stats
     }
 
     /// TPM2_GetCapability(TPM_CAP_PCRS): every bank the TPM implements with the PCRs
@@ -502,11 +517,15 @@ impl<T: Transport> Tpm<T> {
     fn transact(&mut self, command: &[u8], slow: bool) -> Result<Vec<u8>, TpmError> {
         let mut delay = RETRY_FIRST_DELAY;
         loop {
-            let frame = if slow {
-                self.transport.transact_slow(command)?
+            let started = std::time::Instant::now();
+            let answer = if slow {
+                self.transport.transact_slow(command)
             } else {
-                self.transport.transact(command)?
+                self.transport.transact(command)
             };
+            self.stats.commands += 1;
+            self.stats.busy += started.elapsed();
+            let frame = answer?;
             let rc = frame
                 .get(6..HEADER_LEN)
                 .and_then(|rc| rc.first_chunk::<4>())
