@@ -21,6 +21,7 @@ pub mod result;
 pub mod rootfs;
 pub mod stage;
 pub mod switchroot;
+pub mod tee;
 pub mod tpm;
 pub mod verity;
 pub mod verity_root;
