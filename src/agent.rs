@@ -4,6 +4,7 @@
 
 use crate::boot;
 use crate::cmdline::{self, Cmdline, Mode};
+use crate::evidence;
 use crate::initdata::{self, InitData};
 use crate::kmod;
 use crate::logging::{self, Sink};
@@ -11,6 +12,7 @@ use crate::measure::{Event, Measurer};
 use crate::pid1::{self, Pid1, Request};
 use crate::result::{RunResult, StageTimes};
 use crate::stage::{InStage, Stage, StageError};
+use crate::tee::detect::TeeKind;
 use crate::tpm::{HashAlg, Tpm};
 use crate::verity_root;
 use std::path::Path;
@@ -73,6 +75,8 @@ pub struct Agent {
     tpm: Option<Tpm>,
     measurer: Option<Measurer>,
     initdata: Option<InitData>,
+    /// The TEE evidence will come from, once detected.
+    tee: Option<TeeKind>,
 }
 
 /// Install the panic hook for `mode`: a panic is a failed stage like any other, never an exit of
@@ -152,6 +156,7 @@ pub fn main() -> ! {
         tpm: None,
         measurer: None,
         initdata: None,
+        tee: None,
     };
     agent
         .times
@@ -500,6 +505,12 @@ impl Agent {
         if self.tpm.is_none() {
             warn!("no TPM: events are logged but not extended");
         }
+        let platform = evidence::detect_platform(Path::new("/"), self.tpm.as_mut());
+        match platform.kind {
+            Some(kind) => info!("TEE {} ({})", kind.as_str(), platform.reason),
+            None => warn!("no TEE: {}", platform.reason),
+        }
+        self.tee = platform.kind;
         self.measure_event(Stage::Measure, Event::mode(self.mode))?;
         if let Some(hash) = self.cmdline.roothash.clone() {
             self.measure_event(
@@ -549,31 +560,27 @@ impl Agent {
         Ok(())
     }
 
-    /// `cvm.test_quote=`: quote PCRs 0–23 (sha256) with the host's nonce and print it.
+    /// `cvm.test_quote=`: the evidence the attest stage would send for this nonce as report
+    /// data, printed with the event log so a host test can verify both.
     fn print_test_evidence(&mut self, stage: Stage, nonce: &[u8]) -> Result<(), StageError> {
         use base64::Engine as _;
-        let Some(tpm) = self.tpm.as_mut() else {
+        let Some(kind) = self.tee else {
             return Ok(());
         };
-        let ak = tpm.attestation_key().in_stage(stage)?;
-        let pcrs: Vec<u32> = (0..24).collect();
-        let quote = tpm.quote(&ak, nonce, &pcrs).in_stage(stage)?;
-        let values = tpm.pcr_read(HashAlg::Sha256, &pcrs).in_stage(stage)?;
+        let report_data = evidence::pad_report_data(nonce);
+        let value = evidence::collect(kind, Path::new("/"), self.tpm.as_mut(), &report_data)
+            .in_stage(stage)?;
         let b64 = base64::engine::general_purpose::STANDARD;
-        let evidence = serde_json::json!({
-            "ak_public": b64.encode(&ak.spki_der),
-            "quote": {
-                "message": b64.encode(&quote.attest),
-                "signature": b64.encode(&quote.signature),
-            },
-            "pcrs": values.iter().map(|(_, v)| hex(v)).collect::<Vec<_>>(),
+        let line = serde_json::json!({
+            "tee": kind.as_str(),
+            "evidence": value,
             "eventlog": self
                 .measurer
                 .as_ref()
                 .map(|m| b64.encode(m.log().to_json_seq())),
         });
         self.sink
-            .line(6, &format!("cvm-agent: test-evidence {evidence}"), true);
+            .line(6, &format!("cvm-agent: test-evidence {line}"), true);
         Ok(())
     }
 

@@ -9,6 +9,7 @@ pub mod boot;
 pub mod cmdline;
 pub mod cpio;
 pub mod dm;
+pub mod evidence;
 pub mod gpt;
 pub mod initdata;
 pub mod initrd;

@@ -7,8 +7,9 @@ mod common;
 use base64::Engine as _;
 use common::*;
 use cvm_agent::measure::eventlog::EventLog;
+use cvm_agent::tee::tpm::TpmEvidence;
 use cvm_agent::tpm::HashAlg;
-use cvm_agent::tpm::verify::{AkPublic, verify_quote};
+use cvm_agent::tpm::verify::{AkPublic, rsassa_signature, verify_quote};
 use std::process::Command;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
@@ -67,9 +68,11 @@ fn measurements_match_prediction_replay_and_a_host_verified_quote() {
         .first()
         .copied()
         .unwrap_or_else(|| panic!("no evidence line\n{}", b.show()));
-    let ev: serde_json::Value =
+    let line: serde_json::Value =
         serde_json::from_str(line.trim_start_matches("cvm-agent: test-evidence ")).unwrap();
-    let pcrs: Vec<Vec<u8>> = ev["pcrs"]
+    assert_eq!(line["tee"], "tpm");
+    let ev = &line["evidence"];
+    let pcrs: Vec<Vec<u8>> = ev["tpm_quote"]["pcrs"]
         .as_array()
         .unwrap()
         .iter()
@@ -77,14 +80,25 @@ fn measurements_match_prediction_replay_and_a_host_verified_quote() {
         .collect();
     assert_eq!(pcrs.len(), 24);
 
-    // The quote: signed by the AK, over these PCR values, with our nonce.
+    // The quote, as a KBS verifier sees it: signed by the AK, over these PCR values, with our
+    // nonce (zero-padded to 64 bytes) as qualifying data.
+    let parsed = TpmEvidence::from_json(ev.to_string().as_bytes()).unwrap();
+    let attest = parsed
+        .verify()
+        .expect("the guest's quote verifies on the host");
+    let mut padded = nonce.clone();
+    padded.resize(64, 0);
+    assert_eq!(attest.extra_data, padded);
+    // Independently, through the TPM-side verifier with the raw signature.
     let spki = B64.decode(ev["ak_public"].as_str().unwrap()).unwrap();
     let message = B64
-        .decode(ev["quote"]["message"].as_str().unwrap())
+        .decode(ev["tpm_quote"]["message"].as_str().unwrap())
         .unwrap();
-    let signature = B64
-        .decode(ev["quote"]["signature"].as_str().unwrap())
-        .unwrap();
+    let signature = rsassa_signature(
+        &B64.decode(ev["tpm_quote"]["signature"].as_str().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
     let values: Vec<(u32, Vec<u8>)> = pcrs
         .iter()
         .cloned()
@@ -95,11 +109,11 @@ fn measurements_match_prediction_replay_and_a_host_verified_quote() {
         &AkPublic::SpkiDer(&spki),
         &message,
         &signature,
-        &nonce,
+        &padded,
         &values,
     )
-    .expect("the guest's quote verifies on the host");
-    let mut wrong_nonce = nonce.clone();
+    .unwrap();
+    let mut wrong_nonce = padded.clone();
     wrong_nonce[0] ^= 1;
     assert!(
         verify_quote(
@@ -113,7 +127,7 @@ fn measurements_match_prediction_replay_and_a_host_verified_quote() {
     );
 
     // The guest's event log replays to the quoted PCR 8 and PCR 15, and ends sealed.
-    let log = EventLog::parse(&B64.decode(ev["eventlog"].as_str().unwrap()).unwrap()).unwrap();
+    let log = EventLog::parse(&B64.decode(line["eventlog"].as_str().unwrap()).unwrap()).unwrap();
     assert!(log.has_separator());
     let replayed = log.replay(&[HashAlg::Sha256]).unwrap();
     assert_eq!(

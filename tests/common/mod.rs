@@ -3,6 +3,8 @@
 //! from `make` (CVM_KERNEL, CVM_INITRD, CVM_ROOTFS); a bare `cargo test` skips these tests.
 #![allow(dead_code)]
 
+pub mod swtpm;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 

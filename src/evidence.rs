@@ -1,0 +1,128 @@
+//! Stage 7's input: which TEE this is, and its evidence in the KBS protocol's JSON form for
+//! that TEE type, bound to the KBS's report data.
+//!
+//! Forms (as the CoCo attesters send them and Trustee's verifiers read them):
+//! - `tpm`: `{"ak_public": b64(DER SPKI), "tpm_quote": {"signature": b64(TPMT_SIGNATURE),
+//!   "message": b64(TPMS_ATTEST), "pcrs": [hex × 24]}}` — a quote of SHA-256 PCRs 0–23 by the
+//!   persistent AK, with the 64-byte report data as qualifying data.
+//! - `tdx`: `{"quote": b64(DCAP quote), "cc_eventlog": b64(CCEL)}` from configfs-tsm.
+//! - `snp`: `{"attestation_report": b64(report), "cert_chain": b64(auxblob)}` from
+//!   configfs-tsm.
+//!
+//! The `tpm` form is checked against the real evidence fixture and Trustee's verifier logic
+//! (`tee::tpm`); `tdx`/`snp` are produced from the kernel's report but could not be run on
+//! hardware here. The Azure forms need the VCEK/TD quote from the host's services and are
+//! refused with a clear error until the network stage exists.
+
+use crate::tee::detect::{self, Detection, TeeKind};
+use crate::tee::tpm::{TpmEvidence, TpmQuoteJson};
+use crate::tee::tsm;
+use crate::tpm::{HashAlg, Tpm, TpmError, Transport};
+use base64::Engine as _;
+use std::path::Path;
+
+/// NV index of the Azure CVM's HCL report.
+pub const AZURE_HCL_NV_INDEX: u32 = 0x0140_0001;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EvidenceError {
+    #[error("no TEE found ({0})")]
+    NoTee(String),
+    #[error("{0} evidence needs a vTPM, and there is none")]
+    NoTpm(TeeKind),
+    #[error("TPM evidence")]
+    Tpm(#[source] TpmError),
+    #[error("the quote the TPM produced does not verify against its own PCRs")]
+    SelfCheck(#[source] crate::tee::tpm::TpmEvidenceError),
+    #[error("configfs-tsm report")]
+    Tsm(#[source] tsm::TsmError),
+    #[error("cannot read the CCEL event log {0}")]
+    Ccel(&'static str, #[source] std::io::Error),
+    #[error("cannot encode the evidence")]
+    Json(#[source] serde_json::Error),
+    #[error("{0} evidence is not supported yet")]
+    Unsupported(TeeKind),
+}
+
+/// Which TEE, and why: Azure's HCL report in the vTPM beats TDX beats SNP beats a plain vTPM.
+pub fn detect_platform<T: Transport>(root: &Path, tpm: Option<&mut Tpm<T>>) -> Detection {
+    let has_azure_hcl = tpm.is_some_and(|t| t.nv_read_public(AZURE_HCL_NV_INDEX).is_ok());
+    detect::detect(root, has_azure_hcl)
+}
+
+/// `tpm` evidence: quote PCRs 0–23 (SHA-256) with the report data as qualifying data.
+pub fn tpm_evidence<T: Transport>(
+    tpm: &mut Tpm<T>,
+    report_data: &[u8; 64],
+) -> Result<TpmEvidence, EvidenceError> {
+    let ak = tpm.attestation_key().map_err(EvidenceError::Tpm)?;
+    let all: Vec<u32> = (0..24).collect();
+    let quote = tpm
+        .quote(&ak, report_data, &all)
+        .map_err(EvidenceError::Tpm)?;
+    let values = tpm
+        .pcr_read(HashAlg::Sha256, &all)
+        .map_err(EvidenceError::Tpm)?;
+    let pcrs = values
+        .into_iter()
+        .map(|(i, v)| {
+            <[u8; 32]>::try_from(v.as_slice()).map_err(|_| {
+                EvidenceError::Tpm(TpmError::Malformed(format!("PCR {i} is not 32 bytes")))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let evidence = TpmEvidence {
+        ak_public: ak.spki_der.clone(),
+        tpm_quote: TpmQuoteJson {
+            signature: quote.signature_raw,
+            message: quote.attest,
+            pcrs,
+        },
+    };
+    // A PCR extended between the quote and the read would make evidence no verifier accepts;
+    // better to find out here, with a clear error.
+    evidence.verify().map_err(EvidenceError::SelfCheck)?;
+    Ok(evidence)
+}
+
+/// Evidence for `kind` as the KBS protocol's JSON value.
+pub fn collect<T: Transport>(
+    kind: TeeKind,
+    root: &Path,
+    tpm: Option<&mut Tpm<T>>,
+    report_data: &[u8; 64],
+) -> Result<serde_json::Value, EvidenceError> {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    match kind {
+        TeeKind::Tpm => {
+            let tpm = tpm.ok_or(EvidenceError::NoTpm(kind))?;
+            let ev = tpm_evidence(tpm, report_data)?;
+            serde_json::to_value(ev).map_err(EvidenceError::Json)
+        }
+        TeeKind::Tdx => {
+            let report = tsm::tsm_report_in(root, report_data).map_err(EvidenceError::Tsm)?;
+            let ccel = std::fs::read(root.join("sys/firmware/acpi/tables/data/CCEL"))
+                .map_err(|e| EvidenceError::Ccel("/sys/firmware/acpi/tables/data/CCEL", e))?;
+            Ok(serde_json::json!({
+                "quote": b64.encode(&report.outblob),
+                "cc_eventlog": b64.encode(ccel),
+            }))
+        }
+        TeeKind::Snp => {
+            let report = tsm::tsm_report_in(root, report_data).map_err(EvidenceError::Tsm)?;
+            Ok(serde_json::json!({
+                "attestation_report": b64.encode(&report.outblob),
+                "cert_chain": report.auxblob.as_ref().map(|a| b64.encode(a)),
+            }))
+        }
+        TeeKind::AzSnpVtpm | TeeKind::AzTdxVtpm => Err(EvidenceError::Unsupported(kind)),
+    }
+}
+
+/// The 64-byte report data the attesters bind: the protocol's hash, zero-padded.
+pub fn pad_report_data(hash: &[u8]) -> [u8; 64] {
+    let mut out = [0u8; 64];
+    let n = hash.len().min(64);
+    out[..n].copy_from_slice(&hash[..n]);
+    out
+}
