@@ -537,7 +537,7 @@ impl Agent {
         let records = self.measurer.as_ref().map_or(0, |m| m.log().len());
         let stats = self.tpm.as_ref().map(Tpm::stats).unwrap_or_default();
         info!(
-            "{records} events measured; log at {MEASURE_LOG}; TPM: {} commands, {} ms since boot",
+            "{records} events measured; log at {MEASURE_LOG}; TPM: {} commands, {} ms waiting on it",
             stats.commands,
             stats.busy.as_millis()
         );
