@@ -16,6 +16,7 @@ pub mod initrd;
 pub mod kmod;
 pub mod logging;
 pub mod measure;
+pub mod net;
 pub mod osrelease;
 pub mod pid1;
 pub mod result;

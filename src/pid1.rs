@@ -60,11 +60,18 @@ impl Pid1 {
     /// Block the handled signals and read them from a signalfd. Ctrl-alt-del then arrives as
     /// SIGINT instead of an immediate hard reboot.
     pub fn init() -> Result<Self, Pid1Error> {
+        let pid1 = Self::signals()?;
+        set_cad_enabled(false).map_err(Pid1Error::Cad)?;
+        Ok(pid1)
+    }
+
+    /// The signal half of [`Pid1::init`], without touching the machine's ctrl-alt-del setting
+    /// (so host tests can run it).
+    pub fn signals() -> Result<Self, Pid1Error> {
         let handled = Self::handled_signals();
         sigprocmask(SigmaskHow::SIG_BLOCK, Some(&handled), None).map_err(Pid1Error::Mask)?;
         let sigfd = SignalFd::with_flags(&handled, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
             .map_err(Pid1Error::SignalFd)?;
-        set_cad_enabled(false).map_err(Pid1Error::Cad)?;
         Ok(Pid1 { sigfd, handled })
     }
 

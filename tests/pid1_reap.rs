@@ -1,0 +1,54 @@
+//! PID 1's duties, on the host: as a child subreaper this test process stands in for init, so
+//! orphans are reparented to it exactly as they would be to PID 1.
+//! One test per binary: it blocks signals process-wide.
+
+use cvm_agent::pid1::{Pid1, Request};
+use nix::sys::pthread::{pthread_kill, pthread_self};
+use nix::sys::signal::Signal;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+#[test]
+fn reaps_children_and_orphans_and_turns_sigterm_into_power_off() {
+    nix::sys::prctl::set_child_subreaper(true).expect("PR_SET_CHILD_SUBREAPER");
+    let mut pid1 = Pid1::signals().expect("block signals, signalfd");
+
+    // sh exits at once and leaves its background sleep behind: an orphan that is now ours.
+    let child = Command::new("sh")
+        .args(["-c", "sleep 0.3 & echo $!"])
+        .output()
+        .expect("run sh");
+    // `output()` waited for sh itself; the orphan is left for us.
+    let orphan: i32 = String::from_utf8_lossy(&child.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut reaped = Vec::new();
+    while !reaped.contains(&orphan) {
+        assert!(
+            Instant::now() < deadline,
+            "orphan {orphan} never reaped: {reaped:?}"
+        );
+        assert_eq!(pid1.wait(Some(Duration::from_millis(100))), None);
+        reaped.extend(pid1.reap().iter().map(|r| r.pid.as_raw()));
+        // wait() reaps too; a pid that is gone from /proc was reaped by one of the two.
+        if !std::path::Path::new(&format!("/proc/{orphan}")).exists() {
+            break;
+        }
+    }
+    assert!(
+        !std::path::Path::new(&format!("/proc/{orphan}")).exists(),
+        "orphan {orphan} is still a zombie"
+    );
+
+    // SIGTERM is blocked and queued, then read as an orderly power-off request. The test
+    // harness runs this on a thread of its own and only this thread blocks the signal, so it
+    // is sent to this thread (in the agent, PID 1 blocks it before any thread exists).
+    pthread_kill(pthread_self(), Signal::SIGTERM).unwrap();
+    assert_eq!(
+        pid1.wait(Some(Duration::from_secs(5))),
+        Some(Request::PowerOff(Signal::SIGTERM))
+    );
+    assert_eq!(pid1.poll(), None);
+}
