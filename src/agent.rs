@@ -5,10 +5,12 @@
 use crate::boot;
 use crate::cmdline::{self, Cmdline, Mode};
 use crate::evidence;
+use crate::initdata::launch::{LaunchConfig, NetworkMode};
 use crate::initdata::{self, InitData};
 use crate::kmod;
 use crate::logging::{self, Sink};
 use crate::measure::{Event, Measurer};
+use crate::net;
 use crate::pid1::{self, Pid1, Request};
 use crate::result::{RunResult, StageTimes};
 use crate::stage::{InStage, Stage, StageError};
@@ -29,6 +31,8 @@ const TPM_DEVICE: &str = "/dev/tpmrm0";
 const MEASURE_LOG: &str = "/run/cvm-agent/measure.log";
 const TPM_WAIT: Duration = Duration::from_secs(10);
 const COLDPLUG_ROUNDS: u32 = 8;
+/// Link, carrier and a DHCP lease; QEMU and cloud DHCP answer in well under a second.
+const NETWORK_DEADLINE: Duration = Duration::from_secs(20);
 
 /// Errors of the agent's own glue between stages.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +60,8 @@ pub enum AgentError {
     },
     #[error("cannot create {0}")]
     MkDir(&'static str, #[source] std::io::Error),
+    #[error("launch.toml [network]: {0}")]
+    NetworkConfig(&'static str),
     #[error("test panic requested by cvm.test_panic={0}")]
     TestPanic(Stage),
 }
@@ -77,6 +83,9 @@ pub struct Agent {
     initdata: Option<InitData>,
     /// The TEE evidence will come from, once detected.
     tee: Option<TeeKind>,
+    /// launch.toml from the init-data, once measured.
+    launch: Option<LaunchConfig>,
+    net: Option<net::NetUp>,
 }
 
 /// Install the panic hook for `mode`: a panic is a failed stage like any other, never an exit of
@@ -157,6 +166,8 @@ pub fn main() -> ! {
         measurer: None,
         initdata: None,
         tee: None,
+        launch: None,
+        net: None,
     };
     agent
         .times
@@ -171,6 +182,7 @@ impl Agent {
         self.stage(Stage::Verity, |a| a.verity_stage());
         self.stage(Stage::Tpm, |a| a.tpm_stage());
         self.stage(Stage::Measure, |a| a.measure_stage());
+        self.stage(Stage::Network, |a| a.network_stage());
         self.finish(0)
     }
 
@@ -496,6 +508,7 @@ impl Agent {
                 }
             );
             self.initdata = Some(parsed);
+            self.launch = launch;
         } else {
             warn!(
                 "no init-data ({:?}): PCR 8 stays unbound",
@@ -541,6 +554,76 @@ impl Agent {
             stats.commands,
             stats.busy.as_millis()
         );
+        Ok(())
+    }
+
+    /// Stage 6: only when something needs it (a KBS, or an explicit [network] section).
+    fn network_stage(&mut self) -> Result<(), StageError> {
+        let Some(launch) = self.launch.as_ref() else {
+            info!("not needed (no launch.toml)");
+            return Ok(());
+        };
+        if launch.kbs.is_none() && launch.network.is_none() {
+            info!("not needed (no KBS and no [network] in launch.toml)");
+            return Ok(());
+        }
+        let v4 = |ip: std::net::IpAddr| match ip {
+            std::net::IpAddr::V4(v4) => Ok(v4),
+            std::net::IpAddr::V6(_) => Err(StageError::new(
+                Stage::Network,
+                AgentError::NetworkConfig("IPv6 addresses are not supported yet"),
+            )),
+        };
+        let config = match &launch.network {
+            None => net::NetConfig::Dhcp,
+            Some(n) => match n.mode {
+                NetworkMode::Dhcp => net::NetConfig::Dhcp,
+                NetworkMode::None => net::NetConfig::None,
+                NetworkMode::Static => {
+                    let (address, prefix) = n.address.ok_or_else(|| {
+                        StageError::new(
+                            Stage::Network,
+                            AgentError::NetworkConfig("static mode needs an address"),
+                        )
+                    })?;
+                    net::NetConfig::Static {
+                        address: v4(address)?,
+                        prefix,
+                        gateway: n.gateway.map(v4).transpose()?,
+                        dns: n.dns.iter().copied().map(v4).collect::<Result<_, _>>()?,
+                    }
+                }
+            },
+        };
+        let up = net::bring_up(&config, None, NETWORK_DEADLINE).in_stage(Stage::Network)?;
+        match &up {
+            Some(up) => info!(
+                "{} {}/{}{}{} ({}) in {} ms",
+                up.interface,
+                up.address,
+                up.prefix,
+                up.gateway.map(|g| format!(" via {g}")).unwrap_or_default(),
+                if up.dns.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        ", dns {}",
+                        up.dns
+                            .iter()
+                            .map(|d| d.to_string())
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    )
+                },
+                match up.lease_secs {
+                    Some(s) => format!("DHCP lease {s} s"),
+                    None => "static".to_string(),
+                },
+                up.elapsed.as_millis()
+            ),
+            None => info!("disabled by launch.toml (mode = \"none\")"),
+        }
+        self.net = up;
         Ok(())
     }
 
