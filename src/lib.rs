@@ -11,6 +11,7 @@ pub mod cpio;
 pub mod dm;
 pub mod evidence;
 pub mod gpt;
+pub mod hex;
 pub mod initdata;
 pub mod initrd;
 pub mod kmod;

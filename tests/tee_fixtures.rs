@@ -17,9 +17,11 @@ use cvm_agent::tee::snp::{
 };
 use cvm_agent::tee::tdx::{self, Quote, TdReport, TdxError};
 use cvm_agent::tee::tpm::TpmEvidence;
-use cvm_agent::tee::tpm_quote::{self, Attest};
+use cvm_agent::tee::tpm_quote;
 use cvm_agent::tee::x509::{Cert, pem_certificates};
 use cvm_agent::tee::{TeeKind, hex, unhex};
+use cvm_agent::tpm::HashAlg;
+use cvm_agent::tpm::verify::{self, QuoteError};
 use proptest::prelude::*;
 
 fn fx(p: &str) -> Vec<u8> {
@@ -619,7 +621,7 @@ fn azure_snp_hcl_report() {
         quote.pcrs[0],
         arr("f3a7e99a5f819a034386bce753a48a73cfdaa0bea0ecfc124bedbf5a8c4799be")
     );
-    let attest = quote.verify(&ak.key).unwrap();
+    let attest = quote.verify(&ak.verifier_key()).unwrap();
     assert_eq!(attest.extra_data, b"challenge");
 }
 
@@ -638,10 +640,10 @@ fn azure_snp_binding_breaks_when_runtime_data_changes() {
 fn azure_tpm_quote_msg_and_sig() {
     // tpm-quote.msg is a TPMS_ATTEST quote with nonce "challenge" over SHA-256 PCRs 0–7 and 14
     // (selection bitmap ff 40 00).
-    let attest = Attest::parse(&fx("az-snp-vtpm/tpm-quote.msg")).unwrap();
+    let attest = verify::parse_attest(&fx("az-snp-vtpm/tpm-quote.msg")).unwrap();
     assert_eq!(attest.extra_data, b"challenge");
     assert_eq!(attest.pcr_select.len(), 1);
-    assert_eq!(attest.pcr_select[0].hash_alg, tpm_quote::TPM_ALG_SHA256);
+    assert_eq!(attest.pcr_select[0].hash, HashAlg::Sha256.tpm_alg_id());
     assert_eq!(attest.pcr_select[0].pcrs, vec![0, 1, 2, 3, 4, 5, 6, 7, 14]);
     assert_eq!(
         attest.pcr_digest,
@@ -654,12 +656,12 @@ fn azure_tpm_quote_msg_and_sig() {
         .ak_pub()
         .unwrap();
     assert!(matches!(
-        tpm_quote::verify_rsassa_sha256(
-            &ak.key,
+        verify::verify_signature(
+            &ak.verifier_key(),
             &fx("az-snp-vtpm/tpm-quote.msg"),
             &fx("az-snp-vtpm/tpm-quote.sig")
         ),
-        Err(tpm_quote::TpmQuoteError::Signature)
+        Err(QuoteError::BadSignature)
     ));
 }
 
@@ -913,12 +915,12 @@ proptest! {
     fn tpm_structures_never_panic(b in proptest::collection::vec(any::<u8>(), 0..400),
                                   edits in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..6),
                                   cut in any::<usize>()) {
-        let _ = Attest::parse(&b);
-        let _ = tpm_quote::rsassa_sha256_signature(&b);
+        let _ = verify::parse_attest(&b);
+        let _ = verify::rsassa_signature(&b);
         let _ = tpm_quote::Quote::from_bincode(&b);
         let m = mutate(fx("az-snp-vtpm/tpm-quote.msg"), &edits, cut);
-        if let Ok(a) = Attest::parse(&m) {
-            let _ = a.check_pcrs(&[[0; 32]; 24]);
+        if let Ok(a) = verify::parse_attest(&m) {
+            let _ = a.check_pcrs(&(0..24).map(|i| (i, vec![0; 32])).collect::<Vec<_>>());
         }
         let _ = tpm_quote::Quote::from_bincode(&mutate(fx("az-snp-vtpm/quote.bin"), &edits, cut));
     }

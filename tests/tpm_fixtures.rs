@@ -20,11 +20,7 @@ fn json(path: &str) -> serde_json::Value {
 }
 
 fn unhex(s: &str) -> Vec<u8> {
-    assert!(s.len().is_multiple_of(2), "odd hex");
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
+    cvm_agent::hex::decode(s).unwrap_or_else(|| panic!("not hex: {s:?}"))
 }
 
 /// Base64, standard or URL-safe alphabet, padding optional.
@@ -175,51 +171,66 @@ fn coco_tpm_evidence_verifies() {
     assert_eq!(rsa_spki_der(&key.n().to_bytes_be(), exponent), spki);
 }
 
-#[test]
-fn azure_snp_vtpm_evidence_verifies() {
-    // The KBS `az-snp-vtpm` v2 evidence: AK from the HCL report's JWK, raw signature.
-    let evidence = json("az-snp-vtpm/evidence-v2.json");
-    let (modulus, exponent) = hcl_ak(&unbase64(str_field(&evidence, "hcl_report")));
-    assert_eq!(exponent, 65537);
-    let quote = &evidence["tpm_quote"];
+/// An Azure `tpm_quote` (hex fields, raw signature) and the AK of an HCL report.
+struct AzureQuote {
+    modulus: Vec<u8>,
+    exponent: u32,
+    message: Vec<u8>,
+    signature: Vec<u8>,
+    nonce: Vec<u8>,
+    pcrs: Vec<(u32, Vec<u8>)>,
+}
+
+/// `quote` verifies with the AK from `hcl_report` given as modulus and exponent (the HCL
+/// report's JWK), and every tampering fails.
+fn verify_azure_quote(quote: &serde_json::Value, hcl_report: &[u8]) -> AzureQuote {
+    let (modulus, exponent) = hcl_ak(hcl_report);
     let message = unhex(str_field(quote, "message"));
     let signature = unhex(str_field(quote, "signature"));
     let pcrs = pcr_list(quote);
     let nonce = verify::parse_attest(&message).unwrap().extra_data;
-
     let ak = AkPublic::Rsa {
         modulus: &modulus,
         exponent,
     };
     verify::verify_quote(&ak, &message, &signature, &nonce, &pcrs).unwrap();
     assert_tampering_fails(&ak, &message, &signature, &nonce, &pcrs);
+    AzureQuote {
+        modulus,
+        exponent,
+        message,
+        signature,
+        nonce,
+        pcrs,
+    }
+}
+
+#[test]
+fn azure_snp_vtpm_evidence_verifies() {
+    // The KBS `az-snp-vtpm` v2 evidence: AK from the HCL report's JWK, raw signature.
+    let evidence = json("az-snp-vtpm/evidence-v2.json");
+    let hcl_report = unbase64(str_field(&evidence, "hcl_report"));
+    let q = verify_azure_quote(&evidence["tpm_quote"], &hcl_report);
+    assert_eq!(q.exponent, 65537);
 
     // The same key as a DER SPKI.
-    let spki = rsa_spki_der(&modulus, exponent);
+    let spki = rsa_spki_der(&q.modulus, q.exponent);
     verify::verify_quote(
         &AkPublic::SpkiDer(&spki),
-        &message,
-        &signature,
-        &nonce,
-        &pcrs,
+        &q.message,
+        &q.signature,
+        &q.nonce,
+        &q.pcrs,
     )
     .unwrap();
 }
 
 #[test]
 fn azure_tdx_vtpm_quote_verifies() {
-    let quote = json("az-tdx-vtpm/tpm-quote-v1.json");
-    let (modulus, exponent) = hcl_ak(&fixture("az-tdx-vtpm/hcl-report.bin"));
-    let message = unhex(str_field(&quote, "message"));
-    let signature = unhex(str_field(&quote, "signature"));
-    let pcrs = pcr_list(&quote);
-    let nonce = verify::parse_attest(&message).unwrap().extra_data;
-    let ak = AkPublic::Rsa {
-        modulus: &modulus,
-        exponent,
-    };
-    verify::verify_quote(&ak, &message, &signature, &nonce, &pcrs).unwrap();
-    assert_tampering_fails(&ak, &message, &signature, &nonce, &pcrs);
+    verify_azure_quote(
+        &json("az-tdx-vtpm/tpm-quote-v1.json"),
+        &fixture("az-tdx-vtpm/hcl-report.bin"),
+    );
 }
 
 #[test]

@@ -126,39 +126,8 @@ pub enum MeasureError {
     Usage(String),
 }
 
-/// Lower-case hex, used for every digest in logs and predictions.
-pub(crate) mod hex {
-    pub fn encode(bytes: &[u8]) -> String {
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
-        let mut out = String::with_capacity(bytes.len() * 2);
-        for &b in bytes {
-            out.push(DIGITS[usize::from(b >> 4)] as char);
-            out.push(DIGITS[usize::from(b & 0xf)] as char);
-        }
-        out
-    }
-
-    /// Either case; `None` for odd length or a non-hex character.
-    pub fn decode(text: &str) -> Option<Vec<u8>> {
-        let bytes = text.as_bytes();
-        if !bytes.len().is_multiple_of(2) {
-            return None;
-        }
-        bytes
-            .chunks_exact(2)
-            .map(|pair| Some(nibble(pair[0])? << 4 | nibble(pair[1])?))
-            .collect()
-    }
-
-    fn nibble(c: u8) -> Option<u8> {
-        match c {
-            b'0'..=b'9' => Some(c - b'0'),
-            b'a'..=b'f' => Some(c - b'a' + 10),
-            b'A'..=b'F' => Some(c - b'A' + 10),
-            _ => None,
-        }
-    }
-}
+/// Lower-case hex, used for every digest in logs and predictions (`hex::encode`/`decode`).
+pub(crate) use crate::hex;
 
 /// `H(data)` for a PCR bank. SM3 has no pure-Rust implementation in the dependency set, and
 /// no CVM we target allocates an SM3 bank, so it is an error rather than a guess.

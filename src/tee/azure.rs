@@ -25,7 +25,8 @@ use super::detect::TeeKind;
 use super::encoding::{b64url_bytes, b64url_decode, hex_bytes, hex_pcrs};
 use super::snp::{self, AttestationReport, EndorsementKey, SnpError};
 use super::tdx::{self, TdReport, TdxError};
-use super::tpm_quote::{self, Attest, TpmQuoteError};
+use super::tpm_quote;
+use crate::tpm::verify::{AkPublic, Attest, QuoteError};
 
 /// The vTPM NV index holding the HCL report.
 pub const HCL_NV_INDEX: u32 = 0x0140_0001;
@@ -79,7 +80,7 @@ pub enum AzureError {
         expected: &'static str,
     },
     #[error("TPM quote does not verify")]
-    TpmQuote(#[source] TpmQuoteError),
+    TpmQuote(#[source] QuoteError),
     #[error("SNP report was requested at VMPL {0}, not 0 (the paravisor's level)")]
     Vmpl(u32),
     #[error("TD quote was not made from the HCL report's TDREPORT")]
@@ -274,7 +275,7 @@ impl RuntimeData {
 
     /// `user-data` decoded from hex.
     pub fn user_data_bytes(&self) -> Option<Vec<u8>> {
-        crate::tee::unhex(self.user_data.as_deref()?)
+        crate::hex::decode(self.user_data.as_deref()?)
     }
 }
 
@@ -325,6 +326,11 @@ impl AkPublicKey {
             spki_der,
             key,
         })
+    }
+
+    /// The key in the form [`crate::tpm::verify`] takes.
+    pub fn verifier_key(&self) -> AkPublic<'_> {
+        AkPublic::Key(&self.key)
     }
 }
 
@@ -398,7 +404,7 @@ fn verify_vtpm_part(hcl_bytes: &[u8], quote: &AzTpmQuote) -> Result<AzVerified, 
     let ak = runtime_data.ak_pub()?;
     let attest = quote
         .to_quote()
-        .verify(&ak.key)
+        .verify(&ak.verifier_key())
         .map_err(AzureError::TpmQuote)?;
     Ok(AzVerified {
         hcl,

@@ -59,19 +59,6 @@ impl<'a> Reader<'a> {
     pub(crate) fn u64_le(&mut self) -> Option<u64> {
         Some(u64::from_le_bytes(self.array()?))
     }
-
-    /// Big-endian reads, for the TPM structures (TPMS_ATTEST, TPMT_SIGNATURE).
-    pub(crate) fn u16_be(&mut self) -> Option<u16> {
-        Some(u16::from_be_bytes(self.array()?))
-    }
-
-    pub(crate) fn u32_be(&mut self) -> Option<u32> {
-        Some(u32::from_be_bytes(self.array()?))
-    }
-
-    pub(crate) fn u64_be(&mut self) -> Option<u64> {
-        Some(u64::from_be_bytes(self.array()?))
-    }
 }
 
 /// A fixed-size field copied out of a slice whose length the caller has already checked.
@@ -93,36 +80,6 @@ pub(crate) fn le_u64(buf: &[u8], offset: usize) -> Option<u64> {
     Some(u64::from_le_bytes(field(buf, offset)?))
 }
 
-/// Lower-case hex, for messages and the JSON encodings that use it.
-pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[usize::from(b >> 4)] as char);
-        s.push(DIGITS[usize::from(b & 0xf)] as char);
-    }
-    s
-}
-
-/// Strict hex decoding (even length, `0-9a-fA-F` only); `None` on anything else.
-pub fn unhex(s: &str) -> Option<Vec<u8>> {
-    fn nibble(c: u8) -> Option<u8> {
-        match c {
-            b'0'..=b'9' => Some(c - b'0'),
-            b'a'..=b'f' => Some(c - b'a' + 10),
-            b'A'..=b'F' => Some(c - b'A' + 10),
-            _ => None,
-        }
-    }
-    let b = s.as_bytes();
-    if !b.len().is_multiple_of(2) {
-        return None;
-    }
-    b.chunks_exact(2)
-        .map(|p| Some(nibble(p[0])? << 4 | nibble(p[1])?))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,14 +95,5 @@ mod tests {
         assert_eq!(r.take(0), Some(&[][..]));
         assert_eq!(field::<4>(&[0; 3], 0), None);
         assert_eq!(field::<1>(&[0; 3], usize::MAX), None);
-    }
-
-    #[test]
-    fn hex_round_trip() {
-        assert_eq!(hex(&[0x00, 0xab, 0x0f]), "00ab0f");
-        assert_eq!(unhex("00AB0f"), Some(vec![0x00, 0xab, 0x0f]));
-        assert_eq!(unhex("0"), None);
-        assert_eq!(unhex("zz"), None);
-        assert_eq!(unhex("é0"), None);
     }
 }

@@ -20,12 +20,12 @@ pub mod hex_bytes {
     use super::*;
 
     pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&crate::tee::hex(v))
+        s.serialize_str(&crate::hex::encode(v))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         let s = String::deserialize(d)?;
-        crate::tee::unhex(&s).ok_or_else(|| D::Error::custom("invalid hex string"))
+        crate::hex::decode(&s).ok_or_else(|| D::Error::custom("invalid hex string"))
     }
 }
 
@@ -37,7 +37,7 @@ pub mod hex_pcrs {
     pub fn serialize<S: Serializer>(v: &[[u8; 32]], s: S) -> Result<S::Ok, S::Error> {
         let mut seq = s.serialize_seq(Some(v.len()))?;
         for p in v {
-            seq.serialize_element(&crate::tee::hex(p))?;
+            seq.serialize_element(&crate::hex::encode(p))?;
         }
         seq.end()
     }
@@ -46,7 +46,7 @@ pub mod hex_pcrs {
         let list = Vec::<String>::deserialize(d)?;
         list.iter()
             .map(|s| {
-                crate::tee::unhex(s)
+                crate::hex::decode(s)
                     .and_then(|b| <[u8; 32]>::try_from(b).ok())
                     .ok_or_else(|| D::Error::custom("PCR value is not 32 bytes of hex"))
             })

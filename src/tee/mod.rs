@@ -20,6 +20,7 @@ pub mod tpm_quote;
 pub mod tsm;
 pub mod x509;
 
-pub use bytes::{hex, unhex};
+/// The names evidence code and its tests have always used for [`crate::hex`].
+pub use crate::hex::{decode as unhex, encode as hex};
 pub use detect::{Detection, TeeKind, detect};
 pub use tsm::{TsmReport, tsm_report};

@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use super::encoding::{b64_bytes, hex_pcrs};
-use super::tpm_quote::{self, Attest, TpmQuoteError};
+use super::tpm_quote;
+use crate::tpm::verify::{self, AkPublic, Attest, QuoteError};
 
 /// Number of PCR values the evidence carries (the SHA-256 bank, PCR 0–23).
 pub const PCR_COUNT: usize = 24;
@@ -27,7 +28,7 @@ pub enum TpmEvidenceError {
     #[error("ak_public is not a DER RSA SubjectPublicKeyInfo")]
     AkPublic,
     #[error("TPM quote does not verify")]
-    Quote(#[source] TpmQuoteError),
+    Quote(#[source] QuoteError),
 }
 
 /// `tpm` evidence.
@@ -70,18 +71,19 @@ impl TpmEvidence {
             .map_err(|_| TpmEvidenceError::AkPublic)
     }
 
-    /// The quote's signature with `ak_public`, and its PCR digest against `pcrs`. Returns the
-    /// message; its `extra_data` is the nonce (the KBS report data, zero-padded to 64 bytes).
+    /// The quote's signature with `ak_public`, and its PCR digest against `pcrs` (which the
+    /// quote must select exactly). Returns the message; its `extra_data` is the nonce (the KBS
+    /// report data, zero-padded to 64 bytes).
     pub fn verify(&self) -> Result<Attest, TpmEvidenceError> {
         let key = self.ak_key()?;
-        let signature = tpm_quote::rsassa_sha256_signature(&self.tpm_quote.signature)
-            .map_err(TpmEvidenceError::Quote)?;
+        let signature =
+            verify::rsassa_signature(&self.tpm_quote.signature).map_err(TpmEvidenceError::Quote)?;
         tpm_quote::Quote {
             signature,
             message: self.tpm_quote.message.clone(),
             pcrs: self.tpm_quote.pcrs.clone(),
         }
-        .verify(&key)
+        .verify(&AkPublic::Key(&key))
         .map_err(TpmEvidenceError::Quote)
     }
 }

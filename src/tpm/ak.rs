@@ -380,15 +380,8 @@ impl<T: Transport> Tpm<T> {
         let (_, mut r) = session_response(&frame, 0)?;
         let attest = r.tpm2b(MAX_BUFFER, "quoted")?;
         let signature_raw = r.rest;
-        let sig_alg = r.u16("signature.sigAlg")?;
-        let hash = r.u16("signature.hash")?;
-        let signature = r.tpm2b(MAX_BUFFER, "signature.sig")?;
+        let signature = verify::read_rsassa_signature(&mut r)?;
         r.finish()?;
-        if sig_alg != TPM_ALG_RSASSA || hash != TPM_ALG_SHA256 {
-            return Err(TpmError::Malformed(format!(
-                "signature scheme {sig_alg:#06x} with hash {hash:#06x}, asked for RSASSA-SHA256"
-            )));
-        }
         if signature.len() != ak.rsa_modulus.len() {
             return Err(TpmError::Malformed(format!(
                 "signature of {} bytes from a {}-byte key",

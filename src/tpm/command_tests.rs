@@ -3,7 +3,6 @@
 //! NV reads, plus the device transport's deadline. Exact command bytes where the wire format
 //! is the contract, and hostile answers that must come back as errors naming the command.
 
-use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
@@ -11,9 +10,9 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 use super::ak::{ak_template_bytes, rsa_spki_der};
+use super::test_support::*;
 use super::*;
 
-const NO_SESSIONS: u16 = 0x8001;
 const SESSIONS: u16 = 0x8002;
 /// TPM_RC_HANDLE for handle 1.
 const RC_HANDLE_1: u32 = 0x18B;
@@ -21,47 +20,6 @@ const RC_HANDLE_1: u32 = 0x18B;
 const PW_SESSION: [u8; 9] = [0x40, 0x00, 0x00, 0x09, 0x00, 0x00, 0x01, 0x00, 0x00];
 /// The TPM's answer to it.
 const PW_ANSWER: [u8; 5] = [0x00, 0x00, 0x01, 0x00, 0x00];
-
-#[derive(Default)]
-struct Fake {
-    responses: VecDeque<Vec<u8>>,
-    sent: Vec<Vec<u8>>,
-}
-
-impl Transport for Fake {
-    fn transact(&mut self, command: &[u8]) -> Result<Vec<u8>, TpmError> {
-        self.sent.push(command.to_vec());
-        self.responses.pop_front().ok_or_else(|| TpmError::Io {
-            op: "read from TPM",
-            source: std::io::Error::from(std::io::ErrorKind::UnexpectedEof),
-        })
-    }
-}
-
-fn tpm_with(responses: Vec<Vec<u8>>) -> Tpm<Fake> {
-    Tpm::new(Fake {
-        responses: responses.into(),
-        sent: Vec::new(),
-    })
-}
-
-fn frame(tag: u16, rc: u32, body: &[u8]) -> Vec<u8> {
-    let size = u32::try_from(HEADER_LEN + body.len()).unwrap();
-    let mut out = Vec::new();
-    out.extend_from_slice(&tag.to_be_bytes());
-    out.extend_from_slice(&size.to_be_bytes());
-    out.extend_from_slice(&rc.to_be_bytes());
-    out.extend_from_slice(body);
-    out
-}
-
-fn success(body: &[u8]) -> Vec<u8> {
-    frame(NO_SESSIONS, 0, body)
-}
-
-fn failure(rc: u32) -> Vec<u8> {
-    frame(NO_SESSIONS, rc, &[])
-}
 
 /// A success answer to a command sent with one password session.
 fn session_success(handles: &[u32], params: &[u8]) -> Vec<u8> {
@@ -79,28 +37,6 @@ fn tpm2b(data: &[u8]) -> Vec<u8> {
     let mut out = u16::try_from(data.len()).unwrap().to_be_bytes().to_vec();
     out.extend_from_slice(data);
     out
-}
-
-fn inner(e: &TpmError) -> &TpmError {
-    match e {
-        TpmError::Command { source, .. } => source,
-        other => panic!("not wrapped in a command: {other:?}"),
-    }
-}
-
-fn console_line(e: &TpmError) -> String {
-    use std::error::Error as _;
-    let mut line = e.to_string();
-    let mut causes = Vec::new();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        causes.push(cause.to_string());
-        source = cause.source();
-    }
-    if !causes.is_empty() {
-        line.push_str(&format!(" ({})", causes.join(": ")));
-    }
-    line
 }
 
 /// Rewrites the header's size field after the frame was cut or extended.
@@ -786,6 +722,20 @@ fn parse_attest_never_panics_on_a_prefix() {
     let mut huge_count = message.clone();
     huge_count[6 + 2 + 34 + 2 + 32 + 17 + 8..][..4].copy_from_slice(&u32::MAX.to_be_bytes());
     assert!(verify::parse_attest(&huge_count).is_err());
+    // The limits: 4-byte selections (32 PCRs), at most 8 banks.
+    assert!(verify::parse_attest(&attest(&[1; 32], 0x000B, &[0xFF; 4])).is_ok());
+    let wide = verify::parse_attest(&attest(&[1; 32], 0x000B, &[0xFF; 5])).unwrap_err();
+    assert!(
+        matches!(&wide, TpmError::Malformed(m) if m.contains("sizeofSelect 5")),
+        "{wide:?}"
+    );
+    let mut nine_banks = message.clone();
+    nine_banks[6 + 2 + 34 + 2 + 32 + 17 + 8..][..4].copy_from_slice(&9u32.to_be_bytes());
+    let err = verify::parse_attest(&nine_banks).unwrap_err();
+    assert!(
+        matches!(&err, TpmError::Malformed(m) if m.contains("9 PCR selections")),
+        "{err:?}"
+    );
 }
 
 // ---- NV ------------------------------------------------------------------------------

@@ -25,6 +25,8 @@ pub mod verify;
 #[cfg(test)]
 mod command_tests;
 #[cfg(test)]
+mod test_support;
+#[cfg(test)]
 mod tests;
 
 pub use ak::{AK_HANDLE, AttestationKey, MAX_QUALIFYING_DATA, Quote, rsa_spki_der};

@@ -1,76 +1,14 @@
 //! Canned-response tests: every malformed shape a hostile TPM could send must come back as
 //! an error naming the command, and well-formed answers must parse exactly.
 
-use std::collections::VecDeque;
-use std::error::Error as _;
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::Path;
 
+use super::test_support::*;
 use super::*;
 
-const NO_SESSIONS: u16 = 0x8001;
 const TPM_RC_VALUE_PARAM_1: u32 = 0x1C4;
-
-/// Replays canned responses and records what was sent.
-#[derive(Default)]
-struct Fake {
-    responses: VecDeque<Vec<u8>>,
-    sent: Vec<Vec<u8>>,
-}
-
-impl Transport for Fake {
-    fn transact(&mut self, command: &[u8]) -> Result<Vec<u8>, TpmError> {
-        self.sent.push(command.to_vec());
-        self.responses.pop_front().ok_or_else(|| TpmError::Io {
-            op: "read from TPM",
-            source: std::io::Error::from(std::io::ErrorKind::UnexpectedEof),
-        })
-    }
-}
-
-fn tpm_with(responses: Vec<Vec<u8>>) -> Tpm<Fake> {
-    Tpm::new(Fake {
-        responses: responses.into(),
-        sent: Vec::new(),
-    })
-}
-
-fn frame(tag: u16, rc: u32, body: &[u8]) -> Vec<u8> {
-    let size = u32::try_from(HEADER_LEN + body.len()).unwrap();
-    let mut out = Vec::new();
-    out.extend_from_slice(&tag.to_be_bytes());
-    out.extend_from_slice(&size.to_be_bytes());
-    out.extend_from_slice(&rc.to_be_bytes());
-    out.extend_from_slice(body);
-    out
-}
-
-fn success(body: &[u8]) -> Vec<u8> {
-    frame(NO_SESSIONS, 0, body)
-}
-
-/// What the console shows: the error and its source chain, as `StageError` prints it.
-fn console_line(e: &TpmError) -> String {
-    let mut line = e.to_string();
-    let mut causes = Vec::new();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        causes.push(cause.to_string());
-        source = cause.source();
-    }
-    if !causes.is_empty() {
-        line.push_str(&format!(" ({})", causes.join(": ")));
-    }
-    line
-}
-
-fn inner(e: &TpmError) -> &TpmError {
-    match e {
-        TpmError::Command { source, .. } => source,
-        other => panic!("not wrapped in a command: {other:?}"),
-    }
-}
 
 fn capability_body(more_data: u8, selections: &[(u16, &[u8])]) -> Vec<u8> {
     let mut body = vec![more_data];

@@ -1,5 +1,7 @@
 //! Host-side checks of a TPM quote, in pure Rust: what a verifier (the dev KBS, tests, a
-//! Trustee-like service) does with the evidence the agent sends.
+//! Trustee-like service) does with the evidence the agent sends. This is the one home of
+//! TPMS_ATTEST parsing, TPMT_SIGNATURE decoding and RSASSA-PKCS1-v1_5-SHA256 verification;
+//! `tee::tpm_quote` only adds the KBS evidence encodings on top.
 //!
 //! [`verify_quote`] checks, in this order, that the RSASSA-PKCS1-v1_5-SHA256 signature over
 //! the TPMS_ATTEST bytes verifies with the AK (nothing in the message is looked at before
@@ -7,6 +9,12 @@
 //! that it selects exactly the given PCRs of the SHA-256 bank, and that its pcrDigest is the
 //! SHA-256 of those PCR values concatenated in selection (ascending index) order. Only then
 //! can the caller trust the PCR values it compares with its reference values.
+//!
+//! The parser's limits are the stricter of the two verifiers this module replaced (this one
+//! and `tee::tpm_quote`'s): at most [`MAX_SELECTIONS`] banks of at most [`MAX_SELECT`] bytes
+//! (32 PCRs) each, TPM2B sizes bounded by their TPM types, the whole message at most one TPM
+//! buffer; and [`Attest::check_pcrs`] wants exactly one SHA-256 bank and exactly the selected
+//! PCR values (no value the quote does not cover), not merely "every selected PCR given".
 
 use rsa::pkcs8::DecodePublicKey;
 use rsa::traits::PublicKeyParts;
@@ -23,9 +31,11 @@ const TPM_ALG_RSASSA: u16 = 0x0014;
 /// Keys shorter than this are not accepted as AKs.
 const MIN_RSA_BITS: usize = 2048;
 /// TPMS_PCR_SELECTION.sizeofSelect: PCR_SELECT_MAX of any real TPM is at most 4 bytes (32
-/// PCRs); allow a little more but not garbage.
-const MAX_SELECT: usize = 8;
-const MAX_SELECTIONS: u32 = 16;
+/// PCRs, the agent's own `MAX_PCR` + 1).
+pub const MAX_SELECT: usize = 4;
+/// TPML_PCR_SELECTION.count: a TPM has a handful of banks (SHA-1, SHA-256, SHA-384, SHA-512,
+/// SM3).
+pub const MAX_SELECTIONS: u32 = 8;
 
 /// The parts of a TPMS_ATTEST of type TPM_ST_ATTEST_QUOTE.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,6 +76,8 @@ pub enum AkPublic<'a> {
     SpkiDer(&'a [u8]),
     /// Big-endian modulus and the exponent (e.g. from the Azure HCL report's JWK).
     Rsa { modulus: &'a [u8], exponent: u32 },
+    /// A key decoded already (the Azure evidence's AK); the size limit still applies.
+    Key(&'a RsaPublicKey),
 }
 
 /// Why a quote was not accepted.
@@ -189,23 +201,30 @@ pub fn parse_attest(attest: &[u8]) -> Result<Attest, TpmError> {
 }
 
 /// The raw signature out of a marshalled TPMT_SIGNATURE, which must be RSASSA with SHA-256
-/// (what CoCo's `tpm_quote.signature` carries).
+/// (what CoCo's `tpm_quote.signature` carries), with nothing after it.
 pub fn rsassa_signature(signature_raw: &[u8]) -> Result<Vec<u8>, QuoteError> {
     let format = |e: TpmError| QuoteError::SignatureFormat(e.to_string());
     let mut r = Reader {
         rest: signature_raw,
         offset: 0,
     };
-    let sig_alg = r.u16("sigAlg").map_err(format)?;
-    let hash = r.u16("hash").map_err(format)?;
-    let sig = r.tpm2b(MAX_BUFFER, "signature").map_err(format)?;
+    let sig = read_rsassa_signature(&mut r).map_err(format)?;
     r.finish().map_err(format)?;
+    Ok(sig.to_vec())
+}
+
+/// Reads a TPMT_SIGNATURE (sigAlg, hash, TPM2B signature) and returns the signature, or an
+/// error unless the scheme is RSASSA with SHA-256. Shared with `Tpm::quote`'s answer parsing.
+pub(super) fn read_rsassa_signature<'a>(r: &mut Reader<'a>) -> Result<&'a [u8], TpmError> {
+    let sig_alg = r.u16("signature.sigAlg")?;
+    let hash = r.u16("signature.hash")?;
+    let sig = r.tpm2b(MAX_BUFFER, "signature.sig")?;
     if sig_alg != TPM_ALG_RSASSA || hash != HashAlg::Sha256.tpm_alg_id() {
-        return Err(QuoteError::SignatureFormat(format!(
-            "scheme {sig_alg:#06x} with hash {hash:#06x}, not RSASSA-SHA256"
+        return Err(TpmError::Malformed(format!(
+            "signature scheme {sig_alg:#06x} with hash {hash:#06x}, not RSASSA-SHA256"
         )));
     }
-    Ok(sig.to_vec())
+    Ok(sig)
 }
 
 fn rsa_key(ak: &AkPublic<'_>) -> Result<RsaPublicKey, QuoteError> {
@@ -217,6 +236,7 @@ fn rsa_key(ak: &AkPublic<'_>) -> Result<RsaPublicKey, QuoteError> {
             RsaPublicKey::new(BigUint::from_bytes_be(modulus), BigUint::from(*exponent))
                 .map_err(|e| QuoteError::Key(e.to_string()))?
         }
+        AkPublic::Key(key) => (*key).clone(),
     };
     let bits = key.n().bits();
     if bits < MIN_RSA_BITS {
@@ -261,49 +281,111 @@ pub fn verify_quote(
     if parsed.extra_data != expected_nonce {
         return Err(QuoteError::NonceMismatch);
     }
-    let quoted = match parsed.pcr_select.as_slice() {
-        [one] if one.hash == HashAlg::Sha256.tpm_alg_id() => &one.pcrs,
-        other => {
-            let banks: Vec<String> = other
-                .iter()
-                .map(|s| match HashAlg::from_tpm_alg_id(s.hash) {
-                    Some(alg) => alg.to_string(),
-                    None => format!("{:#06x}", s.hash),
-                })
-                .collect();
-            return Err(QuoteError::UnsupportedSelection(format!(
-                "banks [{}]",
-                banks.join(", ")
-            )));
+    parsed.check_pcrs(pcr_values)?;
+    Ok(parsed)
+}
+
+impl Attest {
+    /// Checks that the quote selects exactly one bank, SHA-256, and in it exactly the PCRs
+    /// of `pcr_values` (`(index, value)` in any order, each index once, 32-byte values), and
+    /// that those values concatenated in ascending index order hash to `pcr_digest`. Only
+    /// meaningful on an attestation whose signature was verified.
+    pub fn check_pcrs(&self, pcr_values: &[(u32, Vec<u8>)]) -> Result<(), QuoteError> {
+        let quoted = match self.pcr_select.as_slice() {
+            [one] if one.hash == HashAlg::Sha256.tpm_alg_id() => &one.pcrs,
+            other => {
+                let banks: Vec<String> = other
+                    .iter()
+                    .map(|s| match HashAlg::from_tpm_alg_id(s.hash) {
+                        Some(alg) => alg.to_string(),
+                        None => format!("{:#06x}", s.hash),
+                    })
+                    .collect();
+                return Err(QuoteError::UnsupportedSelection(format!(
+                    "banks [{}]",
+                    banks.join(", ")
+                )));
+            }
+        };
+        let mut given: Vec<(u32, &[u8])> = Vec::with_capacity(pcr_values.len());
+        for (pcr, value) in pcr_values {
+            if given.iter().any(|(seen, _)| seen == pcr) {
+                return Err(QuoteError::DuplicatePcr(*pcr));
+            }
+            if value.len() != HashAlg::Sha256.digest_len() {
+                return Err(QuoteError::PcrValueLength {
+                    pcr: *pcr,
+                    len: value.len(),
+                });
+            }
+            given.push((*pcr, value));
         }
-    };
-    let mut given: Vec<(u32, &[u8])> = Vec::with_capacity(pcr_values.len());
-    for (pcr, value) in pcr_values {
-        if given.iter().any(|(seen, _)| seen == pcr) {
-            return Err(QuoteError::DuplicatePcr(*pcr));
-        }
-        if value.len() != HashAlg::Sha256.digest_len() {
-            return Err(QuoteError::PcrValueLength {
-                pcr: *pcr,
-                len: value.len(),
+        given.sort_by_key(|(pcr, _)| *pcr);
+        let given_indices: Vec<u32> = given.iter().map(|(pcr, _)| *pcr).collect();
+        if &given_indices != quoted {
+            return Err(QuoteError::SelectionMismatch {
+                quoted: quoted.clone(),
+                given: given_indices,
             });
         }
-        given.push((*pcr, value));
+        let mut hasher = Sha256::new();
+        for (_, value) in &given {
+            hasher.update(value);
+        }
+        if hasher.finalize().as_slice() != self.pcr_digest.as_slice() {
+            return Err(QuoteError::PcrDigestMismatch);
+        }
+        Ok(())
     }
-    given.sort_by_key(|(pcr, _)| *pcr);
-    let given_indices: Vec<u32> = given.iter().map(|(pcr, _)| *pcr).collect();
-    if &given_indices != quoted {
-        return Err(QuoteError::SelectionMismatch {
-            quoted: quoted.clone(),
-            given: given_indices,
-        });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn malformed(e: &TpmError, needle: &str) -> bool {
+        matches!(e, TpmError::Malformed(m) if m.contains(needle))
     }
-    let mut hasher = Sha256::new();
-    for (_, value) in &given {
-        hasher.update(value);
+
+    fn format_error(r: Result<Vec<u8>, QuoteError>, needle: &str) -> bool {
+        matches!(r, Err(QuoteError::SignatureFormat(m)) if m.contains(needle))
     }
-    if hasher.finalize().as_slice() != parsed.pcr_digest.as_slice() {
-        return Err(QuoteError::PcrDigestMismatch);
+
+    #[test]
+    fn signature_schemes() {
+        let mut b = vec![0x00, 0x14, 0x00, 0x0b, 0x00, 0x02, 0xaa, 0xbb];
+        assert_eq!(rsassa_signature(&b).unwrap(), vec![0xaa, 0xbb]);
+        b.push(0);
+        assert!(format_error(rsassa_signature(&b), "1 trailing bytes"));
+        // RSAPSS.
+        assert!(format_error(
+            rsassa_signature(&[0x00, 0x16, 0x00, 0x0b, 0, 0]),
+            "not RSASSA-SHA256"
+        ));
+        // RSASSA with SHA-1.
+        assert!(format_error(
+            rsassa_signature(&[0x00, 0x14, 0x00, 0x04, 0, 0]),
+            "not RSASSA-SHA256"
+        ));
+        assert!(format_error(
+            rsassa_signature(&[0x00, 0x14, 0x00, 0x0b, 0, 5, 1]),
+            "needs 5 bytes, 1 left"
+        ));
     }
-    Ok(parsed)
+
+    #[test]
+    fn attest_checks() {
+        assert!(malformed(
+            &parse_attest(&[0, 0, 0, 0]).unwrap_err(),
+            "magic 0x00000000 is not TPM_GENERATED_VALUE"
+        ));
+        assert!(malformed(
+            &parse_attest(&[0xff, 0x54, 0x43, 0x47, 0x80, 0x17]).unwrap_err(),
+            "type 0x8017 is not TPM_ST_ATTEST_QUOTE"
+        ));
+        assert!(matches!(
+            parse_attest(&[0; MAX_BUFFER + 1]),
+            Err(TpmError::TooLarge { .. })
+        ));
+    }
 }
