@@ -16,6 +16,9 @@ pub struct BootBench {
     /// An initrd whose /init prints a result line and powers off at once.
     #[arg(long, default_value = "out/trivial-initrd.img")]
     pub trivial_initrd: PathBuf,
+    /// The verity root disk the agent boots (its root hash is read from `<rootfs>.roothash`).
+    #[arg(long, default_value = "out/rootfs.img")]
+    pub rootfs: PathBuf,
     /// The static agent binary, for its size.
     #[arg(
         long,
@@ -57,14 +60,21 @@ pub enum BenchError {
     Boot { initrd: PathBuf, status: i32 },
 }
 
-fn boot_once(args: &BootBench, initrd: &Path) -> Result<f64, BenchError> {
+fn boot_once(args: &BootBench, initrd: &Path, root: Option<&str>) -> Result<f64, BenchError> {
     let started = Instant::now();
-    let status = Command::new(&args.boot_script)
-        .arg("--kernel")
+    let mut cmd = Command::new(&args.boot_script);
+    cmd.arg("--kernel")
         .arg(&args.kernel)
         .arg("--initrd")
         .arg(initrd)
-        .args(["--quiet", "--timeout", "120"])
+        .args(["--quiet", "--timeout", "120"]);
+    if let Some(hash) = root {
+        cmd.arg("--disk")
+            .arg(format!("{}:ro", args.rootfs.display()))
+            .arg("--append")
+            .arg(format!("roothash={hash}"));
+    }
+    let status = cmd
         .stderr(std::process::Stdio::null())
         .status()
         .map_err(|e| BenchError::Spawn(args.boot_script.clone(), e))?;
@@ -100,18 +110,26 @@ pub fn boot(args: &BootBench) -> Result<(), BenchError> {
     let agent_size = size(&args.agent)?;
     let initrd_size = size(&args.initrd)?;
     size(&args.trivial_initrd)?;
+    let mut hash_file = args.rootfs.clone().into_os_string();
+    hash_file.push(".roothash");
+    let hash = std::fs::read_to_string(&hash_file)
+        .map_err(|e| BenchError::Missing(PathBuf::from(&hash_file), e))?;
+    let hash = hash.trim();
     let mut trivial = Vec::new();
     let mut agent = Vec::new();
     for run in 0..args.runs.max(1) {
-        let t = boot_once(args, &args.trivial_initrd)?;
-        let a = boot_once(args, &args.initrd)?;
+        let t = boot_once(args, &args.trivial_initrd, None)?;
+        let a = boot_once(args, &args.initrd, Some(hash))?;
         eprintln!("run {}: trivial {t:.2}s agent {a:.2}s", run + 1);
         trivial.push(t);
         agent.push(a);
     }
     let (mt, ma) = (median(&mut trivial), median(&mut agent));
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
-    println!("boot (QEMU, swtpm, power-off; median of {}):", agent.len());
+    println!(
+        "boot to power-off (QEMU TCG, swtpm; agent: verity root, TPM, measurements; median of {}):",
+        agent.len()
+    );
     println!("  trivial static init   {mt:6.2} s");
     println!("  cvm-agent             {ma:6.2} s");
     println!(
