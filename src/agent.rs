@@ -325,12 +325,21 @@ impl Agent {
             .join(&kver)
             .join("modules.dep")
             .exists();
-        if !root_has_modules && Path::new(MODULES_LATE_LIST).exists() {
-            // The initramfs and its modules are about to go; load now what later stages need.
+        if !root_has_modules
+            && Path::new(MODULES_LATE_LIST).exists()
+            && let Some(loader) = self.modules.as_mut()
+        {
+            // The initramfs and its modules are about to go. Keep what later stages may need
+            // in memory rather than loading it now: most boots never need dm-crypt, and its
+            // crypto self-tests are slow.
             let late =
                 kmod::read_module_list(Path::new(MODULES_LATE_LIST)).in_stage(Stage::Verity)?;
-            let late: Vec<&str> = late.iter().map(String::as_str).collect();
-            self.need_modules(Stage::Verity, &late)?;
+            let kept = loader.keep_in_memory(&late).in_stage(Stage::Verity)?;
+            info!(
+                "kept {} KiB of modules for later stages: {}",
+                kept / 1024,
+                late.join(" ")
+            );
         }
         let switched =
             crate::switchroot::switch_root(Path::new(SYSROOT)).in_stage(Stage::Verity)?;

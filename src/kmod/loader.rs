@@ -31,7 +31,16 @@ const MAX_MODALIAS_LEN: u64 = 4096;
 pub trait ModuleInserter {
     /// Insert the module at `path`. A module that is already loaded is a success.
     fn insert(&mut self, path: &Path) -> Result<(), std::io::Error>;
+
+    /// Insert a module image read earlier from `path` (see [`Loader::keep_in_memory`]).
+    fn insert_image(&mut self, path: &Path, image: &[u8]) -> Result<(), std::io::Error> {
+        let _ = image;
+        self.insert(path)
+    }
 }
+
+/// What [`Loader::keep_in_memory`] may hold: a few dm and crypto modules are a few hundred KiB.
+const MAX_KEPT_BYTES: u64 = 16 << 20;
 
 /// The real inserter: `finit_module(2)` on the file, so the kernel reads the module itself
 /// (and can check its signature against the file) instead of a copy in our memory.
@@ -62,6 +71,15 @@ impl ModuleInserter for FinitModule {
             Err(e) => Err(e.into()),
         }
     }
+
+    fn insert_image(&mut self, _path: &Path, image: &[u8]) -> Result<(), std::io::Error> {
+        use nix::errno::Errno;
+        // The kernel checks a module signature on an image just as on a file.
+        match nix::kmod::init_module(image, c"") {
+            Ok(()) | Err(Errno::EEXIST) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
 }
 
 /// What one [`Loader::coldplug`] did.
@@ -87,6 +105,9 @@ pub struct Loader<I: ModuleInserter> {
     loaded: HashSet<String>,
     /// Insert failures of this boot, so a failing module is not retried for every device.
     failed: BTreeMap<String, String>,
+    /// Module images read before their files went away (the initramfs is freed at
+    /// switch_root), by path.
+    kept: BTreeMap<PathBuf, Vec<u8>>,
 }
 
 impl<I: ModuleInserter> Loader<I> {
@@ -108,7 +129,41 @@ impl<I: ModuleInserter> Loader<I> {
             inserter,
             loaded: HashSet::new(),
             failed: BTreeMap::new(),
+            kept: BTreeMap::new(),
         })
+    }
+
+    /// Read `names` and their dependencies into memory (those not loaded or built in), so
+    /// they can still be loaded after their files are gone. Cheaper than loading them all up
+    /// front when only some boots need them (crypto self-tests are slow). Returns the bytes
+    /// kept. Compressed modules are not kept (init_module wants the plain image).
+    pub fn keep_in_memory(&mut self, names: &[String]) -> Result<u64, KmodError> {
+        let mut total: u64 = self.kept.values().map(|v| v.len() as u64).sum();
+        for name in names {
+            let name = parse_name(name)?;
+            if self.index.is_builtin(&name) {
+                continue;
+            }
+            let idx = self
+                .index
+                .lookup(&name)
+                .ok_or_else(|| KmodError::UnknownModule { name: name.clone() })?;
+            for i in self.index.load_order(idx)? {
+                let module = &self.index.modules[i];
+                let path = self.modules_dir.join(&module.path);
+                if self.loaded.contains(&module.name)
+                    || self.index.is_builtin(&module.name)
+                    || self.kept.contains_key(&path)
+                    || path.extension().is_some_and(|e| e != "ko")
+                {
+                    continue;
+                }
+                let image = super::read_bounded(&path, MAX_KEPT_BYTES - total.min(MAX_KEPT_BYTES))?;
+                total += image.len() as u64;
+                self.kept.insert(path, image);
+            }
+        }
+        Ok(total)
     }
 
     pub fn inserter(&self) -> &I {
@@ -243,7 +298,11 @@ impl<I: ModuleInserter> Loader<I> {
             }
             let path = self.modules_dir.join(&module.path);
             let start = Instant::now();
-            match self.inserter.insert(&path) {
+            let result = match self.kept.remove(&path) {
+                Some(image) => self.inserter.insert_image(&path, &image),
+                None => self.inserter.insert(&path),
+            };
+            match result {
                 Ok(()) => {
                     debug!("loaded {name} ({:?})", start.elapsed());
                     self.loaded.insert(name.clone());
@@ -333,9 +392,20 @@ mod tests {
         root: PathBuf,
         inserted: Vec<String>,
         fail: Vec<(&'static str, i32)>,
+        images: Vec<(PathBuf, Vec<u8>)>,
     }
 
     impl ModuleInserter for Recorder {
+        fn insert_image(&mut self, path: &Path, image: &[u8]) -> Result<(), io::Error> {
+            // The file may be gone; the image is what was read from it.
+            self.images.push((path.to_path_buf(), image.to_vec()));
+            let name = path.file_name().unwrap().to_str().unwrap();
+            let name = name.trim_end_matches(".ko").replace('-', "_");
+            self.inserted.push(name.clone());
+            fs::create_dir_all(self.root.join("sys/module").join(&name)).unwrap();
+            Ok(())
+        }
+
         fn insert(&mut self, path: &Path) -> Result<(), io::Error> {
             let file = path.file_name().unwrap().to_str().unwrap();
             let name = file.trim_end_matches(".ko").replace('-', "_");
@@ -479,6 +549,7 @@ mod tests {
             root: root.to_owned(),
             inserted: Vec::new(),
             fail,
+            images: Vec::new(),
         };
         Loader::new(root, KVER, recorder).unwrap()
     }
@@ -506,6 +577,40 @@ mod tests {
         );
         let recorder = l.into_inserter();
         assert_eq!(recorder.inserted.len(), 3);
+    }
+
+    #[test]
+    fn kept_modules_load_from_memory_after_their_files_are_gone() {
+        let tmp = fake_root();
+        let root = tmp.path();
+        let mut l = loader(root, vec![]);
+        let kept = l.keep_in_memory(&strings(&["dm_verity", "ext4"])).unwrap();
+        assert!(kept > 0);
+        // What switch_root does to the initramfs.
+        let modules = root.join("lib/modules").join(KVER);
+        let files: Vec<_> = [
+            "kernel/drivers/md/dm-verity.ko",
+            "kernel/drivers/md/dm-bufio.ko",
+        ]
+        .iter()
+        .map(|f| modules.join(f))
+        .collect();
+        let originals: Vec<Vec<u8>> = files.iter().map(|f| fs::read(f).unwrap()).collect();
+        for f in &files {
+            fs::remove_file(f).unwrap();
+        }
+        let inserted = l.load_named(&strings(&["dm_verity"])).unwrap();
+        assert_eq!(inserted, ["dm_mod", "dm_bufio", "dm_verity"]);
+        let images = &l.inserter().images;
+        for (f, bytes) in files.iter().zip(&originals) {
+            assert!(
+                images.iter().any(|(p, i)| p == f && i == bytes),
+                "{} not loaded from memory: {images:?}",
+                f.display()
+            );
+        }
+        // A module not kept still needs its file.
+        assert!(l.load_named(&strings(&["erofs"])).is_ok());
     }
 
     #[test]
