@@ -14,6 +14,7 @@ pub mod gpt;
 pub mod hex;
 pub mod initdata;
 pub mod initrd;
+pub mod kbs;
 pub mod kmod;
 pub mod logging;
 pub mod measure;

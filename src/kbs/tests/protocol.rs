@@ -1,0 +1,237 @@
+use super::*;
+use sha2::{Digest, Sha384};
+
+const NONCE: &str = "RKVMrB6ZyIA2qJ1nhh3UHZnNBk1QJv8xdzIEKzKLEYU=";
+
+fn ec_jwk() -> TeePubKey {
+    TeePubKey::EC {
+        crv: "P-256".into(),
+        alg: "ECDH-ES+A256KW".into(),
+        x: "weNJy2HscCSM6AEDTDg04biOvhFhyyWvOHQfeF_PxMQ".into(),
+        y: "e8lnCO-AlStT-NJVX-crhB7QRYhiix03illJOVAOyck".into(),
+    }
+}
+
+fn padded(digest: &[u8]) -> [u8; 64] {
+    let mut out = [0u8; 64];
+    out[..digest.len()].copy_from_slice(digest);
+    out
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+/// The binding, hand-computed: the canonical string is written out literally, and its SHA-384
+/// was also computed outside this code (Python hashlib).
+#[test]
+fn report_data_binding_ec() {
+    let literal = r#"{"additional-evidence":"","nonce":"RKVMrB6ZyIA2qJ1nhh3UHZnNBk1QJv8xdzIEKzKLEYU=","tee-pubkey":{"alg":"ECDH-ES+A256KW","crv":"P-256","kty":"EC","x":"weNJy2HscCSM6AEDTDg04biOvhFhyyWvOHQfeF_PxMQ","y":"e8lnCO-AlStT-NJVX-crhB7QRYhiix03illJOVAOyck"}}"#;
+    let expected = padded(&Sha384::digest(literal.as_bytes()));
+    assert_eq!(
+        expected[..48],
+        unhex(
+            "a0f55ad9c612097febdde273d8330c97083efdbeac871d3d7e44a824f994aa6b435934522756d7f0a47a31bd2566f46a"
+        )[..]
+    );
+    assert_eq!(expected[48..], [0u8; 16]);
+
+    let rd = runtime_data(NONCE, &ec_jwk(), NO_ADDITIONAL_EVIDENCE);
+    assert_eq!(canon::canonicalize(&rd).unwrap(), literal);
+    assert_eq!(report_data(&rd).unwrap(), expected);
+    assert_eq!(
+        report_data_with(RuntimeDataHash::Sha384, &rd).unwrap(),
+        expected
+    );
+}
+
+#[test]
+fn report_data_binding_rsa_and_additional_evidence() {
+    let jwk = TeePubKey::RSA {
+        alg: "RSA-OAEP-256".into(),
+        k_mod: "u1SU1LfVLPHCozMxH2Mo4lgOEePzNm0tRgeLezV6ffAt0gunVTLw7onLRnrq0_IzW7yWR7QkrmBL7jTKEn5u-qKhbwKfBstIs-bMY2Zkp18gnTxKLxoS2tFczGkPLPgizskuemMghRniWaoLcyehkd3qqGElvW_VDL5AaWTg0nLVkjRo9z-40RQzuVaE8AkAFmxZzow3x-VJYKdjykkJ0iT9wCS0DRTXu269V264Vf_3jvredZiKRkgwlL9xNAwxXFg0x_XFw005UWVRIkdgcKWTjpBP2dPwVZ4WWC-9aGVd-Gyn1o0CLelf4rEjGoXbAAEgAqeGUxrcIlbjXfbcmw".into(),
+        k_exp: "AQAB".into(),
+    };
+    let additional = r#"{"nvidia":{"evidence":"x"}}"#;
+    let literal = r#"{"additional-evidence":"{\"nvidia\":{\"evidence\":\"x\"}}","nonce":"RKVMrB6ZyIA2qJ1nhh3UHZnNBk1QJv8xdzIEKzKLEYU=","tee-pubkey":{"alg":"RSA-OAEP-256","e":"AQAB","kty":"RSA","n":"u1SU1LfVLPHCozMxH2Mo4lgOEePzNm0tRgeLezV6ffAt0gunVTLw7onLRnrq0_IzW7yWR7QkrmBL7jTKEn5u-qKhbwKfBstIs-bMY2Zkp18gnTxKLxoS2tFczGkPLPgizskuemMghRniWaoLcyehkd3qqGElvW_VDL5AaWTg0nLVkjRo9z-40RQzuVaE8AkAFmxZzow3x-VJYKdjykkJ0iT9wCS0DRTXu269V264Vf_3jvredZiKRkgwlL9xNAwxXFg0x_XFw005UWVRIkdgcKWTjpBP2dPwVZ4WWC-9aGVd-Gyn1o0CLelf4rEjGoXbAAEgAqeGUxrcIlbjXfbcmw"}}"#;
+    let rd = runtime_data(NONCE, &jwk, additional);
+    assert_eq!(canon::canonicalize(&rd).unwrap(), literal);
+    assert_eq!(
+        report_data(&rd).unwrap(),
+        padded(&Sha384::digest(literal.as_bytes()))
+    );
+    // Other selected hashes: SHA-512 fills all 64 bytes, SHA-256 the first 32.
+    assert_eq!(
+        report_data_with(RuntimeDataHash::Sha512, &rd).unwrap()[..],
+        sha2::Sha512::digest(literal.as_bytes())[..]
+    );
+    assert_eq!(
+        report_data_with(RuntimeDataHash::Sha256, &rd).unwrap(),
+        padded(&sha2::Sha256::digest(literal.as_bytes()))
+    );
+}
+
+#[test]
+fn request_on_the_wire() {
+    assert_eq!(
+        serde_json::to_string(&request(Tee::Tpm)).unwrap(),
+        r#"{"version":"0.4.0","tee":"tpm","extra-params":{"supported-hash-algorithms":["sha256","sha384","sha512"]}}"#
+    );
+    for (tee, name) in [
+        (Tee::Snp, "snp"),
+        (Tee::Tdx, "tdx"),
+        (Tee::AzSnpVtpm, "az-snp-vtpm"),
+        (Tee::AzTdxVtpm, "az-tdx-vtpm"),
+    ] {
+        assert_eq!(
+            serde_json::to_value(request(tee)).unwrap()["tee"],
+            Value::String(name.into())
+        );
+    }
+}
+
+#[test]
+fn challenge_and_hash_selection() {
+    // Trustee's generic challenge: extra-params is the empty string.
+    let c =
+        parse_challenge(format!(r#"{{"nonce":"{NONCE}","extra-params":""}}"#).as_bytes()).unwrap();
+    assert_eq!(c.nonce, NONCE);
+    assert_eq!(hash_algorithm(&c).unwrap(), RuntimeDataHash::Sha384);
+    let with = |extra: &str| {
+        parse_challenge(format!(r#"{{"nonce":"n","extra-params":{extra}}}"#).as_bytes()).unwrap()
+    };
+    assert_eq!(
+        hash_algorithm(&with("{}")).unwrap(),
+        RuntimeDataHash::Sha384
+    );
+    assert_eq!(
+        hash_algorithm(&with(r#"{"selected-hash-algorithm":"sha512"}"#)).unwrap(),
+        RuntimeDataHash::Sha512
+    );
+    assert_eq!(
+        hash_algorithm(&with(r#"{"selected-hash-algorithm":"SHA256"}"#)).unwrap(),
+        RuntimeDataHash::Sha256
+    );
+    assert!(matches!(
+        hash_algorithm(&with(r#"{"selected-hash-algorithm":"sm3"}"#)),
+        Err(KbsError::UnsupportedHash(_))
+    ));
+    assert!(matches!(
+        hash_algorithm(&with(r#"{"selected-hash-algorithm":7}"#)),
+        Err(KbsError::BadMessage { .. })
+    ));
+    for bad in [
+        r#"{"nonce":"","extra-params":""}"#,
+        r#"{"extra-params":""}"#,
+        r#"{"nonce":5,"extra-params":""}"#,
+        r#"{"nonce":"n"}"#,
+        "not json",
+        "",
+    ] {
+        assert!(parse_challenge(bad.as_bytes()).is_err(), "{bad}");
+    }
+    let long = format!(
+        r#"{{"nonce":"{}","extra-params":""}}"#,
+        "a".repeat(MAX_NONCE + 1)
+    );
+    assert!(matches!(
+        parse_challenge(long.as_bytes()),
+        Err(KbsError::TooLarge { .. })
+    ));
+    assert!(matches!(
+        parse_challenge(&vec![b' '; MAX_MESSAGE + 1]),
+        Err(KbsError::TooLarge { .. })
+    ));
+}
+
+#[test]
+fn attestation_on_the_wire() {
+    let att = attestation(NONCE, &ec_jwk(), json!({"quote": "q"}), None);
+    let v = serde_json::to_value(&att).unwrap();
+    assert_eq!(
+        v,
+        json!({
+            "init-data": null,
+            "runtime-data": {
+                "nonce": NONCE,
+                "tee-pubkey": {
+                    "kty": "EC",
+                    "crv": "P-256",
+                    "alg": "ECDH-ES+A256KW",
+                    "x": "weNJy2HscCSM6AEDTDg04biOvhFhyyWvOHQfeF_PxMQ",
+                    "y": "e8lnCO-AlStT-NJVX-crhB7QRYhiix03illJOVAOyck",
+                }
+            },
+            "tee-evidence": {"primary_evidence": {"quote": "q"}, "additional_evidence": ""}
+        })
+    );
+    let toml = "version = \"0.1.0\"\nalgorithm = \"sha384\"\n[data]\n";
+    let att = attestation(NONCE, &ec_jwk(), json!({}), Some(toml));
+    assert_eq!(
+        serde_json::to_value(&att).unwrap()["init-data"],
+        json!({"format": "toml", "body": toml})
+    );
+
+    // What Trustee does with it (kbs/src/attestation/backend.rs `__attest`): parse, rebuild the
+    // runtime data from the message, hash. It must be the object the attester bound.
+    let wire = serde_json::to_string(&att).unwrap();
+    let parsed: Attestation = serde_json::from_str(&wire).unwrap();
+    let rebuilt = json!({
+        "tee-pubkey": parsed.runtime_data.tee_pubkey,
+        "nonce": parsed.runtime_data.nonce,
+        "additional-evidence": parsed.tee_evidence.additional_evidence,
+    });
+    assert_eq!(
+        rebuilt,
+        runtime_data(NONCE, &ec_jwk(), NO_ADDITIONAL_EVIDENCE)
+    );
+}
+
+#[test]
+fn attest_response() {
+    assert_eq!(
+        parse_attest_response(br#"{"token":"eyJ.a.b"}"#).unwrap(),
+        "eyJ.a.b"
+    );
+    assert!(parse_attest_response(br#"{"token":""}"#).is_err());
+    assert!(parse_attest_response(br#"{"tok":"x"}"#).is_err());
+    assert!(parse_attest_response(b"[]").is_err());
+}
+
+#[test]
+fn kbs_error_bodies() {
+    let body = br#"{"type":"https://github.com/confidential-containers/kbs/errors/PolicyDeny","detail":"Access denied by policy"}"#;
+    let e = parse_error(403, body);
+    assert!(matches!(&e, KbsError::Refused { status: 403, .. }));
+    assert_eq!(
+        e.to_string(),
+        "KBS refused (HTTP 403): https://github.com/confidential-containers/kbs/errors/PolicyDeny: Access denied by policy"
+    );
+    // Not a KBS error body: the status and the start of the body.
+    let e = parse_error(502, b"<html>Bad Gateway</html>");
+    assert_eq!(
+        e.to_string(),
+        "KBS answered HTTP 502 without a KBS error body (<html>Bad Gateway</html>)"
+    );
+    // Hostile text: control characters escaped, length bounded.
+    let e = parse_error(
+        401,
+        br#"{"type":"t\u001b[2J","detail":"line1\nline2\u202e"}"#,
+    );
+    let shown = e.to_string();
+    assert!(!shown.contains('\n') && !shown.contains('\u{1b}') && !shown.contains('\u{202e}'));
+    assert!(shown.contains("line1\\u{a}line2"), "{shown}");
+    let long = format!(r#"{{"type":"t","detail":"{}"}}"#, "x".repeat(10_000));
+    assert!(parse_error(401, long.as_bytes()).to_string().len() < 700);
+    let e = parse_error(500, &vec![0xff; 100_000]);
+    assert!(e.to_string().len() < 2000);
+}
+
+#[test]
+fn resource_paths() {
+    let uri = ResourceUri::parse("kbs:///default/state/key").unwrap();
+    assert_eq!(resource_path(&uri), "/kbs/v0/resource/default/state/key");
+}
