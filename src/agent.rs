@@ -5,6 +5,7 @@
 use crate::boot;
 use crate::cmdline::{self, Cmdline, Mode};
 use crate::evidence;
+use crate::hex::encode as hex;
 use crate::initdata::launch::{LaunchConfig, NetworkMode};
 use crate::initdata::{self, InitData};
 use crate::kmod;
@@ -712,8 +713,4 @@ impl Agent {
             }
         }
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -95,7 +95,7 @@ pub struct RootHash(pub Vec<u8>);
 
 impl RootHash {
     pub fn to_hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
+        crate::hex::encode(&self.0)
     }
 }
 
@@ -307,7 +307,7 @@ pub fn parse(line: &str) -> Result<Cmdline, CmdlineError> {
             }
             "cvm.test_quote" => {
                 out.test_quote = Some(
-                    decode_hex(value)
+                    crate::hex::decode(value)
                         .filter(|n| (1..=64).contains(&n.len()))
                         .ok_or_else(|| bad("expected 1 to 64 bytes of hex"))?,
                 )
@@ -326,23 +326,9 @@ fn parse_roothash(value: &str) -> Result<RootHash, &'static str> {
     if !(64..=128).contains(&value.len()) || !value.len().is_multiple_of(2) {
         return Err("expected 64 to 128 hex digits");
     }
-    decode_hex(value)
+    crate::hex::decode(value)
         .map(RootHash)
         .ok_or("expected hex digits only")
-}
-
-pub fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    s.as_bytes()
-        .chunks(2)
-        .map(|pair| {
-            let hi = (pair[0] as char).to_digit(16)?;
-            let lo = (pair[1] as char).to_digit(16)?;
-            Some((hi * 16 + lo) as u8)
-        })
-        .collect()
 }
 
 fn parse_device(value: &str) -> Result<DeviceSpec, &'static str> {

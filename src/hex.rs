@@ -1,9 +1,6 @@
 //! Hex, the one implementation: lower-case encoding, strict decoding (even length, `0-9a-fA-F`
 //! only). Used for every digest in measurement logs and predictions ([`crate::measure`]) and
 //! for the hex fields of KBS evidence JSON ([`crate::tee`]).
-//!
-//! Still to move here (same behaviour, other owners): `cmdline::decode_hex`,
-//! `verity::{to_hex, from_hex}` and the agent's private `hex`.
 
 /// Lower-case hex.
 pub fn encode(bytes: &[u8]) -> String {

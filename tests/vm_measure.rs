@@ -76,7 +76,7 @@ fn measurements_match_prediction_replay_and_a_host_verified_quote() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|p| cvm_agent::cmdline::decode_hex(p.as_str().unwrap()).unwrap())
+        .map(|p| cvm_agent::hex::decode(p.as_str().unwrap()).unwrap())
         .collect();
     assert_eq!(pcrs.len(), 24);
 

@@ -109,28 +109,7 @@ fn level_blocks(data_blocks: u64) -> Vec<u64> {
     levels
 }
 
+/// Hex of either case, even length; `None` on anything else.
+pub use crate::hex::decode as from_hex;
 /// Lowercase hex, the form of `roothash=` and of veritysetup's output.
-pub fn to_hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
-}
-
-/// Parses hex (either case, even length). `None` on anything else.
-pub fn from_hex(text: &str) -> Option<Vec<u8>> {
-    let raw = text.as_bytes();
-    if !raw.len().is_multiple_of(2) {
-        return None;
-    }
-    raw.chunks_exact(2)
-        .map(|p| {
-            let hi = (p[0] as char).to_digit(16)?;
-            let lo = (p[1] as char).to_digit(16)?;
-            Some((hi * 16 + lo) as u8)
-        })
-        .collect()
-}
+pub use crate::hex::encode as to_hex;
