@@ -468,24 +468,20 @@ impl Agent {
         let replayed = m.log().replay(m.banks()).in_stage(stage)?;
         for &alg in m.banks() {
             let read = tpm.pcr_read(alg, &[8, 15]).in_stage(stage)?;
-            for (pcr, actual) in read {
-                let expected = replayed
-                    .get(alg, pcr)
-                    .map(<[u8]>::to_vec)
-                    .unwrap_or_else(|| vec![0; alg.digest_len()]);
-                if actual != expected {
-                    return Err(StageError::new(
-                        stage,
-                        AgentError::LogMismatch {
-                            pcr,
-                            bank: alg.name(),
-                            actual: hex(&actual),
-                            expected: hex(&expected),
-                        },
-                    ));
-                }
-                if alg == HashAlg::Sha256 {
-                    info!("PCR {pcr} sha256={}", hex(&actual));
+            if let Some((pcr, actual, expected)) = replayed.mismatch(alg, &read) {
+                return Err(StageError::new(
+                    stage,
+                    AgentError::LogMismatch {
+                        pcr,
+                        bank: alg.name(),
+                        actual: hex(&actual),
+                        expected: hex(&expected),
+                    },
+                ));
+            }
+            if alg == HashAlg::Sha256 {
+                for (pcr, value) in &read {
+                    info!("PCR {pcr} sha256={}", hex(value));
                 }
             }
         }

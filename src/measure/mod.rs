@@ -182,6 +182,23 @@ impl Pcrs {
         self.values.get(&(Bank(alg), pcr)).map(Vec::as_slice)
     }
 
+    /// The first PCR the TPM reports (`read`, in one bank) that differs from this replay, as
+    /// `(pcr, actual, expected)`. A PCR the log never touched is expected to be all zeros:
+    /// anything else is an extend the log cannot explain.
+    pub fn mismatch(
+        &self,
+        alg: HashAlg,
+        read: &[(u32, Vec<u8>)],
+    ) -> Option<(u32, Vec<u8>, Vec<u8>)> {
+        read.iter().find_map(|(pcr, actual)| {
+            let expected = self
+                .get(alg, *pcr)
+                .map(<[u8]>::to_vec)
+                .unwrap_or_else(|| vec![0; alg.digest_len()]);
+            (*actual != expected).then(|| (*pcr, actual.clone(), expected))
+        })
+    }
+
     pub fn insert(&mut self, alg: HashAlg, pcr: u32, value: Vec<u8>) {
         self.values.insert((Bank(alg), pcr), value);
     }

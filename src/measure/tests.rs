@@ -494,3 +494,29 @@ fn image_version_from_os_release() {
     assert_eq!(image_version("IMAGE_ID=a\nIMAGE_VERSION=\"1 2\"\n"), None);
     assert_eq!(image_version("IMAGE_ID=\n"), None);
 }
+
+#[test]
+fn tpm_pcrs_that_the_log_cannot_explain_are_a_mismatch() {
+    let mut m = Measurer::new(&[HashAlg::Sha256]).unwrap();
+    m.record(Event::mode(Mode::Production)).unwrap();
+    let replayed = m.log().replay(&[HashAlg::Sha256]).unwrap();
+    let pcr15 = replayed.get(HashAlg::Sha256, 15).unwrap().to_vec();
+    let zero = vec![0u8; 32];
+    // What the TPM holds after exactly these extends: no mismatch.
+    let good = vec![(8, zero.clone()), (15, pcr15.clone())];
+    assert_eq!(replayed.mismatch(HashAlg::Sha256, &good), None);
+    // Someone else extended PCR 15 (or the log lost a record).
+    let mut other = pcr15.clone();
+    other[0] ^= 1;
+    let bad15 = vec![(8, zero.clone()), (15, other.clone())];
+    assert_eq!(
+        replayed.mismatch(HashAlg::Sha256, &bad15),
+        Some((15, other, pcr15.clone()))
+    );
+    // A PCR the log never touched must still be zero.
+    let bad8 = vec![(8, vec![7u8; 32]), (15, pcr15)];
+    assert_eq!(
+        replayed.mismatch(HashAlg::Sha256, &bad8),
+        Some((8, vec![7u8; 32], zero))
+    );
+}
