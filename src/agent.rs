@@ -657,8 +657,14 @@ impl Agent {
             return Ok(());
         };
         let report_data = evidence::pad_report_data(nonce);
-        let value = evidence::collect(kind, Path::new("/"), self.tpm.as_mut(), &report_data)
-            .in_stage(stage)?;
+        let value = evidence::collect(
+            kind,
+            Path::new("/"),
+            self.tpm.as_mut(),
+            &report_data,
+            self.measurer.as_ref().map(Measurer::log),
+        )
+        .in_stage(stage)?;
         let b64 = base64::engine::general_purpose::STANDARD;
         let line = serde_json::json!({
             "tee": kind.as_str(),

@@ -14,6 +14,7 @@
 //! hardware here. The Azure forms need the VCEK/TD quote from the host's services and are
 //! refused with a clear error until the network stage exists.
 
+use crate::measure::eventlog::EventLog;
 use crate::tee::detect::{self, Detection, TeeKind};
 use crate::tee::tpm::{TpmEvidence, TpmQuoteJson};
 use crate::tee::tsm;
@@ -78,6 +79,7 @@ pub fn tpm_evidence<T: Transport>(
             message: quote.attest,
             pcrs,
         },
+        cel_eventlog: None,
     };
     // A PCR extended between the quote and the read would make evidence no verifier accepts;
     // better to find out here, with a clear error.
@@ -85,18 +87,21 @@ pub fn tpm_evidence<T: Transport>(
     Ok(evidence)
 }
 
-/// Evidence for `kind` as the KBS protocol's JSON value.
+/// Evidence for `kind` as the KBS protocol's JSON value; `tpm` evidence carries `eventlog`
+/// (the agent's PCR 15 log so far) as `cel_eventlog`.
 pub fn collect<T: Transport>(
     kind: TeeKind,
     root: &Path,
     tpm: Option<&mut Tpm<T>>,
     report_data: &[u8; 64],
+    eventlog: Option<&EventLog>,
 ) -> Result<serde_json::Value, EvidenceError> {
     let b64 = base64::engine::general_purpose::STANDARD;
     match kind {
         TeeKind::Tpm => {
             let tpm = tpm.ok_or(EvidenceError::NoTpm(kind))?;
-            let ev = tpm_evidence(tpm, report_data)?;
+            let mut ev = tpm_evidence(tpm, report_data)?;
+            ev.cel_eventlog = eventlog.map(EventLog::to_json);
             serde_json::to_value(ev).map_err(EvidenceError::Json)
         }
         TeeKind::Tdx => {

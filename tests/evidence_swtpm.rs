@@ -15,7 +15,14 @@ fn tpm_evidence_has_the_fixture_shape_and_verifies_independently() {
     let (_swtpm, mut tpm) = start();
     let report_data = pad_report_data(&sha2::Sha384::digest(b"runtime data"));
     let root = tempfile::tempdir().unwrap();
-    let value = evidence::collect(TeeKind::Tpm, root.path(), Some(&mut tpm), &report_data).unwrap();
+    let value = evidence::collect(
+        TeeKind::Tpm,
+        root.path(),
+        Some(&mut tpm),
+        &report_data,
+        None,
+    )
+    .unwrap();
 
     // Same keys as the real evidence from the CoCo attester (tests/fixtures/tpm).
     let fixture: serde_json::Value = serde_json::from_slice(
@@ -66,7 +73,13 @@ fn platform_detection_on_a_plain_vtpm_is_tpm() {
 fn azure_forms_are_refused_clearly_until_supported() {
     let (_swtpm, mut tpm) = start();
     let root = tempfile::tempdir().unwrap();
-    let err =
-        evidence::collect(TeeKind::AzSnpVtpm, root.path(), Some(&mut tpm), &[0; 64]).unwrap_err();
+    let err = evidence::collect(
+        TeeKind::AzSnpVtpm,
+        root.path(),
+        Some(&mut tpm),
+        &[0; 64],
+        None,
+    )
+    .unwrap_err();
     assert_eq!(err.to_string(), "az-snp-vtpm evidence is not supported yet");
 }

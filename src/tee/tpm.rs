@@ -38,6 +38,11 @@ pub struct TpmEvidence {
     #[serde(with = "b64_bytes")]
     pub ak_public: Vec<u8>,
     pub tpm_quote: TpmQuoteJson,
+    /// cvm-agent's measurement log (CEL-JSON records, as `EventLog::to_json`) up to the quote,
+    /// so a verifier can replay PCR 15 and read what it claims. An extra member: Trustee's
+    /// `tpm` verifier ignores members it does not know.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cel_eventlog: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
