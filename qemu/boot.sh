@@ -87,9 +87,13 @@ for f in "${fwcfg[@]}"; do args+=(-fw_cfg "name=${f%%=*},file=${f#*=}"); done
 
 if [ "$net" = 1 ]; then
   netdev="user,id=n0,restrict=on,net=10.0.2.0/24"
+  # One `cvmctl relay` per guest connection, to 127.0.0.1 only (see src/relay.rs for why not
+  # the tcp: chardev form).
+  cvmctl=${CVMCTL:-$(cd "$(dirname "$0")/.." && pwd)/target/release/cvmctl}
   for p in "${fwds[@]}"; do
     [[ "$p" =~ ^[0-9]+$ ]] || die "--guestfwd takes a port number"
-    netdev+=",guestfwd=tcp:10.0.2.100:$p-tcp:127.0.0.1:$p"
+    [ -x "$cvmctl" ] || die "--guestfwd needs cvmctl at '$cvmctl' (set CVMCTL)"
+    netdev+=",guestfwd=tcp:10.0.2.100:$p-cmd:$cvmctl relay $p"
   done
   args+=(-netdev "$netdev" -device virtio-net-pci,netdev=n0,romfile=)
 fi

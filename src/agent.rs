@@ -6,14 +6,17 @@ use crate::boot;
 use crate::cmdline::{self, Cmdline, Mode};
 use crate::evidence;
 use crate::hex::encode as hex;
-use crate::initdata::launch::{LaunchConfig, NetworkMode};
+use crate::initdata::launch::{LaunchConfig, NetworkMode, SECRETS_DIR, SecretTarget};
 use crate::initdata::{self, InitData};
+use crate::kbs::client::KbsClient;
+use crate::kbs::{TeeKeyAlgorithm, TeeKeyPair, jwe, protocol};
 use crate::kmod;
 use crate::logging::{self, Sink};
 use crate::measure::{Event, Measurer};
 use crate::net;
 use crate::pid1::{self, Pid1, Request};
 use crate::result::{RunResult, StageTimes};
+use crate::secrets::{self, SecretsError};
 use crate::stage::{InStage, Stage, StageError};
 use crate::tee::detect::TeeKind;
 use crate::tpm::{HashAlg, Tpm};
@@ -65,6 +68,26 @@ pub enum AgentError {
     NetworkConfig(&'static str),
     #[error("test panic requested by cvm.test_panic={0}")]
     TestPanic(Stage),
+    #[error("launch.toml has a [kbs], but no TEE was detected to attest with")]
+    NoTee,
+    #[error("the init-data is not UTF-8 text, so it cannot be sent in the attest request")]
+    InitDataNotText,
+}
+
+/// Why evidence for the KBS could not be produced.
+#[derive(Debug, thiserror::Error)]
+enum AttestError {
+    #[error(transparent)]
+    Kbs(protocol::KbsError),
+    #[error(transparent)]
+    Evidence(evidence::EvidenceError),
+}
+
+/// The KBS session of this boot: the client (its cookie and token) and the TEE key the KBS
+/// encrypts resources to. Both die with the boot.
+struct KbsSession {
+    client: KbsClient,
+    key: TeeKeyPair,
 }
 
 pub struct Agent {
@@ -87,6 +110,9 @@ pub struct Agent {
     /// launch.toml from the init-data, once measured.
     launch: Option<LaunchConfig>,
     net: Option<net::NetUp>,
+    kbs: Option<KbsSession>,
+    /// Secrets for the agent's own use (state key, registry credentials), zeroized on drop.
+    kept_secrets: Vec<secrets::Kept>,
 }
 
 /// Install the panic hook for `mode`: a panic is a failed stage like any other, never an exit of
@@ -169,6 +195,8 @@ pub fn main() -> ! {
         tee: None,
         launch: None,
         net: None,
+        kbs: None,
+        kept_secrets: Vec::new(),
     };
     agent
         .times
@@ -184,6 +212,8 @@ impl Agent {
         self.stage(Stage::Tpm, |a| a.tpm_stage());
         self.stage(Stage::Measure, |a| a.measure_stage());
         self.stage(Stage::Network, |a| a.network_stage());
+        self.stage(Stage::Attest, |a| a.attest_stage());
+        self.stage(Stage::Secrets, |a| a.secrets_stage());
         self.finish(0)
     }
 
@@ -633,6 +663,147 @@ impl Agent {
         Ok(())
     }
 
+    /// Stage 7: evidence bound to a fresh TEE key and the KBS's nonce → a token.
+    fn attest_stage(&mut self) -> Result<(), StageError> {
+        let Some(kbs) = self.launch.as_ref().and_then(|l| l.kbs.clone()) else {
+            info!("not needed (no [kbs] in launch.toml)");
+            return Ok(());
+        };
+        let kind = self
+            .tee
+            .ok_or_else(|| StageError::new(Stage::Attest, AgentError::NoTee))?;
+        let started = Instant::now();
+        let key = TeeKeyPair::generate(TeeKeyAlgorithm::default()).in_stage(Stage::Attest)?;
+        let jwk = key.public_jwk();
+        let dns = self.net.as_ref().map(|n| n.dns.clone()).unwrap_or_default();
+        let mut client = KbsClient::new(&kbs, &dns).in_stage(Stage::Attest)?;
+        let initdata_toml = self
+            .initdata
+            .as_ref()
+            .map(|d| std::str::from_utf8(d.raw()).map(str::to_owned))
+            .transpose()
+            .map_err(|_| StageError::new(Stage::Attest, AgentError::InitDataNotText))?;
+        let mut tpm = self.tpm.as_mut();
+        let log = self.measurer.as_ref().map(Measurer::log);
+        let mut evidence_ms = 0;
+        let token = client
+            .attest(kind.kbs_tee(), |challenge| {
+                let t = Instant::now();
+                let hash = protocol::hash_algorithm(challenge).map_err(AttestError::Kbs)?;
+                let runtime_data = protocol::runtime_data(
+                    &challenge.nonce,
+                    &jwk,
+                    protocol::NO_ADDITIONAL_EVIDENCE,
+                );
+                let report_data =
+                    protocol::report_data_with(hash, &runtime_data).map_err(AttestError::Kbs)?;
+                let evidence =
+                    evidence::collect(kind, Path::new("/"), tpm.as_deref_mut(), &report_data, log)
+                        .map_err(AttestError::Evidence)?;
+                evidence_ms += t.elapsed().as_millis();
+                Ok::<_, AttestError>(protocol::attestation(
+                    &challenge.nonce,
+                    &jwk,
+                    evidence,
+                    initdata_toml.as_deref(),
+                ))
+            })
+            .in_stage(Stage::Attest)?;
+        info!(
+            "attested ({}) to {} in {} ms: {} HTTP round trips, evidence {} ms, token {} bytes",
+            kind.as_str(),
+            kbs.url,
+            started.elapsed().as_millis(),
+            client.round_trips,
+            evidence_ms,
+            token.len()
+        );
+        self.kbs = Some(KbsSession { client, key });
+        Ok(())
+    }
+
+    /// Stage 8: each listed resource, decrypted with this boot's TEE key, to a 0400 file on the
+    /// secrets tmpfs or kept in memory for the agent's own use.
+    fn secrets_stage(&mut self) -> Result<(), StageError> {
+        let list = self
+            .launch
+            .as_ref()
+            .map(|l| l.secrets.clone())
+            .unwrap_or_default();
+        if list.is_empty() {
+            info!("none requested");
+            return Ok(());
+        }
+        let session = self
+            .kbs
+            .as_mut()
+            .ok_or_else(|| StageError::new(Stage::Secrets, SecretsError::NoSession))?;
+        let started = Instant::now();
+        if list
+            .iter()
+            .any(|s| matches!(s.target, SecretTarget::File(_)))
+        {
+            secrets::mount_tmpfs(Path::new(SECRETS_DIR)).in_stage(Stage::Secrets)?;
+        }
+        let rounds_before = session.client.round_trips;
+        for secret in &list {
+            let body = session
+                .client
+                .resource(&secret.uri)
+                .map_err(|source| SecretsError::Fetch {
+                    name: secret.name.clone(),
+                    source,
+                })
+                .in_stage(Stage::Secrets)?;
+            let value = jwe::decrypt(&session.key, &body)
+                .map_err(|source| SecretsError::Decrypt {
+                    name: secret.name.clone(),
+                    uri: format!("kbs:///{}", secret.uri.path()),
+                    source,
+                })
+                .in_stage(Stage::Secrets)?;
+            if value.is_empty() {
+                return Err(StageError::new(
+                    Stage::Secrets,
+                    SecretsError::Empty {
+                        name: secret.name.clone(),
+                    },
+                ));
+            }
+            let fingerprint = secrets::fingerprint(&value);
+            match &secret.target {
+                SecretTarget::File(path) => {
+                    secrets::write_file(Path::new("/"), path, &value).in_stage(Stage::Secrets)?;
+                    info!(
+                        "{}: {} bytes, sha256 {fingerprint}, written to {path} (0400)",
+                        secrets::describe(secret),
+                        value.len()
+                    );
+                }
+                SecretTarget::Use(usage) => {
+                    info!(
+                        "{}: {} bytes, sha256 {fingerprint}, kept in memory as the {}",
+                        secrets::describe(secret),
+                        value.len(),
+                        usage.name()
+                    );
+                    self.kept_secrets.push(secrets::Kept {
+                        usage: *usage,
+                        name: secret.name.clone(),
+                        value,
+                    });
+                }
+            }
+        }
+        info!(
+            "{} secrets in {} ms ({} HTTP round trips)",
+            list.len(),
+            started.elapsed().as_millis(),
+            session.client.round_trips - rounds_before
+        );
+        Ok(())
+    }
+
     /// The launch separator: after it nothing is extended into PCR 15, so a verifier rejects
     /// any later record and a workload cannot forge pre-launch claims.
     fn seal_measurements(&mut self, stage: Stage) -> Result<(), StageError> {
@@ -687,6 +858,9 @@ impl Agent {
         if let Err(e) = self.seal_measurements(Stage::End) {
             self.fatal(e);
         }
+        // Nothing after this point needs them; dropping zeroizes.
+        self.kept_secrets.clear();
+        self.kbs = None;
         let boot_ms = (logging::since_boot() * 1000.0) as u64;
         let result = RunResult::new(exit_code, self.mode, self.times.clone(), boot_ms);
         logging::result_line(&self.sink, &result.to_json());

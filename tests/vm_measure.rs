@@ -15,7 +15,7 @@ use std::process::Command;
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
 fn initdata() -> std::path::PathBuf {
-    repo().join("qemu/demo-initdata.toml")
+    repo().join("tests/fixtures/initdata-measure.toml")
 }
 
 fn boot_with_initdata(initdata: &std::path::Path, extra_append: &str) -> Boot {
@@ -153,7 +153,7 @@ fn changed_init_data_changes_pcr8_only_where_expected() {
     let dir = tempfile::tempdir().unwrap();
     let changed = dir.path().join("initdata.toml");
     let text = std::fs::read_to_string(initdata()).unwrap();
-    std::fs::write(&changed, text.replace("demo-secret", "demo-secreT")).unwrap();
+    std::fs::write(&changed, text.replace("measure-fixture", "measure-fixturE")).unwrap();
     let b = boot_with_initdata(&changed, "");
     assert_eq!(b.code, 0, "{}", b.show());
     let (p8, _) = predicted();

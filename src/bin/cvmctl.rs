@@ -40,6 +40,12 @@ enum Command {
     /// Replay an event log (JSON-SEQ, as /run/cvm-agent/measure.log) to PCR values (JSON on
     /// stdout); with --pcrs, compare and exit non-zero on a mismatch.
     Replay(cvm_agent::measure::predict::ReplayArgs),
+    /// The host end of a QEMU guestfwd (`guestfwd=tcp:10.0.2.100:PORT-cmd:cvmctl relay PORT`):
+    /// joins the guest connection on stdin/stdout to 127.0.0.1:PORT. Prints nothing.
+    Relay {
+        /// The port on 127.0.0.1.
+        port: u16,
+    },
     /// Benchmarks that print figures (no pass/fail).
     Bench {
         #[command(subcommand)]
@@ -81,6 +87,13 @@ fn main() -> ExitCode {
             }
             Err(e) => Err(error_chain(&e)),
         },
+        Command::Relay { port } => {
+            // stdout/stderr are the guest's connection: exit quietly either way.
+            return match cvm_agent::relay::relay(port) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(_) => ExitCode::FAILURE,
+            };
+        }
         Command::Bench {
             what: Bench::Boot(args),
         } => cvm_agent::bench::boot(&args).map_err(|e| error_chain(&e)),

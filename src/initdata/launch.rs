@@ -6,6 +6,7 @@
 //! cert = """-----BEGIN CERTIFICATE-----..."""   # optional PEM trust anchor
 //! pin = "<64 hex>"                     # optional SHA-256 of the server key's SPKI (DER)
 //! insecure_http = false
+//! timeout = 60                         # seconds for each KBS conversation, retries included
 //!
 //! [workload]
 //! image = "registry.example/app@sha256:..."
@@ -55,6 +56,10 @@ const MAX_SECRETS: usize = 64;
 const MAX_NAME_LEN: usize = 128;
 const MAX_PATH_LEN: usize = 4096;
 const MAX_DNS: usize = 8;
+/// A KBS that has not answered within a minute is down or unreachable; a boot that waits longer
+/// only hides the failure.
+const DEFAULT_KBS_TIMEOUT_SECS: u64 = 60;
+const MAX_KBS_TIMEOUT_SECS: u64 = 3600;
 /// GPT partition names are 36 UTF-16 code units.
 const MAX_PARTLABEL_LEN: usize = 36;
 const MAX_SERIAL_LEN: usize = 64;
@@ -80,6 +85,9 @@ pub struct Kbs {
     /// SHA-256 of the KBS certificate's SubjectPublicKeyInfo (DER).
     pub pin: Option<[u8; 32]>,
     pub insecure_http: bool,
+    /// Overall deadline of each KBS conversation (attestation, then all resources), retries
+    /// included.
+    pub timeout: std::time::Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -296,6 +304,7 @@ struct WireKbs {
     pin: Option<String>,
     #[serde(default)]
     insecure_http: bool,
+    timeout: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -430,11 +439,21 @@ fn kbs(wire: WireKbs) -> Result<Kbs, InitDataError> {
             "kbs.cert and kbs.pin mean nothing over http://: remove them or use https",
         ));
     }
+    let timeout = match wire.timeout {
+        None => DEFAULT_KBS_TIMEOUT_SECS,
+        Some(t @ 1..=MAX_KBS_TIMEOUT_SECS) => t,
+        Some(t) => {
+            return Err(err(format!(
+                "kbs.timeout = {t}: must be 1 to {MAX_KBS_TIMEOUT_SECS} seconds"
+            )));
+        }
+    };
     Ok(Kbs {
         url: wire.url,
         cert: wire.cert,
         pin,
         insecure_http: wire.insecure_http,
+        timeout: std::time::Duration::from_secs(timeout),
     })
 }
 

@@ -15,6 +15,7 @@
 //! Any non-2xx answer goes through [`protocol::parse_error`].
 
 pub mod canon;
+pub mod client;
 pub mod jwe;
 pub mod protocol;
 pub mod tee_key;

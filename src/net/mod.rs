@@ -9,7 +9,9 @@
 //! bounded parser that never panics, and a lease that makes no sense is refused (see `dhcp`).
 
 mod dhcp;
+pub mod dns;
 mod netlink;
+pub mod tls;
 
 use netlink::Netlink;
 use nix::errno::Errno;
@@ -95,7 +97,7 @@ pub enum NetError {
 }
 
 /// "10 s", "2.5 s": deadlines are read by people on a console.
-fn secs(d: &Duration) -> String {
+pub(crate) fn secs(d: &Duration) -> String {
     if d.subsec_millis() == 0 {
         format!("{} s", d.as_secs())
     } else {

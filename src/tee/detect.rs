@@ -45,6 +45,17 @@ impl TeeKind {
         TeeKind::AzTdxVtpm,
     ];
 
+    /// The kbs-types value for the `/auth` request.
+    pub fn kbs_tee(self) -> kbs_types::Tee {
+        match self {
+            TeeKind::Tpm => kbs_types::Tee::Tpm,
+            TeeKind::Snp => kbs_types::Tee::Snp,
+            TeeKind::Tdx => kbs_types::Tee::Tdx,
+            TeeKind::AzSnpVtpm => kbs_types::Tee::AzSnpVtpm,
+            TeeKind::AzTdxVtpm => kbs_types::Tee::AzTdxVtpm,
+        }
+    }
+
     /// The KBS protocol name.
     pub fn as_str(self) -> &'static str {
         match self {

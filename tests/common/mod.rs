@@ -107,6 +107,8 @@ pub fn spawn(append: &str, extra: &[String], console: &Path, timeout: u64) -> Ch
         .arg(console)
         .args(["--timeout", &timeout.to_string(), "--quiet"])
         .args(extra)
+        // The guestfwd relay: this build's cvmctl.
+        .env("CVMCTL", env!("CARGO_BIN_EXE_cvmctl"))
         .stdin(Stdio::null())
         .spawn()
         .expect("run qemu/boot.sh")
