@@ -37,12 +37,10 @@ rootfs: build
 images: initrd rootfs
 
 demo: images
-	qemu/boot.sh --kernel $(KERNEL) --initrd $(OUT)/initrd.img --disk $(OUT)/rootfs.img:ro \
-	  --fw-cfg opt/cvm/initdata=qemu/demo-initdata.toml \
-	  --append "roothash=$$(cat $(OUT)/rootfs.img.roothash) cvm.initdata=fw_cfg" --timeout 300 --console $(OUT)/demo-console.log
+	OUT=$(OUT) KERNEL=$(KERNEL) CVMCTL=$(CVMCTL) scripts/demo.sh
 
 demo-reset:
-	rm -rf $(OUT)/demo-state
+	rm -rf $(OUT)/demo
 
 lint:
 	cargo fmt --all -- --check

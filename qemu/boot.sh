@@ -4,12 +4,12 @@
 #
 #   qemu/boot.sh --kernel K --initrd I [--append "..."] [--disk FILE[:ro]]... [--timeout SEC]
 #                [--console FILE] [--tpm-state DIR] [--no-tpm] [--no-net] [--fw-cfg NAME=FILE]
-#                [--guestfwd PORT] [--memory MB] [--monitor SOCKET] [--quiet]
+#                [--guestfwd PORT|GUESTPORT:HOSTPORT] [--memory MB] [--monitor SOCKET] [--quiet]
 #
 # Exit codes: the result line's exit_code; 124 on timeout; 125 for usage/setup errors;
 # 126 when the VM ended without a result line.
 # Networking is QEMU user mode with restrict=on: the guest reaches nothing but the guestfwd
-# ports, which go to 127.0.0.1 on the host. KVM only with CVM_KVM=1 (TCG by default).
+# ports (10.0.2.100:GUESTPORT), which go to 127.0.0.1:HOSTPORT on the host. KVM only with CVM_KVM=1 (TCG by default).
 set -euo pipefail
 
 kernel="" initrd="" append="" timeout=120 console="" tpm_state="" tpm=1 net=1 memory=512 quiet=0
@@ -66,11 +66,19 @@ if [ "$tpm" = 1 ]; then
   command -v swtpm >/dev/null || die "swtpm not installed (run scripts/setup.sh)"
   state=${tpm_state:-$work/tpm}
   mkdir -p "$state"
-  swtpm socket --tpm2 --tpmstate "dir=$state" --ctrl "type=unixio,path=$work/swtpm.sock" \
-        --log "file=$work/swtpm.log,level=1" --terminate &
-  swtpm_pid=$!
-  for _ in $(seq 1 100); do [ -S "$work/swtpm.sock" ] && break; sleep 0.05; done
-  [ -S "$work/swtpm.sock" ] || die "swtpm did not start: $(cat "$work/swtpm.log" 2>/dev/null)"
+  # Started until it is up and stays up (a loaded host has been seen to lose a fresh swtpm's
+  # socket right after it appeared).
+  for attempt in 1 2 3; do
+    swtpm socket --tpm2 --tpmstate "dir=$state" --ctrl "type=unixio,path=$work/swtpm.sock" \
+          --log "file=$work/swtpm.log,level=1" --terminate &
+    swtpm_pid=$!
+    for _ in $(seq 1 200); do [ -S "$work/swtpm.sock" ] && break; sleep 0.05; done
+    sleep 0.1
+    if [ -S "$work/swtpm.sock" ] && kill -0 "$swtpm_pid" 2>/dev/null; then break; fi
+    kill "$swtpm_pid" 2>/dev/null || true; wait "$swtpm_pid" 2>/dev/null || true; swtpm_pid=""
+    rm -f "$work/swtpm.sock"
+    [ "$attempt" = 3 ] && die "swtpm did not start: $(cat "$work/swtpm.log" 2>/dev/null)"
+  done
   args+=(-chardev "socket,id=chrtpm,path=$work/swtpm.sock" -tpmdev emulator,id=tpm0,chardev=chrtpm
          -device tpm-tis,tpmdev=tpm0)
 fi
@@ -91,9 +99,9 @@ if [ "$net" = 1 ]; then
   # the tcp: chardev form).
   cvmctl=${CVMCTL:-$(cd "$(dirname "$0")/.." && pwd)/target/release/cvmctl}
   for p in "${fwds[@]}"; do
-    [[ "$p" =~ ^[0-9]+$ ]] || die "--guestfwd takes a port number"
+    [[ "$p" =~ ^[0-9]+(:[0-9]+)?$ ]] || die "--guestfwd takes PORT or GUESTPORT:HOSTPORT"
     [ -x "$cvmctl" ] || die "--guestfwd needs cvmctl at '$cvmctl' (set CVMCTL)"
-    netdev+=",guestfwd=tcp:10.0.2.100:$p-cmd:$cvmctl relay $p"
+    netdev+=",guestfwd=tcp:10.0.2.100:${p%%:*}-cmd:$cvmctl relay ${p##*:}"
   done
   args+=(-netdev "$netdev" -device virtio-net-pci,netdev=n0,romfile=)
 fi

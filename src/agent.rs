@@ -773,11 +773,13 @@ impl Agent {
             let fingerprint = secrets::fingerprint(&value);
             match &secret.target {
                 SecretTarget::File(path) => {
-                    secrets::write_file(Path::new("/"), path, &value).in_stage(Stage::Secrets)?;
+                    let written = secrets::write_file(Path::new("/"), path, &value)
+                        .in_stage(Stage::Secrets)?;
                     info!(
-                        "{}: {} bytes, sha256 {fingerprint}, written to {path} (0400)",
+                        "{}: {} bytes, sha256 {fingerprint}, written to {path} ({})",
                         secrets::describe(secret),
-                        value.len()
+                        value.len(),
+                        secrets::file_facts(&written)
                     );
                 }
                 SecretTarget::Use(usage) => {

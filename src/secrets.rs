@@ -119,6 +119,30 @@ pub fn write_file(root: &Path, path: &str, value: &[u8]) -> Result<PathBuf, Secr
     Ok(full)
 }
 
+/// What the filesystem says about a written secret (mode, owner, size, filesystem), read back
+/// rather than assumed.
+pub fn file_facts(path: &Path) -> String {
+    use std::os::unix::fs::MetadataExt as _;
+    let fs = nix::sys::statfs::statfs(path)
+        .map(|s| {
+            if s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC {
+                "tmpfs".to_string()
+            } else {
+                format!("fs 0x{:x}", s.filesystem_type().0)
+            }
+        })
+        .unwrap_or_else(|e| format!("statfs: {e}"));
+    match std::fs::symlink_metadata(path) {
+        Ok(m) => format!(
+            "mode {:04o}, uid {}, {} bytes, {fs}",
+            m.mode() & 0o7777,
+            m.uid(),
+            m.len()
+        ),
+        Err(e) => format!("stat: {e}"),
+    }
+}
+
 /// SHA-256 of a secret, for the console.
 pub fn fingerprint(value: &[u8]) -> String {
     crate::hex::encode(&Sha256::digest(value))
