@@ -40,6 +40,9 @@ enum Command {
     /// Replay an event log (JSON-SEQ, as /run/cvm-agent/measure.log) to PCR values (JSON on
     /// stdout); with --pcrs, compare and exit non-zero on a mismatch.
     Replay(cvm_agent::measure::predict::ReplayArgs),
+    /// Run the dev KBS (Trustee KBS protocol 0.4.0) for local tests and demos, on a loopback
+    /// address only.
+    Kbs(cvm_agent::devkbs::KbsArgs),
     /// Benchmarks that print figures (no pass/fail).
     Bench {
         #[command(subcommand)]
@@ -81,6 +84,7 @@ fn main() -> ExitCode {
             }
             Err(e) => Err(error_chain(&e)),
         },
+        Command::Kbs(args) => cvm_agent::devkbs::run(&args).map_err(|e| error_chain(&e)),
         Command::Bench {
             what: Bench::Boot(args),
         } => cvm_agent::bench::boot(&args).map_err(|e| error_chain(&e)),
