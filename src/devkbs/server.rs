@@ -319,10 +319,9 @@ impl Kbs {
         let token = self.token_key.sign(claims, now_secs());
         {
             let mut sessions = self.sessions();
-            match sessions.get_mut(&id) {
-                Some(s) => s.attested = Some(tee_pubkey),
-                // Evicted meanwhile: the token still works as a bearer token.
-                None => {}
+            // Evicted meanwhile: the token still works as a bearer token.
+            if let Some(s) = sessions.get_mut(&id) {
+                s.attested = Some(tee_pubkey);
             }
         }
         log(&format!(

@@ -527,3 +527,223 @@ fn malformed(tee: &'static str, e: &dyn std::error::Error) -> VerifyError {
 fn signature(tee: &'static str, e: &dyn std::error::Error) -> VerifyError {
     VerifyError::Signature { tee, why: chain(e) }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::measure::{Facts, predict};
+
+    fn fixture(path: &str) -> Vec<u8> {
+        let p = format!("{}/tests/fixtures/{path}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read(&p).unwrap_or_else(|e| panic!("{p}: {e}"))
+    }
+
+    fn open_policy() -> Policy {
+        Policy {
+            tee: vec![Tee::Tpm, Tee::Snp, Tee::Tdx, Tee::AzSnpVtpm, Tee::AzTdxVtpm],
+            require_initdata: false,
+            trust_on_first_use: true,
+            ..Policy::default()
+        }
+    }
+
+    fn run(tee: Tee, evidence: &Value) -> Result<Verified, VerifyError> {
+        let policy = open_policy();
+        verify(
+            tee,
+            evidence,
+            &[0x5a; 64],
+            None,
+            &policy,
+            &AkStore::new(&policy, None),
+        )
+    }
+
+    /// Real evidence from real hardware passes every signature check and fails exactly at the
+    /// nonce (it was made for another KBS session).
+    #[test]
+    fn real_tpm_evidence_verifies_up_to_the_nonce() {
+        let json = fixture("tpm/tpm_evidence.json");
+        TpmEvidence::from_json(&json).unwrap().verify().unwrap();
+        let ev: Value = serde_json::from_slice(&json).unwrap();
+        let err = run(Tee::Tpm, &ev).unwrap_err();
+        assert!(matches!(err, VerifyError::ReportData(_)), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "the TPM quote's nonce does not match the report data of this session's runtime \
+             data (wrong nonce or TEE key)"
+        );
+        // A changed PCR value fails before the nonce.
+        let mut bad = ev.clone();
+        bad["tpm_quote"]["pcrs"][0] = Value::from("11".repeat(32));
+        assert!(matches!(
+            run(Tee::Tpm, &bad),
+            Err(VerifyError::Signature { tee: "tpm", .. })
+        ));
+        assert!(matches!(
+            run(Tee::Tpm, &serde_json::json!({"ak_public": 1})),
+            Err(VerifyError::Malformed { tee: "tpm", .. })
+        ));
+    }
+
+    fn cert_table(vcek: &[u8]) -> Vec<u8> {
+        let guid = 0x63da758d_e664_4564_adc5_f4b93be8accdu128.to_be_bytes();
+        let mut t = guid.to_vec();
+        t.extend_from_slice(&48u32.to_le_bytes());
+        t.extend_from_slice(&(vcek.len() as u32).to_le_bytes());
+        t.extend_from_slice(&[0; 24]);
+        t.extend_from_slice(vcek);
+        t
+    }
+
+    #[test]
+    fn real_snp_tdx_azure_evidence_verifies_up_to_the_report_data() {
+        let snp = serde_json::json!({
+            "attestation_report": STANDARD.encode(fixture("snp/test-report.bin")),
+            "cert_chain": STANDARD.encode(cert_table(&fixture("snp/test-vcek.der"))),
+        });
+        let err = run(Tee::Snp, &snp).unwrap_err();
+        assert!(
+            matches!(err, VerifyError::ReportData("the SNP REPORT_DATA")),
+            "{err}"
+        );
+        // The VLEK's certificate does not sign this report.
+        let mut bad = snp.clone();
+        bad["cert_chain"] = Value::from(STANDARD.encode(cert_table(&fixture("snp/test-vlek.der"))));
+        assert!(matches!(
+            run(Tee::Snp, &bad),
+            Err(VerifyError::Signature { .. })
+        ));
+        bad["cert_chain"] = Value::Null;
+        let err = run(Tee::Snp, &bad).unwrap_err();
+        assert!(err.to_string().contains("no cert_chain"), "{err}");
+
+        for quote in ["tdx/tdx_quote_4.dat", "tdx/tdx_quote_5.dat"] {
+            let tdx =
+                serde_json::json!({"quote": STANDARD.encode(fixture(quote)), "cc_eventlog": null});
+            let err = run(Tee::Tdx, &tdx).unwrap_err();
+            assert!(
+                matches!(err, VerifyError::ReportData("the TDX REPORTDATA")),
+                "{quote}: {err}"
+            );
+        }
+
+        let az: Value = serde_json::from_slice(&fixture("az-snp-vtpm/evidence-v2.json")).unwrap();
+        let err = run(Tee::AzSnpVtpm, &az).unwrap_err();
+        assert!(
+            matches!(err, VerifyError::ReportData("the vTPM quote's nonce")),
+            "{err}"
+        );
+        let az: Value = serde_json::from_slice(&fixture("az-tdx-vtpm/evidence-v1.json")).unwrap();
+        let err = run(Tee::AzTdxVtpm, &az).unwrap_err();
+        assert!(
+            matches!(err, VerifyError::ReportData("the vTPM quote's nonce")),
+            "{err}"
+        );
+
+        // A TEE the policy does not list, and one the dev KBS cannot verify.
+        let policy = Policy::default();
+        let aks = AkStore::new(&policy, None);
+        let err = verify(Tee::Snp, &snp, &[0; 64], None, &policy, &aks).unwrap_err();
+        assert_eq!(err.to_string(), "TEE snp is not allowed by policy");
+        let mut policy = open_policy();
+        policy.tee.push(Tee::Sgx);
+        let err = verify(Tee::Sgx, &snp, &[0; 64], None, &policy, &aks).unwrap_err();
+        assert!(matches!(err, VerifyError::Unsupported(_)), "{err}");
+    }
+
+    #[test]
+    fn ak_store() {
+        let listed = "aa".repeat(32);
+        let policy = Policy {
+            trusted_aks: vec![listed.clone()],
+            ..Policy::default()
+        };
+        let store = AkStore::new(&policy, None);
+        assert!(!store.check(&listed).unwrap());
+        assert!(matches!(
+            store.check(&"bb".repeat(32)),
+            Err(VerifyError::AkNotTrusted(_))
+        ));
+
+        let dir = tempfile::tempdir().unwrap();
+        let policy = Policy {
+            trust_on_first_use: true,
+            ..Policy::default()
+        };
+        let store = AkStore::new(&policy, Some(dir.path().to_path_buf()));
+        assert!(store.check(&"01".repeat(32)).unwrap(), "first use");
+        assert!(!store.check(&"01".repeat(32)).unwrap());
+        assert!(store.check(&"02".repeat(32)).is_err());
+        // Persisted: a new store (a restarted KBS) remembers.
+        let again = AkStore::new(&policy, Some(dir.path().to_path_buf()));
+        assert!(!again.check(&"01".repeat(32)).unwrap());
+        assert!(again.check(&"02".repeat(32)).is_err());
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(TRUSTED_AKS_FILE)).unwrap(),
+            format!("{}\n", "01".repeat(32))
+        );
+    }
+
+    #[test]
+    fn prefix_and_policy_checks() {
+        let facts = Facts {
+            roothash: Some("ab".repeat(32)),
+            image_version: Some("img 1".into()),
+            ..Facts::default()
+        };
+        let reference = predict(&facts, &[HashAlg::Sha256]).unwrap().log;
+        let mut shorter = facts.clone();
+        shorter.image_version = None;
+        let log = predict(&shorter, &[HashAlg::Sha256]).unwrap().log;
+        // The prediction ends in a separator; the guest's log stops before it.
+        let prefix = EventLog::from_json(&Value::Array(
+            reference.to_json().as_array().unwrap()[..2].to_vec(),
+        ))
+        .unwrap();
+        check_prefix(&prefix, &reference).unwrap();
+        check_prefix(&reference, &reference).unwrap();
+        let err = check_prefix(&log, &reference).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "event log: record 2 (separator) differs from the reference"
+        );
+        let err = check_prefix(&reference, &prefix).unwrap_err();
+        assert!(err.to_string().contains("the reference only 2"), "{err}");
+
+        let v = Verified {
+            debug: false,
+            roothash: Some("ab".repeat(32)),
+            ..Verified::default()
+        };
+        let mut p = Policy::default();
+        check_policy(&v, &p).unwrap();
+        p.roothash = Some("cd".repeat(32));
+        assert!(matches!(
+            check_policy(&v, &p),
+            Err(VerifyError::Claim {
+                what: "root hash",
+                ..
+            })
+        ));
+        p.roothash = None;
+        p.image_version = Some("img 1".into());
+        assert_eq!(
+            check_policy(&v, &p).unwrap_err().to_string(),
+            "image version is missing from the evidence and the policy requires it"
+        );
+        let debug = Verified {
+            debug: true,
+            ..Verified::default()
+        };
+        assert!(matches!(
+            check_policy(&debug, &Policy::default()),
+            Err(VerifyError::Debug)
+        ));
+        let allow = Policy {
+            allow_debug: true,
+            ..Policy::default()
+        };
+        check_policy(&debug, &allow).unwrap();
+    }
+}
