@@ -386,7 +386,9 @@ mod tests {
         assert!(out.starts_with("HTTP/1.1 200 "), "{out}");
         assert!(out.contains("Set-Cookie: kbs-session-id="), "{out}");
         assert!(out.contains("; Expires="), "{out}");
-        assert!(out.contains(r#""extra-params":"""#), "{out}");
+        // Trustee's member order: nonce, then extra-params.
+        assert!(out.contains("\r\n\r\n{\"nonce\":\""), "{out}");
+        assert!(out.ends_with("=\",\"extra-params\":\"\"}"), "{out}");
     }
 
     struct Duplex {

@@ -225,8 +225,13 @@ impl Kbs {
             nonce,
             extra_params: Value::String(String::new()),
         };
-        let body = serde_json::to_value(&challenge).unwrap_or(Value::Null);
-        Ok(Response::json(200, &body).with_header("Set-Cookie", self.cookie(&id)))
+        // Serialized from the struct, so the members keep Trustee's order (nonce first).
+        let body = serde_json::to_vec(&challenge).unwrap_or_default();
+        log(&format!("auth: session {id} tee={}", tee_name(request.tee)));
+        Ok(
+            Response::new(200, "application/json", body)
+                .with_header("Set-Cookie", self.cookie(&id)),
+        )
     }
 
     fn cookie(&self, id: &str) -> String {
