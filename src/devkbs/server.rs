@@ -568,6 +568,53 @@ mod tests {
         assert!(resource_components(&format!("a/b/{}", "x".repeat(MAX_COMPONENT + 1))).is_err());
     }
 
+    fn post(target: &str, cookie: Option<&str>, body: &str) -> Request {
+        let mut headers = Vec::new();
+        if let Some(c) = cookie {
+            headers.push(("cookie".to_string(), c.to_string()));
+        }
+        Request {
+            method: "POST".into(),
+            target: target.into(),
+            http11: true,
+            headers,
+            body: body.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn sessions_are_bounded_oldest_first() {
+        let kbs = Kbs::new(
+            Policy::default(),
+            PathBuf::from("/nonexistent"),
+            TokenKey::generate().unwrap(),
+            None,
+            None,
+        );
+        let auth = r#"{"version":"0.4.0","tee":"tpm","extra-params":{}}"#;
+        let cookie = |r: &Response| {
+            let set = &r.headers.iter().find(|(n, _)| n == "Set-Cookie").unwrap().1;
+            set.split(';').next().unwrap().to_string()
+        };
+        let first = cookie(&kbs.handle(&post("/kbs/v0/auth", None, auth)));
+        let second = cookie(&kbs.handle(&post("/kbs/v0/auth", None, auth)));
+        assert_ne!(first, second);
+        for _ in 2..MAX_SESSIONS {
+            kbs.handle(&post("/kbs/v0/auth", None, auth));
+        }
+        assert_eq!(kbs.sessions().len(), MAX_SESSIONS);
+        kbs.handle(&post("/kbs/v0/auth", None, auth));
+        assert_eq!(kbs.sessions().len(), MAX_SESSIONS);
+        // The oldest is gone, the next one is still there (its nonce is then spent).
+        let r = kbs.handle(&post("/kbs/v0/attest", Some(&first), "{}"));
+        assert_eq!(r.status, 401);
+        assert!(String::from_utf8_lossy(&r.body).contains("unknown or expired session"));
+        let r = kbs.handle(&post("/kbs/v0/attest", Some(&second), "{}"));
+        assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+        let r = kbs.handle(&post("/kbs/v0/attest", Some(&second), "{}"));
+        assert!(String::from_utf8_lossy(&r.body).contains("already used"));
+    }
+
     #[test]
     fn http_dates() {
         assert_eq!(http_date(0), "Thu, 01 Jan 1970 00:00:00 GMT");
