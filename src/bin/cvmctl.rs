@@ -46,6 +46,9 @@ enum Command {
         /// The port on 127.0.0.1.
         port: u16,
     },
+    /// Run the dev KBS (Trustee KBS protocol 0.4.0) for local tests and demos, on a loopback
+    /// address only.
+    Kbs(cvm_agent::devkbs::KbsArgs),
     /// Benchmarks that print figures (no pass/fail).
     Bench {
         #[command(subcommand)]
@@ -94,6 +97,7 @@ fn main() -> ExitCode {
                 Err(_) => ExitCode::FAILURE,
             };
         }
+        Command::Kbs(args) => cvm_agent::devkbs::run(&args).map_err(|e| error_chain(&e)),
         Command::Bench {
             what: Bench::Boot(args),
         } => cvm_agent::bench::boot(&args).map_err(|e| error_chain(&e)),

@@ -1,0 +1,282 @@
+//! The dev KBS's policy: which TEEs, whether debug is allowed, the reference values the
+//! evidence's claims must have, and which TPM attestation keys are trusted.
+//!
+//! Every field is optional and defaults to the refusing side: only `tpm`, no debug, init-data
+//! required, and no trusted AK (so a `tpm` attestation is refused until the operator lists AKs
+//! or says `trust_on_first_use = true`).
+
+use crate::measure::EventLog;
+use kbs_types::Tee;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// Largest policy or reference file read.
+const MAX_FILE: u64 = 4 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is larger than {MAX_FILE} bytes")]
+    TooLarge { path: PathBuf },
+    #[error("policy: {0}")]
+    Syntax(String),
+    #[error("policy: unknown TEE type {0:?}")]
+    UnknownTee(String),
+    #[error("policy: {field} is not lower-case hex of {len} bytes")]
+    Hex { field: &'static str, len: usize },
+    #[error("policy: reference {path}: {why}")]
+    Reference { path: PathBuf, why: String },
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Wire {
+    tee: Option<Vec<String>>,
+    allow_debug: Option<bool>,
+    roothash: Option<String>,
+    image_version: Option<String>,
+    initdata_digest: Option<String>,
+    require_initdata: Option<bool>,
+    trusted_aks: Option<Vec<String>>,
+    trust_on_first_use: Option<bool>,
+    reference: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    pub tee: Vec<Tee>,
+    pub allow_debug: bool,
+    /// Lower-case hex.
+    pub roothash: Option<String>,
+    pub image_version: Option<String>,
+    /// Lower-case hex.
+    pub initdata_digest: Option<String>,
+    pub require_initdata: bool,
+    /// SHA-256 of AK SPKI DER, lower-case hex.
+    pub trusted_aks: Vec<String>,
+    pub trust_on_first_use: bool,
+    /// The reference event log (`log` of a `cvmctl measure` output).
+    pub reference: Option<EventLog>,
+}
+
+impl Default for Policy {
+    fn default() -> Policy {
+        Policy {
+            tee: vec![Tee::Tpm],
+            allow_debug: false,
+            roothash: None,
+            image_version: None,
+            initdata_digest: None,
+            require_initdata: true,
+            trusted_aks: Vec::new(),
+            trust_on_first_use: false,
+            reference: None,
+        }
+    }
+}
+
+/// The TEE names the dev KBS can verify (and so may appear in a policy).
+pub fn tee_from_name(name: &str) -> Option<Tee> {
+    match name {
+        "tpm" => Some(Tee::Tpm),
+        "snp" => Some(Tee::Snp),
+        "tdx" => Some(Tee::Tdx),
+        "az-snp-vtpm" => Some(Tee::AzSnpVtpm),
+        "az-tdx-vtpm" => Some(Tee::AzTdxVtpm),
+        _ => None,
+    }
+}
+
+pub fn tee_name(tee: Tee) -> String {
+    // kbs-types serializes a Tee to its wire name; a unit variant always serializes.
+    serde_json::to_value(tee)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_else(|| format!("{tee:?}"))
+}
+
+fn hex_field(
+    field: &'static str,
+    value: Option<String>,
+    len: usize,
+) -> Result<Option<String>, PolicyError> {
+    match value {
+        None => Ok(None),
+        Some(v) => {
+            let v = v.to_ascii_lowercase();
+            match crate::hex::decode(&v) {
+                Some(b) if b.len() == len => Ok(Some(v)),
+                _ => Err(PolicyError::Hex { field, len }),
+            }
+        }
+    }
+}
+
+pub(crate) fn read_bounded(path: &Path) -> Result<Vec<u8>, PolicyError> {
+    use std::io::Read as _;
+    let io = |source| PolicyError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .map_err(io)?
+        .take(MAX_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if bytes.len() as u64 > MAX_FILE {
+        return Err(PolicyError::TooLarge {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(bytes)
+}
+
+impl Policy {
+    /// Reads a policy file; `reference` is relative to the policy file's directory.
+    pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+        let text = String::from_utf8(read_bounded(path)?)
+            .map_err(|_| PolicyError::Syntax("not UTF-8".into()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Policy::parse(&text, base)
+    }
+
+    pub fn parse(text: &str, base: &Path) -> Result<Policy, PolicyError> {
+        let wire: Wire = toml::from_str(text).map_err(|e| PolicyError::Syntax(e.to_string()))?;
+        let default = Policy::default();
+        let tee = match wire.tee {
+            None => default.tee,
+            Some(names) => names
+                .iter()
+                .map(|n| tee_from_name(n).ok_or_else(|| PolicyError::UnknownTee(n.clone())))
+                .collect::<Result<Vec<_>, _>>()?,
+        };
+        let trusted_aks = wire
+            .trusted_aks
+            .unwrap_or_default()
+            .into_iter()
+            .map(|ak| hex_field("trusted_aks", Some(ak), 32).map(Option::unwrap_or_default))
+            .collect::<Result<Vec<_>, _>>()?;
+        let reference = wire
+            .reference
+            .map(|rel| load_reference(&base.join(rel)))
+            .transpose()?;
+        Ok(Policy {
+            tee,
+            allow_debug: wire.allow_debug.unwrap_or(default.allow_debug),
+            // A verity root hash is SHA-256 (32 bytes) in every image cvmctl builds.
+            roothash: hex_field("roothash", wire.roothash, 32)?,
+            image_version: wire.image_version,
+            initdata_digest: match wire.initdata_digest {
+                // sha256, sha384 or sha512 init-data.
+                Some(d) if matches!(d.len(), 64 | 96 | 128) => {
+                    hex_field("initdata_digest", Some(d.clone()), d.len() / 2)?
+                }
+                Some(_) => {
+                    return Err(PolicyError::Hex {
+                        field: "initdata_digest",
+                        len: 32,
+                    });
+                }
+                None => None,
+            },
+            require_initdata: wire.require_initdata.unwrap_or(default.require_initdata),
+            trusted_aks,
+            trust_on_first_use: wire.trust_on_first_use.unwrap_or(false),
+            reference,
+        })
+    }
+
+    pub fn allows_tee(&self, tee: Tee) -> bool {
+        self.tee.contains(&tee)
+    }
+}
+
+/// The `log` of a `cvmctl measure` output (or a bare log array).
+fn load_reference(path: &Path) -> Result<EventLog, PolicyError> {
+    let bad = |why: String| PolicyError::Reference {
+        path: path.to_path_buf(),
+        why,
+    };
+    let value: serde_json::Value =
+        serde_json::from_slice(&read_bounded(path)?).map_err(|e| bad(e.to_string()))?;
+    let log = match value.get("log") {
+        Some(log) => log,
+        None => &value,
+    };
+    let log = EventLog::from_json(log).map_err(|e| bad(e.to_string()))?;
+    log.verify().map_err(|e| bad(e.to_string()))?;
+    Ok(log)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_refuse() {
+        let p = Policy::parse("", Path::new(".")).unwrap();
+        assert_eq!(p, Policy::default());
+        assert_eq!(p.tee, vec![Tee::Tpm]);
+        assert!(!p.allow_debug && p.require_initdata && !p.trust_on_first_use);
+        assert!(p.trusted_aks.is_empty());
+    }
+
+    #[test]
+    fn full_policy() {
+        let text = format!(
+            "tee = [\"tpm\", \"snp\", \"az-tdx-vtpm\"]\nallow_debug = true\nroothash = \"{}\"\n\
+             image_version = \"cvm-demo 1\"\ninitdata_digest = \"{}\"\nrequire_initdata = false\n\
+             trusted_aks = [\"{}\"]\ntrust_on_first_use = true\n",
+            "AB".repeat(32),
+            "cd".repeat(48),
+            "01".repeat(32)
+        );
+        let p = Policy::parse(&text, Path::new(".")).unwrap();
+        assert_eq!(p.tee, vec![Tee::Tpm, Tee::Snp, Tee::AzTdxVtpm]);
+        assert!(p.allow_debug && !p.require_initdata && p.trust_on_first_use);
+        assert_eq!(p.roothash.as_deref(), Some("ab".repeat(32).as_str()));
+        assert_eq!(p.initdata_digest.as_deref(), Some("cd".repeat(48).as_str()));
+        assert_eq!(p.trusted_aks, vec!["01".repeat(32)]);
+        assert!(p.allows_tee(Tee::Snp) && !p.allows_tee(Tee::Tdx));
+    }
+
+    #[test]
+    fn rejects_bad_policies() {
+        for bad in [
+            "unknown = 1",
+            "tee = [\"sgx\"]",
+            "tee = \"tpm\"",
+            "allow_debug = \"yes\"",
+            "roothash = \"zz\"",
+            "roothash = \"abcd\"",
+            "initdata_digest = \"00\"",
+            "trusted_aks = [\"00\"]",
+            "reference = \"/nonexistent/reference.json\"",
+        ] {
+            assert!(Policy::parse(bad, Path::new(".")).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn reference_is_relative_to_the_policy() {
+        let dir = tempfile::tempdir().unwrap();
+        let prediction = crate::measure::predict(
+            &crate::measure::Facts::default(),
+            &[crate::tpm::HashAlg::Sha256],
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("ref.json"),
+            serde_json::to_vec(&prediction).unwrap(),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("policy.toml"), "reference = \"ref.json\"\n").unwrap();
+        let p = Policy::load(&dir.path().join("policy.toml")).unwrap();
+        assert_eq!(p.reference, Some(prediction.log));
+    }
+}

@@ -1,0 +1,749 @@
+//! Evidence verification per TEE, with the parsers and verifiers of [`crate::tee`], and the
+//! policy checks on what it establishes. Each refusal is one [`VerifyError`] whose text is the
+//! precise reason: it goes to the guest as the KBS error's `detail` and ends up in the guest's
+//! console error line.
+//!
+//! Order per TEE: structure and signatures first (nothing is believed before), then the nonce
+//! (report data), then the key / platform trust, then the init-data binding, then claims.
+
+use crate::devkbs::policy::{Policy, tee_name};
+use crate::hex;
+use crate::initdata::InitData;
+use crate::measure::{EventKind, EventLog, PCR_AGENT};
+use crate::tee::azure::{AzSnpVtpmEvidence, AzTdxVtpmEvidence, AzVerified, HwReport};
+use crate::tee::snp::{self, AttestationReport, CertTableKind, EndorsementKey};
+use crate::tee::tdx;
+use crate::tee::tpm::TpmEvidence;
+use crate::tpm::HashAlg;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use kbs_types::Tee;
+use serde_json::{Map, Value, json};
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+/// The file in `--state` holding the AKs trusted on first use, one SHA-256 hex per line.
+pub const TRUSTED_AKS_FILE: &str = "trusted-aks";
+/// Largest base64 member of SNP/TDX evidence accepted.
+const MAX_B64: usize = 256 << 10;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("TEE {0} is not allowed by policy")]
+    TeeNotAllowed(String),
+    #[error("{0} evidence is not supported by the dev KBS")]
+    Unsupported(String),
+    #[error("{tee} evidence is malformed: {why}")]
+    Malformed { tee: &'static str, why: String },
+    #[error("{tee} evidence does not verify: {why}")]
+    Signature { tee: &'static str, why: String },
+    #[error(
+        "{0} does not match the report data of this session's runtime data (wrong nonce or TEE key)"
+    )]
+    ReportData(&'static str),
+    #[error("AK not trusted (sha256 {0})")]
+    AkNotTrusted(String),
+    #[error("cannot record the trusted AK: {0}")]
+    AkStore(String),
+    #[error("the policy requires init-data and the request has none")]
+    InitDataMissing,
+    #[error("init-data: {0}")]
+    InitData(String),
+    #[error("PCR 8 does not match the init-data digest")]
+    Pcr8,
+    #[error("{0} does not match the init-data digest")]
+    InitDataBinding(&'static str),
+    #[error("event log: {0}")]
+    EventLog(String),
+    #[error("policy forbids debug mode")]
+    Debug,
+    #[error("{what} {got:?} is not the policy's {want:?}")]
+    Claim {
+        what: &'static str,
+        got: String,
+        want: String,
+    },
+    #[error("{0} is missing from the evidence and the policy requires it")]
+    ClaimMissing(&'static str),
+}
+
+/// What verified evidence establishes.
+#[derive(Debug, Clone, Default)]
+pub struct Verified {
+    pub debug: bool,
+    pub mode: Option<String>,
+    pub roothash: Option<String>,
+    pub image_version: Option<String>,
+    /// Hex digest of the bound init-data.
+    pub initdata_digest: Option<String>,
+    /// Everything for the token.
+    pub claims: Map<String, Value>,
+}
+
+/// The trusted AKs: the policy's list, plus, with trust on first use, the first one seen
+/// (kept in `state/trusted-aks` when there is a state directory, otherwise in memory).
+#[derive(Debug)]
+pub struct AkStore {
+    listed: Vec<String>,
+    tofu: bool,
+    file: Option<PathBuf>,
+    memory: Mutex<Vec<String>>,
+}
+
+impl AkStore {
+    pub fn new(policy: &Policy, state: Option<PathBuf>) -> AkStore {
+        AkStore {
+            listed: policy.trusted_aks.clone(),
+            tofu: policy.trust_on_first_use,
+            file: state.map(|d| d.join(TRUSTED_AKS_FILE)),
+            memory: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn recorded(&self) -> Result<Vec<String>, VerifyError> {
+        let memory = self.memory.lock().map(|m| m.clone()).unwrap_or_default();
+        let Some(file) = &self.file else {
+            return Ok(memory);
+        };
+        match std::fs::read_to_string(file) {
+            Ok(text) => Ok(text
+                .lines()
+                .map(|l| l.trim().to_ascii_lowercase())
+                .filter(|l| !l.is_empty())
+                .collect()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(VerifyError::AkStore(format!("{}: {e}", file.display()))),
+        }
+    }
+
+    /// Ok(true) when `ak` was trusted just now, on first use.
+    pub fn check(&self, ak: &str) -> Result<bool, VerifyError> {
+        if self.listed.iter().any(|l| l == ak) {
+            return Ok(false);
+        }
+        if !self.tofu {
+            return Err(VerifyError::AkNotTrusted(ak.into()));
+        }
+        // One check-and-record at a time, so two first attestations cannot both win.
+        let mut memory = self
+            .memory
+            .lock()
+            .map_err(|_| VerifyError::AkStore("lock poisoned".into()))?;
+        let recorded = match &self.file {
+            None => memory.clone(),
+            Some(_) => {
+                drop(memory);
+                let r = self.recorded()?;
+                memory = self
+                    .memory
+                    .lock()
+                    .map_err(|_| VerifyError::AkStore("lock poisoned".into()))?;
+                r
+            }
+        };
+        if recorded.iter().any(|r| r == ak) {
+            return Ok(false);
+        }
+        if !recorded.is_empty() {
+            return Err(VerifyError::AkNotTrusted(ak.into()));
+        }
+        if let Some(file) = &self.file {
+            std::fs::write(file, format!("{ak}\n"))
+                .map_err(|e| VerifyError::AkStore(format!("{}: {e}", file.display())))?;
+        }
+        memory.push(ak.into());
+        Ok(true)
+    }
+}
+
+/// The parsed `init-data` of the attest request (format already checked by the caller).
+pub fn parse_init_data(body: &str) -> Result<InitData, VerifyError> {
+    InitData::parse(body.as_bytes()).map_err(|e| VerifyError::InitData(chain(&e)))
+}
+
+/// Verifies `evidence` of `tee` against `report_data` and the policy.
+pub fn verify(
+    tee: Tee,
+    evidence: &Value,
+    report_data: &[u8; 64],
+    init_data: Option<&InitData>,
+    policy: &Policy,
+    aks: &AkStore,
+) -> Result<Verified, VerifyError> {
+    if !policy.allows_tee(tee) {
+        return Err(VerifyError::TeeNotAllowed(tee_name(tee)));
+    }
+    if init_data.is_none() && policy.require_initdata {
+        return Err(VerifyError::InitDataMissing);
+    }
+    let mut v = match tee {
+        Tee::Tpm => verify_tpm(evidence, report_data, init_data, policy, aks)?,
+        Tee::Snp => verify_snp(evidence, report_data, init_data)?,
+        Tee::Tdx => verify_tdx(evidence, report_data, init_data)?,
+        Tee::AzSnpVtpm => {
+            let ev = AzSnpVtpmEvidence::from_json(evidence.to_string().as_bytes())
+                .map_err(|e| malformed("az-snp-vtpm", &e))?;
+            let verified = ev.verify().map_err(|e| signature("az-snp-vtpm", &e))?;
+            verify_azure("az-snp-vtpm", &verified, report_data, init_data)?
+        }
+        Tee::AzTdxVtpm => {
+            let ev = AzTdxVtpmEvidence::from_json(evidence.to_string().as_bytes())
+                .map_err(|e| malformed("az-tdx-vtpm", &e))?;
+            let verified = ev.verify().map_err(|e| signature("az-tdx-vtpm", &e))?;
+            verify_azure("az-tdx-vtpm", &verified, report_data, init_data)?
+        }
+        other => return Err(VerifyError::Unsupported(tee_name(other))),
+    };
+    if let Some(init) = init_data {
+        v.initdata_digest = Some(hex::encode(&init.digest()));
+    }
+    check_policy(&v, policy)?;
+    v.claims.insert("debug".into(), json!(v.debug));
+    for (name, value) in [
+        ("mode", &v.mode),
+        ("roothash", &v.roothash),
+        ("image-version", &v.image_version),
+        ("init-data", &v.initdata_digest),
+    ] {
+        if let Some(value) = value {
+            v.claims.insert(name.into(), json!(value));
+        }
+    }
+    Ok(v)
+}
+
+fn check_policy(v: &Verified, policy: &Policy) -> Result<(), VerifyError> {
+    if v.debug && !policy.allow_debug {
+        return Err(VerifyError::Debug);
+    }
+    let pairs = [
+        ("root hash", &v.roothash, &policy.roothash),
+        ("image version", &v.image_version, &policy.image_version),
+        (
+            "init-data digest",
+            &v.initdata_digest,
+            &policy.initdata_digest,
+        ),
+    ];
+    for (what, got, want) in pairs {
+        match (got, want) {
+            (_, None) => {}
+            (None, Some(_)) => return Err(VerifyError::ClaimMissing(what)),
+            (Some(got), Some(want)) if got != want => {
+                return Err(VerifyError::Claim {
+                    what,
+                    got: got.clone(),
+                    want: want.clone(),
+                });
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn verify_tpm(
+    evidence: &Value,
+    report_data: &[u8; 64],
+    init_data: Option<&InitData>,
+    policy: &Policy,
+    aks: &AkStore,
+) -> Result<Verified, VerifyError> {
+    let ev = TpmEvidence::from_json(evidence.to_string().as_bytes())
+        .map_err(|e| malformed("tpm", &e))?;
+    let attest = ev.verify().map_err(|e| signature("tpm", &e))?;
+    if attest.extra_data != report_data[..] {
+        return Err(VerifyError::ReportData("the TPM quote's nonce"));
+    }
+    let ak = hex::encode(&ev.ak_sha256());
+    let first_use = aks.check(&ak)?;
+    let pcrs = &ev.tpm_quote.pcrs;
+    if let Some(init) = init_data
+        && pcrs[8] != init.pcr8_expected()
+    {
+        return Err(VerifyError::Pcr8);
+    }
+
+    // PCR 15 and what it claims, from the agent's log.
+    let log_json = ev.cel_eventlog.as_ref().ok_or_else(|| {
+        VerifyError::EventLog("the tpm evidence has no cel_eventlog (cvm-agent's log)".into())
+    })?;
+    let log = EventLog::from_json(log_json).map_err(|e| VerifyError::EventLog(chain(&e)))?;
+    if log.has_separator() {
+        return Err(VerifyError::EventLog(
+            "the launch separator is in the log: the workload was already launched".into(),
+        ));
+    }
+    let replayed = log
+        .replay(&[HashAlg::Sha256])
+        .map_err(|e| VerifyError::EventLog(chain(&e)))?;
+    let zero = [0u8; 32];
+    let got15 = replayed.get(HashAlg::Sha256, PCR_AGENT).unwrap_or(&zero);
+    if got15 != pcrs[PCR_AGENT as usize] {
+        return Err(VerifyError::EventLog(format!(
+            "the replayed log does not give the quoted PCR {PCR_AGENT}"
+        )));
+    }
+    for (alg, pcr, value) in replayed.iter() {
+        if alg == HashAlg::Sha256 && pcrs.get(pcr as usize).map(|p| &p[..]) != Some(value) {
+            return Err(VerifyError::EventLog(format!(
+                "the replayed log does not give the quoted PCR {pcr}"
+            )));
+        }
+    }
+    if let Some(reference) = &policy.reference {
+        check_prefix(&log, reference)?;
+    }
+    let mut v = Verified::default();
+    for record in log.records() {
+        match record.agent_event() {
+            Some((EventKind::Mode, s)) => v.mode = Some(s.into()),
+            Some((EventKind::RootHash, s)) => v.roothash = Some(s.into()),
+            Some((EventKind::ImageVersion, s)) => v.image_version = Some(s.into()),
+            _ => {}
+        }
+    }
+    match v.mode.as_deref() {
+        Some("production") => {}
+        Some("debug") => v.debug = true,
+        _ => {
+            return Err(VerifyError::EventLog(
+                "no mode event in the log (it is the agent's first measurement)".into(),
+            ));
+        }
+    }
+    let pcr_claims: Map<String, Value> = pcrs
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (i.to_string(), json!(hex::encode(p))))
+        .collect();
+    v.claims.insert("pcrs".into(), Value::Object(pcr_claims));
+    v.claims.insert("ak".into(), json!(ak));
+    v.claims.insert("ak-first-use".into(), json!(first_use));
+    Ok(v)
+}
+
+/// The guest's log must be the start of the reference log: same PCR, same content, same
+/// SHA-256 digest, record for record.
+fn check_prefix(log: &EventLog, reference: &EventLog) -> Result<(), VerifyError> {
+    if log.len() > reference.len() {
+        return Err(VerifyError::EventLog(format!(
+            "the log has {} records, the reference only {}",
+            log.len(),
+            reference.len()
+        )));
+    }
+    for (i, (got, want)) in log.records().iter().zip(reference.records()).enumerate() {
+        if got.pcr != want.pcr
+            || got.content != want.content
+            || got.digest(HashAlg::Sha256) != want.digest(HashAlg::Sha256)
+        {
+            let what = got
+                .agent_event()
+                .map(|(k, _)| k.name().to_string())
+                .unwrap_or_else(|| "a foreign record".into());
+            return Err(VerifyError::EventLog(format!(
+                "record {i} ({what}) differs from the reference"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn b64_member(
+    tee: &'static str,
+    evidence: &Value,
+    name: &str,
+) -> Result<Option<Vec<u8>>, VerifyError> {
+    match evidence.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.len() <= MAX_B64 => {
+            STANDARD
+                .decode(s)
+                .map(Some)
+                .map_err(|_| VerifyError::Malformed {
+                    tee,
+                    why: format!("{name} is not base64"),
+                })
+        }
+        Some(_) => Err(VerifyError::Malformed {
+            tee,
+            why: format!("{name} is not a base64 string of at most {MAX_B64} bytes"),
+        }),
+    }
+}
+
+fn verify_snp(
+    evidence: &Value,
+    report_data: &[u8; 64],
+    init_data: Option<&InitData>,
+) -> Result<Verified, VerifyError> {
+    let raw = b64_member("snp", evidence, "attestation_report")?.ok_or_else(|| {
+        VerifyError::Malformed {
+            tee: "snp",
+            why: "no attestation_report".into(),
+        }
+    })?;
+    let report = AttestationReport::parse(&raw).map_err(|e| malformed("snp", &e))?;
+    // The VCEK/VLEK must come with the evidence: the dev KBS does not fetch from AMD's KDS.
+    let table =
+        b64_member("snp", evidence, "cert_chain")?.ok_or_else(|| VerifyError::Signature {
+            tee: "snp",
+            why: "no cert_chain with the VCEK/VLEK (the dev KBS does not fetch from AMD KDS)"
+                .into(),
+        })?;
+    let entries = snp::parse_cert_table(&table).map_err(|e| malformed("snp", &e))?;
+    let vek_der = entries
+        .iter()
+        .find(|e| matches!(e.kind, CertTableKind::Vcek | CertTableKind::Vlek))
+        .ok_or_else(|| VerifyError::Signature {
+            tee: "snp",
+            why: "the cert_chain has no VCEK or VLEK".into(),
+        })?;
+    let vek = EndorsementKey::from_der(&vek_der.data).map_err(|e| signature("snp", &e))?;
+    snp::verify_report_builtin(&report, &vek).map_err(|e| signature("snp", &e))?;
+    if report.report_data != *report_data {
+        return Err(VerifyError::ReportData("the SNP REPORT_DATA"));
+    }
+    if let Some(init) = init_data
+        && report.host_data != init.host_data()
+    {
+        return Err(VerifyError::InitDataBinding("the SNP HOST_DATA"));
+    }
+    let mut v = Verified {
+        debug: report.debug_allowed(),
+        ..Verified::default()
+    };
+    v.claims.insert(
+        "measurement".into(),
+        json!(hex::encode(&report.measurement)),
+    );
+    v.claims
+        .insert("host-data".into(), json!(hex::encode(&report.host_data)));
+    v.claims.insert("policy".into(), json!(report.policy.0));
+    v.claims.insert("vmpl".into(), json!(report.vmpl));
+    v.claims
+        .insert("reported-tcb".into(), json!(report.reported_tcb.raw));
+    Ok(v)
+}
+
+fn verify_tdx(
+    evidence: &Value,
+    report_data: &[u8; 64],
+    init_data: Option<&InitData>,
+) -> Result<Verified, VerifyError> {
+    let raw = b64_member("tdx", evidence, "quote")?.ok_or_else(|| VerifyError::Malformed {
+        tee: "tdx",
+        why: "no quote".into(),
+    })?;
+    let quote = tdx::Quote::parse(&raw).map_err(|e| malformed("tdx", &e))?;
+    // Signature, QE binding and PCK chain to Intel's root; TCB status needs Intel PCS
+    // collateral, which the dev KBS does not fetch.
+    quote.verify().map_err(|e| signature("tdx", &e))?;
+    let body = &quote.body;
+    if body.report_data != *report_data {
+        return Err(VerifyError::ReportData("the TDX REPORTDATA"));
+    }
+    if let Some(init) = init_data
+        && body.mr_config_id != init.mrconfigid()
+    {
+        return Err(VerifyError::InitDataBinding("the TDX MRCONFIGID"));
+    }
+    let mut v = Verified {
+        debug: body.td_attributes.debug(),
+        ..Verified::default()
+    };
+    v.claims
+        .insert("mrtd".into(), json!(hex::encode(&body.mr_td)));
+    v.claims
+        .insert("mrconfigid".into(), json!(hex::encode(&body.mr_config_id)));
+    for (i, r) in body.rtmr.iter().enumerate() {
+        v.claims.insert(format!("rtmr{i}"), json!(hex::encode(r)));
+    }
+    Ok(v)
+}
+
+fn verify_azure(
+    tee: &'static str,
+    verified: &AzVerified,
+    report_data: &[u8; 64],
+    init_data: Option<&InitData>,
+) -> Result<Verified, VerifyError> {
+    // The Azure attesters quote the report-data hash itself (48 bytes for SHA-384), not the
+    // zero-padded 64 bytes; compare the padded forms.
+    let nonce = &verified.attest.extra_data;
+    let mut padded = [0u8; 64];
+    if nonce.len() > 64 {
+        return Err(VerifyError::ReportData("the vTPM quote's nonce"));
+    }
+    padded[..nonce.len()].copy_from_slice(nonce);
+    if padded != *report_data {
+        return Err(VerifyError::ReportData("the vTPM quote's nonce"));
+    }
+    if let Some(init) = init_data
+        && verified.pcrs.get(8) != Some(&init.pcr8_expected())
+    {
+        return Err(VerifyError::Pcr8);
+    }
+    let debug = match &verified.hcl.hw_report {
+        HwReport::Snp(r) => r.debug_allowed(),
+        HwReport::Tdx(r) => r.td_attributes.debug(),
+    };
+    let mut v = Verified {
+        debug,
+        ..Verified::default()
+    };
+    let pcr_claims: Map<String, Value> = verified
+        .pcrs
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (i.to_string(), json!(hex::encode(p))))
+        .collect();
+    v.claims.insert("pcrs".into(), Value::Object(pcr_claims));
+    v.claims.insert(
+        "ak".into(),
+        json!(hex::encode(&sha2::Digest::finalize(
+            <sha2::Sha256 as sha2::Digest>::new_with_prefix(&verified.ak.spki_der)
+        ))),
+    );
+    v.claims.insert("platform".into(), json!(tee));
+    Ok(v)
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(&format!(" ({c})"));
+        src = c.source();
+    }
+    s
+}
+
+fn malformed(tee: &'static str, e: &dyn std::error::Error) -> VerifyError {
+    VerifyError::Malformed { tee, why: chain(e) }
+}
+
+fn signature(tee: &'static str, e: &dyn std::error::Error) -> VerifyError {
+    VerifyError::Signature { tee, why: chain(e) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::measure::{Facts, predict};
+
+    fn fixture(path: &str) -> Vec<u8> {
+        let p = format!("{}/tests/fixtures/{path}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read(&p).unwrap_or_else(|e| panic!("{p}: {e}"))
+    }
+
+    fn open_policy() -> Policy {
+        Policy {
+            tee: vec![Tee::Tpm, Tee::Snp, Tee::Tdx, Tee::AzSnpVtpm, Tee::AzTdxVtpm],
+            require_initdata: false,
+            trust_on_first_use: true,
+            ..Policy::default()
+        }
+    }
+
+    fn run(tee: Tee, evidence: &Value) -> Result<Verified, VerifyError> {
+        let policy = open_policy();
+        verify(
+            tee,
+            evidence,
+            &[0x5a; 64],
+            None,
+            &policy,
+            &AkStore::new(&policy, None),
+        )
+    }
+
+    /// Real evidence from real hardware passes every signature check and fails exactly at the
+    /// nonce (it was made for another KBS session).
+    #[test]
+    fn real_tpm_evidence_verifies_up_to_the_nonce() {
+        let json = fixture("tpm/tpm_evidence.json");
+        TpmEvidence::from_json(&json).unwrap().verify().unwrap();
+        let ev: Value = serde_json::from_slice(&json).unwrap();
+        let err = run(Tee::Tpm, &ev).unwrap_err();
+        assert!(matches!(err, VerifyError::ReportData(_)), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "the TPM quote's nonce does not match the report data of this session's runtime \
+             data (wrong nonce or TEE key)"
+        );
+        // A changed PCR value fails before the nonce.
+        let mut bad = ev.clone();
+        bad["tpm_quote"]["pcrs"][0] = Value::from("11".repeat(32));
+        assert!(matches!(
+            run(Tee::Tpm, &bad),
+            Err(VerifyError::Signature { tee: "tpm", .. })
+        ));
+        assert!(matches!(
+            run(Tee::Tpm, &serde_json::json!({"ak_public": 1})),
+            Err(VerifyError::Malformed { tee: "tpm", .. })
+        ));
+    }
+
+    fn cert_table(vcek: &[u8]) -> Vec<u8> {
+        let guid = 0x63da758d_e664_4564_adc5_f4b93be8accdu128.to_be_bytes();
+        let mut t = guid.to_vec();
+        t.extend_from_slice(&48u32.to_le_bytes());
+        t.extend_from_slice(&(vcek.len() as u32).to_le_bytes());
+        t.extend_from_slice(&[0; 24]);
+        t.extend_from_slice(vcek);
+        t
+    }
+
+    #[test]
+    fn real_snp_tdx_azure_evidence_verifies_up_to_the_report_data() {
+        let snp = serde_json::json!({
+            "attestation_report": STANDARD.encode(fixture("snp/test-report.bin")),
+            "cert_chain": STANDARD.encode(cert_table(&fixture("snp/test-vcek.der"))),
+        });
+        let err = run(Tee::Snp, &snp).unwrap_err();
+        assert!(
+            matches!(err, VerifyError::ReportData("the SNP REPORT_DATA")),
+            "{err}"
+        );
+        // The VLEK's certificate does not sign this report.
+        let mut bad = snp.clone();
+        bad["cert_chain"] = Value::from(STANDARD.encode(cert_table(&fixture("snp/test-vlek.der"))));
+        assert!(matches!(
+            run(Tee::Snp, &bad),
+            Err(VerifyError::Signature { .. })
+        ));
+        bad["cert_chain"] = Value::Null;
+        let err = run(Tee::Snp, &bad).unwrap_err();
+        assert!(err.to_string().contains("no cert_chain"), "{err}");
+
+        for quote in ["tdx/tdx_quote_4.dat", "tdx/tdx_quote_5.dat"] {
+            let tdx =
+                serde_json::json!({"quote": STANDARD.encode(fixture(quote)), "cc_eventlog": null});
+            let err = run(Tee::Tdx, &tdx).unwrap_err();
+            assert!(
+                matches!(err, VerifyError::ReportData("the TDX REPORTDATA")),
+                "{quote}: {err}"
+            );
+        }
+
+        let az: Value = serde_json::from_slice(&fixture("az-snp-vtpm/evidence-v2.json")).unwrap();
+        let err = run(Tee::AzSnpVtpm, &az).unwrap_err();
+        assert!(
+            matches!(err, VerifyError::ReportData("the vTPM quote's nonce")),
+            "{err}"
+        );
+        let az: Value = serde_json::from_slice(&fixture("az-tdx-vtpm/evidence-v1.json")).unwrap();
+        let err = run(Tee::AzTdxVtpm, &az).unwrap_err();
+        assert!(
+            matches!(err, VerifyError::ReportData("the vTPM quote's nonce")),
+            "{err}"
+        );
+
+        // A TEE the policy does not list, and one the dev KBS cannot verify.
+        let policy = Policy::default();
+        let aks = AkStore::new(&policy, None);
+        let err = verify(Tee::Snp, &snp, &[0; 64], None, &policy, &aks).unwrap_err();
+        assert_eq!(err.to_string(), "TEE snp is not allowed by policy");
+        let mut policy = open_policy();
+        policy.tee.push(Tee::Sgx);
+        let err = verify(Tee::Sgx, &snp, &[0; 64], None, &policy, &aks).unwrap_err();
+        assert!(matches!(err, VerifyError::Unsupported(_)), "{err}");
+    }
+
+    #[test]
+    fn ak_store() {
+        let listed = "aa".repeat(32);
+        let policy = Policy {
+            trusted_aks: vec![listed.clone()],
+            ..Policy::default()
+        };
+        let store = AkStore::new(&policy, None);
+        assert!(!store.check(&listed).unwrap());
+        assert!(matches!(
+            store.check(&"bb".repeat(32)),
+            Err(VerifyError::AkNotTrusted(_))
+        ));
+
+        let dir = tempfile::tempdir().unwrap();
+        let policy = Policy {
+            trust_on_first_use: true,
+            ..Policy::default()
+        };
+        let store = AkStore::new(&policy, Some(dir.path().to_path_buf()));
+        assert!(store.check(&"01".repeat(32)).unwrap(), "first use");
+        assert!(!store.check(&"01".repeat(32)).unwrap());
+        assert!(store.check(&"02".repeat(32)).is_err());
+        // Persisted: a new store (a restarted KBS) remembers.
+        let again = AkStore::new(&policy, Some(dir.path().to_path_buf()));
+        assert!(!again.check(&"01".repeat(32)).unwrap());
+        assert!(again.check(&"02".repeat(32)).is_err());
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(TRUSTED_AKS_FILE)).unwrap(),
+            format!("{}\n", "01".repeat(32))
+        );
+    }
+
+    #[test]
+    fn prefix_and_policy_checks() {
+        let facts = Facts {
+            roothash: Some("ab".repeat(32)),
+            image_version: Some("img 1".into()),
+            ..Facts::default()
+        };
+        let reference = predict(&facts, &[HashAlg::Sha256]).unwrap().log;
+        let mut shorter = facts.clone();
+        shorter.image_version = None;
+        let log = predict(&shorter, &[HashAlg::Sha256]).unwrap().log;
+        // The prediction ends in a separator; the guest's log stops before it.
+        let prefix = EventLog::from_json(&Value::Array(
+            reference.to_json().as_array().unwrap()[..2].to_vec(),
+        ))
+        .unwrap();
+        check_prefix(&prefix, &reference).unwrap();
+        check_prefix(&reference, &reference).unwrap();
+        let err = check_prefix(&log, &reference).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "event log: record 2 (separator) differs from the reference"
+        );
+        let err = check_prefix(&reference, &prefix).unwrap_err();
+        assert!(err.to_string().contains("the reference only 2"), "{err}");
+
+        let v = Verified {
+            debug: false,
+            roothash: Some("ab".repeat(32)),
+            ..Verified::default()
+        };
+        let mut p = Policy::default();
+        check_policy(&v, &p).unwrap();
+        p.roothash = Some("cd".repeat(32));
+        assert!(matches!(
+            check_policy(&v, &p),
+            Err(VerifyError::Claim {
+                what: "root hash",
+                ..
+            })
+        ));
+        p.roothash = None;
+        p.image_version = Some("img 1".into());
+        assert_eq!(
+            check_policy(&v, &p).unwrap_err().to_string(),
+            "image version is missing from the evidence and the policy requires it"
+        );
+        let debug = Verified {
+            debug: true,
+            ..Verified::default()
+        };
+        assert!(matches!(
+            check_policy(&debug, &Policy::default()),
+            Err(VerifyError::Debug)
+        ));
+        let allow = Policy {
+            allow_debug: true,
+            ..Policy::default()
+        };
+        check_policy(&debug, &allow).unwrap();
+    }
+}

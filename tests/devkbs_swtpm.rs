@@ -1,0 +1,579 @@
+//! The dev KBS end to end with real `tpm` evidence from swtpm: the guest's side (TEE key,
+//! runtime data, evidence over the session's nonce, the agent's measurement log) against the
+//! KBS in-process on 127.0.0.1:0, through a std-only HTTP client, so what is checked is the
+//! bytes on the wire. Then the refusals: wrong nonce, replayed attest, PCR 8 mismatch,
+//! untrusted AK, debug mode, path traversal, no session, a tampered JWE.
+
+mod common;
+
+use common::swtpm::{Swtpm, start};
+use cvm_agent::cmdline::Mode;
+use cvm_agent::devkbs::{KbsArgs, Server, Tamper};
+use cvm_agent::evidence;
+use cvm_agent::kbs::jwe;
+use cvm_agent::kbs::protocol::{self, Tee};
+use cvm_agent::kbs::tee_key::{TeeKeyAlgorithm, TeeKeyPair};
+use cvm_agent::measure::{Event, Facts, Measurer};
+use cvm_agent::tee::detect::TeeKind;
+use cvm_agent::tpm::{HashAlg, TcpTransport, Tpm};
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+
+const ROOTHASH: &str = "8d4a3b2f6c1e0a9b7d5c3e1f2a4b6c8d0e2f4a6b8c0d2e4f6a8b0c2d4e6f8a0b";
+const IMAGE: &str = "cvm-demo 1";
+const SECRET: &[u8] = b"the demo secret \x00\x01\xff";
+
+fn initdata(n: u32) -> String {
+    format!(
+        "version = \"0.1.0\"\nalgorithm = \"sha256\"\n\n[data]\n\"note.txt\" = \"init-data number {n}\"\n"
+    )
+}
+
+struct Kbs {
+    addr: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+/// Starts a dev KBS with `policy` (plus a reference log of the standard facts) and the demo
+/// resource.
+fn kbs(policy: &str, tamper: Option<Tamper>) -> Kbs {
+    let dir = tempfile::tempdir().unwrap();
+    let res = dir.path().join("resources/default/demo");
+    std::fs::create_dir_all(&res).unwrap();
+    std::fs::write(res.join("secret"), SECRET).unwrap();
+    std::fs::write(dir.path().join("outside"), b"not a resource").unwrap();
+    let reference =
+        cvm_agent::measure::predict(&facts(Mode::Production, 1), &[HashAlg::Sha256]).unwrap();
+    std::fs::write(
+        dir.path().join("reference.json"),
+        serde_json::to_vec(&reference).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("policy.toml"), policy).unwrap();
+    let args = KbsArgs {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        policy: Some(dir.path().join("policy.toml")),
+        resources: dir.path().join("resources"),
+        state: Some(dir.path().join("state")),
+        token_key: None,
+        tls_cert: None,
+        tls_key: None,
+        tls_self_signed: None,
+        ready_file: None,
+        tamper_resource: tamper,
+    };
+    let server = Server::bind(&args).unwrap();
+    let addr = server.local_addr().unwrap();
+    std::thread::spawn(move || server.serve());
+    Kbs { addr, dir }
+}
+
+const TOFU: &str = "trust_on_first_use = true\nreference = \"reference.json\"\n";
+
+fn facts(mode: Mode, init: u32) -> Facts {
+    Facts {
+        mode,
+        roothash: Some(ROOTHASH.into()),
+        image_version: Some(IMAGE.into()),
+        initdata: Some(initdata(init).into_bytes()),
+        ..Facts::default()
+    }
+}
+
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// Trustee's error body: (type name, detail).
+    fn error(&self) -> (String, String) {
+        let v: Value = serde_json::from_slice(&self.body)
+            .unwrap_or_else(|_| panic!("not a JSON error body: {} {}", self.status, self.text()));
+        let t = v["type"].as_str().unwrap();
+        let name = t
+            .strip_prefix("https://github.com/confidential-containers/kbs/errors/")
+            .unwrap_or_else(|| panic!("error type {t}"));
+        (name.to_string(), v["detail"].as_str().unwrap().to_string())
+    }
+}
+
+/// One request on its own connection, raw bytes out, raw bytes parsed back.
+fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Reply {
+    let mut s = TcpStream::connect(addr).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (n, v) in headers {
+        req.push_str(&format!("{n}: {v}\r\n"));
+    }
+    if method == "POST" {
+        req.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("no head end");
+    let head = String::from_utf8(raw[..split].to_vec()).unwrap();
+    let body = raw[split + 4..].to_vec();
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap();
+    let status = status_line.split(' ').nth(1).unwrap().parse().unwrap();
+    let headers: Vec<(String, String)> = lines
+        .map(|l| {
+            let (n, v) = l.split_once(':').unwrap();
+            (n.to_string(), v.trim().to_string())
+        })
+        .collect();
+    let reply = Reply {
+        status,
+        headers,
+        body,
+    };
+    let len: usize = reply.header("Content-Length").unwrap().parse().unwrap();
+    assert_eq!(len, reply.body.len());
+    reply
+}
+
+/// A guest: swtpm with the agent's measurements for `facts` so far (no separator).
+struct Guest {
+    _swtpm: Swtpm,
+    tpm: Tpm<TcpTransport>,
+    log: Measurer,
+    key: TeeKeyPair,
+}
+
+fn guest(facts: &Facts) -> Guest {
+    let (swtpm, mut tpm) = start();
+    let mut log = Measurer::new(&[HashAlg::Sha256]).unwrap();
+    for event in facts.events().unwrap() {
+        if event.kind() == cvm_agent::measure::EventKind::Separator {
+            break;
+        }
+        let pcr = event.pcr();
+        let digests = log.record(event).unwrap();
+        tpm.pcr_extend(pcr, &digests).unwrap();
+    }
+    Guest {
+        _swtpm: swtpm,
+        tpm,
+        log,
+        key: TeeKeyPair::generate(TeeKeyAlgorithm::EcdhEsA256KwP256).unwrap(),
+    }
+}
+
+/// `/auth`: the cookie (`kbs-session-id=…`) and the nonce.
+fn auth(addr: SocketAddr) -> (String, String) {
+    let body = serde_json::to_vec(&protocol::request(Tee::Tpm)).unwrap();
+    let r = http(addr, "POST", "/kbs/v0/auth", &[], &body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let set = r.header("Set-Cookie").unwrap().to_string();
+    let cookie = set.split(';').next().unwrap().to_string();
+    assert!(cookie.starts_with("kbs-session-id="), "{set}");
+    assert!(set.contains("; Expires="), "{set}");
+    let v: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v["extra-params"], "", "Trustee answers an empty string");
+    let challenge = protocol::parse_challenge(&r.body).unwrap();
+    assert_eq!(
+        challenge.nonce.len(),
+        44,
+        "32 bytes, standard padded base64"
+    );
+    assert_eq!(
+        protocol::hash_algorithm(&challenge).unwrap(),
+        protocol::RuntimeDataHash::Sha384
+    );
+    (cookie, challenge.nonce)
+}
+
+/// The attest body for `nonce`, with evidence over that nonce's report data.
+fn attest_body(g: &mut Guest, nonce: &str, init: Option<&str>) -> Vec<u8> {
+    let jwk = g.key.public_jwk();
+    let rd = protocol::runtime_data(nonce, &jwk, protocol::NO_ADDITIONAL_EVIDENCE);
+    let report = protocol::report_data(&rd).unwrap();
+    let ev = evidence::collect(
+        TeeKind::Tpm,
+        Path::new("/nonexistent"),
+        Some(&mut g.tpm),
+        &report,
+        Some(g.log.log()),
+    )
+    .unwrap();
+    serde_json::to_vec(&protocol::attestation(nonce, &jwk, ev, init)).unwrap()
+}
+
+fn attest(addr: SocketAddr, cookie: &str, body: &[u8]) -> Reply {
+    http(addr, "POST", "/kbs/v0/attest", &[("Cookie", cookie)], body)
+}
+
+fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Reply {
+    http(addr, "GET", path, headers, b"")
+}
+
+#[test]
+fn full_flow_releases_the_resource_to_the_attested_key() {
+    let k = kbs(TOFU, None);
+    let mut g = guest(&facts(Mode::Production, 1));
+    let (cookie, nonce) = auth(k.addr);
+    let body = attest_body(&mut g, &nonce, Some(&initdata(1)));
+    let r = attest(k.addr, &cookie, &body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let token = protocol::parse_attest_response(&r.body).unwrap();
+
+    // The token: ES256 JWT with the claims read from the evidence.
+    let parts: Vec<&str> = token.split('.').collect();
+    assert_eq!(parts.len(), 3);
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    assert_eq!(
+        b64.decode(parts[0]).unwrap(),
+        br#"{"alg":"ES256","typ":"JWT"}"#
+    );
+    let claims: Value = serde_json::from_slice(&b64.decode(parts[1]).unwrap()).unwrap();
+    assert_eq!(claims["tee"], "tpm");
+    assert_eq!(claims["mode"], "production");
+    assert_eq!(claims["roothash"], ROOTHASH);
+    assert_eq!(claims["image-version"], IMAGE);
+    assert_eq!(claims["debug"], false);
+    assert_eq!(claims["ak-first-use"], true);
+    assert_eq!(
+        claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(),
+        300
+    );
+    assert_eq!(
+        claims["tee-pubkey"],
+        serde_json::to_value(g.key.public_jwk()).unwrap()
+    );
+    let init = cvm_agent::initdata::InitData::parse(initdata(1).as_bytes()).unwrap();
+    assert_eq!(claims["init-data"], cvm_agent::hex::encode(&init.digest()));
+    assert_eq!(
+        claims["pcrs"]["8"],
+        cvm_agent::hex::encode(&init.pcr8_expected())
+    );
+    // TOFU recorded the AK in the state directory.
+    let recorded = std::fs::read_to_string(k.dir.path().join("state/trusted-aks")).unwrap();
+    assert_eq!(recorded.trim(), claims["ak"].as_str().unwrap());
+
+    // The resource with the session cookie, then with the bearer token alone.
+    for headers in [
+        vec![("Cookie", cookie.as_str())],
+        vec![("Authorization", &*format!("Bearer {token}"))],
+    ] {
+        let r = get(k.addr, "/kbs/v0/resource/default/demo/secret", &headers);
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.header("Content-Type"), Some("application/json"));
+        let plain = jwe::decrypt(&g.key, &r.body).unwrap();
+        assert_eq!(&plain[..], SECRET);
+        // Another key cannot open it.
+        let other = TeeKeyPair::generate(TeeKeyAlgorithm::EcdhEsA256KwP256).unwrap();
+        assert!(jwe::decrypt(&other, &r.body).is_err());
+    }
+
+    // Missing resource: 404, Trustee's "resource not found".
+    let r = get(
+        k.addr,
+        "/kbs/v0/resource/default/demo/nope",
+        &[("Cookie", &cookie)],
+    );
+    assert_eq!(r.status, 404);
+    let (name, detail) = r.error();
+    assert_eq!(name, "PluginInternalError");
+    assert!(
+        detail.starts_with("resource not found: default/demo/nope"),
+        "{detail}"
+    );
+
+    // Path traversal and odd components: 404, the file outside is never read.
+    for path in [
+        "/kbs/v0/resource/../outside/x",
+        "/kbs/v0/resource/default/../../outside",
+        "/kbs/v0/resource/default/demo/..",
+        "/kbs/v0/resource/default/demo/%2e%2e%2foutside",
+        "/kbs/v0/resource/default/demo",
+        "/kbs/v0/resource/default/demo/secret/x",
+    ] {
+        let r = get(k.addr, path, &[("Cookie", &cookie)]);
+        assert_eq!(r.status, 404, "{path}: {}", r.text());
+        assert_eq!(r.error().0, "InvalidRequestPath", "{path}");
+    }
+
+    // A forged token (claims changed) is refused.
+    let forged = format!(
+        "{}.{}.{}",
+        parts[0],
+        b64.encode(br#"{"exp":9999999999}"#),
+        parts[2]
+    );
+    let r = get(
+        k.addr,
+        "/kbs/v0/resource/default/demo/secret",
+        &[("Authorization", &format!("Bearer {forged}"))],
+    );
+    assert_eq!(r.status, 401);
+    assert_eq!(r.error().0, "TokenVerifierError");
+}
+
+#[test]
+fn nonces_are_single_use_and_bound_to_the_session() {
+    let k = kbs(TOFU, None);
+    let mut g = guest(&facts(Mode::Production, 1));
+
+    // Wrong nonce: refused, and it spends the session's nonce.
+    let (cookie, nonce) = auth(k.addr);
+    let wrong = attest_body(
+        &mut g,
+        "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+        Some(&initdata(1)),
+    );
+    let r = attest(k.addr, &cookie, &wrong);
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        r.error(),
+        (
+            "AttestationError".into(),
+            "the runtime-data nonce is not this session's nonce".into()
+        )
+    );
+    let right = attest_body(&mut g, &nonce, Some(&initdata(1)));
+    let r = attest(k.addr, &cookie, &right);
+    assert_eq!(r.status, 401);
+    assert!(r.error().1.contains("already used"), "{}", r.error().1);
+
+    // A good attest, then the same body replayed: on its session and on a new one.
+    let (cookie, nonce) = auth(k.addr);
+    let body = attest_body(&mut g, &nonce, Some(&initdata(1)));
+    assert_eq!(attest(k.addr, &cookie, &body).status, 200);
+    let r = attest(k.addr, &cookie, &body);
+    assert_eq!(r.status, 401);
+    assert!(r.error().1.contains("already used"));
+    let (cookie2, _) = auth(k.addr);
+    let r = attest(k.addr, &cookie2, &body);
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        r.error().1,
+        "the runtime-data nonce is not this session's nonce"
+    );
+
+    // Evidence over another TEE key than the one in runtime-data: the report data differs.
+    let (cookie, nonce) = auth(k.addr);
+    let mut v: Value =
+        serde_json::from_slice(&attest_body(&mut g, &nonce, Some(&initdata(1)))).unwrap();
+    let other = TeeKeyPair::generate(TeeKeyAlgorithm::EcdhEsA256KwP256).unwrap();
+    v["runtime-data"]["tee-pubkey"] = serde_json::to_value(other.public_jwk()).unwrap();
+    let r = attest(k.addr, &cookie, v.to_string().as_bytes());
+    assert_eq!(r.status, 401);
+    assert!(
+        r.error()
+            .1
+            .starts_with("the TPM quote's nonce does not match the report data"),
+        "{}",
+        r.error().1
+    );
+
+    // No session at all.
+    let r = attest(k.addr, "kbs-session-id=0123", &body);
+    assert_eq!(r.status, 401);
+    assert_eq!(r.error().1, "unknown or expired session");
+    let r = http(k.addr, "POST", "/kbs/v0/attest", &[], &body);
+    assert_eq!(r.status, 401);
+    let r = get(k.addr, "/kbs/v0/resource/default/demo/secret", &[]);
+    assert_eq!(r.status, 401);
+    assert_eq!(r.error().0, "TokenNotFound");
+    // A session that never attested.
+    let (cookie, _) = auth(k.addr);
+    let r = get(
+        k.addr,
+        "/kbs/v0/resource/default/demo/secret",
+        &[("Cookie", &cookie)],
+    );
+    assert_eq!(r.status, 401);
+    assert_eq!(r.error().1, "the session has not attested");
+    // Malformed attest body: 400.
+    let (cookie, _) = auth(k.addr);
+    let r = attest(k.addr, &cookie, b"{\"nope\":1}");
+    assert_eq!(r.status, 400);
+    assert_eq!(r.error().0, "SerdeError");
+}
+
+#[test]
+fn pcr8_must_match_the_init_data() {
+    let k = kbs(TOFU, None);
+    let mut g = guest(&facts(Mode::Production, 1));
+    let (cookie, nonce) = auth(k.addr);
+    let body = attest_body(&mut g, &nonce, Some(&initdata(2)));
+    let r = attest(k.addr, &cookie, &body);
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        r.error(),
+        (
+            "AttestationError".into(),
+            "PCR 8 does not match the init-data digest".into()
+        )
+    );
+    // No init-data, which the default policy requires.
+    let (cookie, nonce) = auth(k.addr);
+    let body = attest_body(&mut g, &nonce, None);
+    let r = attest(k.addr, &cookie, &body);
+    assert_eq!(
+        r.error().1,
+        "the policy requires init-data and the request has none"
+    );
+}
+
+#[test]
+fn untrusted_aks_are_refused() {
+    // Listed AKs only.
+    let k = kbs(&format!("trusted_aks = [\"{}\"]\n", "ab".repeat(32)), None);
+    let mut g = guest(&facts(Mode::Production, 1));
+    let (cookie, nonce) = auth(k.addr);
+    let r = attest(
+        k.addr,
+        &cookie,
+        &attest_body(&mut g, &nonce, Some(&initdata(1))),
+    );
+    assert_eq!(r.status, 401);
+    let (name, detail) = r.error();
+    assert_eq!(name, "AttestationError");
+    assert!(detail.starts_with("AK not trusted (sha256 "), "{detail}");
+
+    // Trust on first use: the first TPM wins, a second one is refused.
+    let k = kbs(TOFU, None);
+    let (cookie, nonce) = auth(k.addr);
+    let r = attest(
+        k.addr,
+        &cookie,
+        &attest_body(&mut g, &nonce, Some(&initdata(1))),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let mut g2 = guest(&facts(Mode::Production, 1));
+    let (cookie, nonce) = auth(k.addr);
+    let r = attest(
+        k.addr,
+        &cookie,
+        &attest_body(&mut g2, &nonce, Some(&initdata(1))),
+    );
+    assert_eq!(r.status, 401);
+    assert!(r.error().1.starts_with("AK not trusted"), "{}", r.error().1);
+
+    // Defaults: no list, no TOFU.
+    let k = kbs("", None);
+    let (cookie, nonce) = auth(k.addr);
+    let r = attest(
+        k.addr,
+        &cookie,
+        &attest_body(&mut g, &nonce, Some(&initdata(1))),
+    );
+    assert!(r.error().1.starts_with("AK not trusted"), "{}", r.error().1);
+}
+
+#[test]
+fn debug_mode_and_reference_values() {
+    // Debug mode, forbidden by default (the reference check is off here: it is production).
+    let k = kbs("trust_on_first_use = true\n", None);
+    let mut g = guest(&facts(Mode::Debug, 1));
+    let (cookie, nonce) = auth(k.addr);
+    let r = attest(
+        k.addr,
+        &cookie,
+        &attest_body(&mut g, &nonce, Some(&initdata(1))),
+    );
+    assert_eq!(r.error().1, "policy forbids debug mode");
+
+    // Production, but the policy wants another image version.
+    let k = kbs(
+        "trust_on_first_use = true\nimage_version = \"cvm-demo 2\"\n",
+        None,
+    );
+    let mut g = guest(&facts(Mode::Production, 1));
+    let (cookie, nonce) = auth(k.addr);
+    let r = attest(
+        k.addr,
+        &cookie,
+        &attest_body(&mut g, &nonce, Some(&initdata(1))),
+    );
+    assert_eq!(
+        r.error().1,
+        "image version \"cvm-demo 1\" is not the policy's \"cvm-demo 2\""
+    );
+
+    // A log that is not a prefix of the reference (another root hash).
+    let k = kbs(TOFU, None);
+    let mut other = facts(Mode::Production, 1);
+    other.roothash = Some("00".repeat(32));
+    let mut g = guest(&other);
+    let (cookie, nonce) = auth(k.addr);
+    let r = attest(
+        k.addr,
+        &cookie,
+        &attest_body(&mut g, &nonce, Some(&initdata(1))),
+    );
+    assert_eq!(
+        r.error().1,
+        "event log: record 1 (roothash) differs from the reference"
+    );
+
+    // A log that does not replay to the quoted PCR 15 (one event more in the TPM).
+    let k = kbs("trust_on_first_use = true\n", None);
+    let mut g = guest(&facts(Mode::Production, 1));
+    let extra = Event::state_disk("disk").unwrap();
+    let digests = extra.digest(HashAlg::Sha256).unwrap();
+    g.tpm.pcr_extend(15, &[(HashAlg::Sha256, digests)]).unwrap();
+    let (cookie, nonce) = auth(k.addr);
+    let r = attest(
+        k.addr,
+        &cookie,
+        &attest_body(&mut g, &nonce, Some(&initdata(1))),
+    );
+    assert_eq!(
+        r.error().1,
+        "event log: the replayed log does not give the quoted PCR 15"
+    );
+}
+
+#[test]
+fn tampered_resources_do_not_decrypt() {
+    for t in [Tamper::Tag, Tamper::Ciphertext, Tamper::Header, Tamper::Iv] {
+        let k = kbs(TOFU, Some(t));
+        let mut g = guest(&facts(Mode::Production, 1));
+        let (cookie, nonce) = auth(k.addr);
+        let r = attest(
+            k.addr,
+            &cookie,
+            &attest_body(&mut g, &nonce, Some(&initdata(1))),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        let r = get(
+            k.addr,
+            "/kbs/v0/resource/default/demo/secret",
+            &[("Cookie", &cookie)],
+        );
+        assert_eq!(r.status, 200);
+        assert!(jwe::decrypt(&g.key, &r.body).is_err(), "{t:?}");
+    }
+}

@@ -1,0 +1,351 @@
+//! VM tests of stages 7–8 against the dev KBS (`cvmctl kbs`, the real binary) on 127.0.0.1:
+//! the guest reaches it as 10.0.2.100:8080 through the guestfwd relay, over TLS with the dev
+//! KBS's key pinned in launch.toml (plain HTTP where a test is about something else).
+
+mod common;
+
+use common::*;
+use std::io::Write as _;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest as _, Sha256};
+
+const SECRET_PATH: &str = "default/demo/secret";
+
+struct Kbs {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+    /// SHA-256 of the TLS key's SPKI, when serving TLS.
+    pin: Option<String>,
+}
+
+impl Drop for Kbs {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Kbs {
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("kbs.log")).unwrap_or_default()
+    }
+
+    fn secret(&self) -> Vec<u8> {
+        std::fs::read(self.dir.path().join("resources").join(SECRET_PATH)).unwrap()
+    }
+}
+
+struct Setup<'a> {
+    policy: String,
+    tls: bool,
+    extra: &'a [&'a str],
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn image_version() -> String {
+    let text = std::fs::read_to_string(repo().join("out/root-tree/etc/os-release"))
+        .or_else(|_| std::fs::read_to_string(repo().join("rootfs/etc/os-release")))
+        .unwrap();
+    let get = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=")))
+            .map(|v| v.trim_matches('"').to_string())
+    };
+    match (get("IMAGE_ID"), get("IMAGE_VERSION")) {
+        (Some(id), Some(v)) => format!("{id} {v}"),
+        (Some(id), None) => id,
+        _ => panic!("no IMAGE_ID in os-release"),
+    }
+}
+
+/// The policy a correct boot of this build with `initdata` passes.
+fn strict_policy(initdata: &[u8]) -> String {
+    format!(
+        "tee = [\"tpm\"]\nallow_debug = false\nroothash = \"{}\"\nimage_version = \"{}\"\n\
+         initdata_digest = \"{}\"\nrequire_initdata = true\ntrust_on_first_use = true\n",
+        roothash(),
+        image_version(),
+        hex(&Sha256::digest(initdata))
+    )
+}
+
+fn start_kbs(setup: &Setup) -> Kbs {
+    let dir = tempfile::tempdir().unwrap();
+    let res = dir.path().join("resources").join(SECRET_PATH);
+    std::fs::create_dir_all(res.parent().unwrap()).unwrap();
+    let mut secret = [0u8; 24];
+    getrandom::fill(&mut secret).unwrap();
+    std::fs::write(&res, hex(&secret)).unwrap();
+    std::fs::write(dir.path().join("policy.toml"), &setup.policy).unwrap();
+    std::fs::create_dir_all(dir.path().join("state")).unwrap();
+    let ready = dir.path().join("kbs.addr");
+    let log = std::fs::File::create(dir.path().join("kbs.log")).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cvmctl"));
+    cmd.arg("kbs")
+        .args(["--listen", "127.0.0.1:0"])
+        .arg("--policy")
+        .arg(dir.path().join("policy.toml"))
+        .arg("--resources")
+        .arg(dir.path().join("resources"))
+        .arg("--state")
+        .arg(dir.path().join("state"))
+        .arg("--ready-file")
+        .arg(&ready)
+        .args(setup.extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+    let tls_dir = dir.path().join("tls");
+    if setup.tls {
+        cmd.arg("--tls-self-signed").arg(&tls_dir);
+    }
+    let child = cmd.spawn().expect("run cvmctl kbs");
+    let started = Instant::now();
+    let addr = loop {
+        if let Ok(a) = std::fs::read_to_string(&ready)
+            && !a.trim().is_empty()
+        {
+            break a;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the dev KBS did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let port = addr.trim().rsplit(':').next().unwrap().parse().unwrap();
+    let pin = setup.tls.then(|| {
+        let pem = std::fs::read_to_string(tls_dir.join("kbs-cert.pem")).unwrap();
+        let der = rustls::pki_types::pem::PemObject::from_pem_slice(pem.as_bytes())
+            .map(|c: rustls::pki_types::CertificateDer| c.to_vec())
+            .unwrap();
+        hex(&cvm_agent::net::tls::spki_sha256(&der).unwrap())
+    });
+    Kbs {
+        child,
+        port,
+        dir,
+        pin,
+    }
+}
+
+/// Init-data with a launch.toml for the KBS at 10.0.2.100:8080 and one file secret.
+fn initdata(kbs_section: &str, comment: &str) -> Vec<u8> {
+    format!(
+        "# {comment}\nversion = \"0.1.0\"\nalgorithm = \"sha256\"\n\n[data]\n\"launch.toml\" = '''\n\
+         {kbs_section}timeout = 20\n\n[[secrets]]\nname = \"demo-secret\"\nuri = \"kbs:///{SECRET_PATH}\"\n'''\n"
+    )
+    .into_bytes()
+}
+
+fn tls_section(pin: &str) -> String {
+    format!("[kbs]\nurl = \"https://10.0.2.100:8080\"\npin = \"{pin}\"\n")
+}
+
+const HTTP_SECTION: &str = "[kbs]\nurl = \"http://10.0.2.100:8080\"\ninsecure_http = true\n";
+
+/// boot.sh arguments: the verified root, the init-data by fw_cfg, the KBS behind guestfwd.
+fn boot_args(kbs: &Kbs, initdata: &[u8], dir: &Path) -> Vec<String> {
+    let file = dir.join("initdata.toml");
+    std::fs::write(&file, initdata).unwrap();
+    let (_, mut extra) = verified_root();
+    extra.extend([
+        "--fw-cfg".into(),
+        format!("opt/cvm/initdata={}", file.display()),
+        "--guestfwd".into(),
+        format!("8080:{}", kbs.port),
+    ]);
+    extra
+}
+
+fn boot_production(kbs: &Kbs, initdata: &[u8]) -> Boot {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = boot_args(kbs, initdata, dir.path());
+    boot(&format!("{} cvm.initdata=fw_cfg", roothash_arg()), &extra)
+}
+
+fn roothash_arg() -> String {
+    verified_root().0
+}
+
+/// A boot that must fail: the one error line names the attest or secrets stage; the VM powers
+/// off and no secret is written.
+fn assert_refused(b: &Boot, stage: &str, needles: &[&str]) {
+    b.assert_one_error(&format!("cvm-agent: error: {stage}: "));
+    let error = b.errors()[0].to_string();
+    for n in needles {
+        assert!(error.contains(n), "error line lacks {n:?}: {error}\n{}", b.show());
+    }
+    assert!(!b.has("written to /run/secrets"), "{}", b.show());
+    assert!(!b.has("cvm-agent: result"), "{}", b.show());
+    assert!(b.powered_off(), "{}", b.show());
+}
+
+#[test]
+#[ignore = "boots a VM: run through `make test`"]
+fn attests_over_pinned_tls_and_gets_the_secret() {
+    // The pin is only known once the KBS made its key, and the init-data (so the policy's
+    // digest) depends on it: start once for the key, then again with the final policy.
+    let probe = start_kbs(&Setup {
+        policy: String::new(),
+        tls: true,
+        extra: &[],
+    });
+    let pin = probe.pin.clone().unwrap();
+    let tls_dir = probe.dir.path().join("tls");
+    let keep = tempfile::tempdir().unwrap();
+    for f in ["kbs-cert.pem", "kbs-key.pem"] {
+        std::fs::copy(tls_dir.join(f), keep.path().join(f)).unwrap();
+    }
+    drop(probe);
+    let data = initdata(&tls_section(&pin), "vm_kbs happy path");
+    let cert = keep.path().join("kbs-cert.pem");
+    let key = keep.path().join("kbs-key.pem");
+    let kbs = start_kbs(&Setup {
+        policy: strict_policy(&data),
+        tls: false,
+        extra: &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    });
+    let b = boot_production(&kbs, &data);
+    let log = kbs.log();
+    assert_eq!(b.code, 0, "{}\n--- kbs ---\n{log}", b.show());
+    let want = hex(&Sha256::digest(kbs.secret()));
+    let line = b
+        .lines("cvm-agent: ")
+        .into_iter()
+        .find(|l| l.contains("secrets: demo-secret"))
+        .unwrap_or_else(|| panic!("no secret line\n{}", b.show()))
+        .to_string();
+    assert!(line.contains(&format!("sha256 {want}")), "{line}");
+    assert!(
+        line.contains("written to /run/secrets/demo-secret (mode 0400, uid 0, 48 bytes, tmpfs)"),
+        "{line}"
+    );
+    // The secret itself is nowhere on the console.
+    let secret = String::from_utf8(kbs.secret()).unwrap();
+    assert!(!b.console.contains(&secret), "the secret leaked to the console");
+    assert!(b.has("attest: attested (tpm) to https://10.0.2.100:8080"), "{}", b.show());
+    assert!(log.contains("attest: accepted"), "{log}");
+    assert!(!log.contains(&secret), "the dev KBS logged the secret");
+    let result = b.result().unwrap();
+    for stage in ["network", "attest", "secrets"] {
+        assert!(result["stages_ms"][stage].is_u64(), "{result}");
+    }
+}
+
+#[test]
+#[ignore = "boots a VM: run through `make test`"]
+fn a_wrong_pin_fails_at_once() {
+    let kbs = start_kbs(&Setup {
+        policy: "trust_on_first_use = true\n".into(),
+        tls: true,
+        extra: &[],
+    });
+    let data = initdata(&tls_section(&"ab".repeat(32)), "wrong pin");
+    let b = boot_production(&kbs, &data);
+    assert_refused(&b, "attest", &["TLS", "is not the pinned key"]);
+    assert!(!b.has("retrying in"), "a TLS failure must not be retried\n{}", b.show());
+}
+
+#[test]
+#[ignore = "boots a VM: run through `make test`"]
+fn changed_init_data_is_refused_by_the_kbs() {
+    let good = initdata(HTTP_SECTION, "the approved configuration");
+    let kbs = start_kbs(&Setup {
+        policy: strict_policy(&good),
+        tls: false,
+        extra: &[],
+    });
+    // One byte different: measured into PCR 8 as it is, so the KBS sees the difference.
+    let mut changed = good.clone();
+    let at = changed.iter().position(|&c| c == b'a').unwrap();
+    changed[at] = b'A';
+    let b = boot_production(&kbs, &changed);
+    assert_refused(&b, "attest", &["401", "init-data"]);
+    assert!(kbs.log().contains("refused"), "{}", kbs.log());
+}
+
+#[test]
+#[ignore = "boots a VM: run through `make test`"]
+fn debug_mode_is_refused_when_the_policy_forbids_it() {
+    let data = initdata(HTTP_SECTION, "debug");
+    let kbs = start_kbs(&Setup {
+        policy: strict_policy(&data),
+        tls: false,
+        extra: &[],
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let mut extra = boot_args(&kbs, &data, dir.path());
+    let console = dir.path().join("console.log");
+    let monitor = dir.path().join("monitor.sock");
+    extra.extend(["--monitor".into(), monitor.to_str().unwrap().into()]);
+    let mut child = spawn(
+        &format!("{} cvm.initdata=fw_cfg cvm.mode=debug", roothash_arg()),
+        &extra,
+        &console,
+        180,
+    );
+    let read = || std::fs::read_to_string(&console).unwrap_or_default();
+    let started = Instant::now();
+    // Debug stays up after a failure; power it off once the error is out.
+    while !read().contains("staying up") {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(150), "{}", read());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    if child.try_wait().unwrap().is_none() {
+        let mut mon = UnixStream::connect(&monitor).unwrap();
+        mon.write_all(b"sendkey ctrl-alt-delete\n").unwrap();
+    }
+    let status = child.wait().unwrap();
+    let b = Boot {
+        code: status.code().unwrap_or(-1),
+        console: read(),
+    };
+    b.assert_one_error("cvm-agent: error: attest: ");
+    assert!(b.errors()[0].contains("debug"), "{}", b.show());
+    assert!(!b.has("written to /run/secrets"), "{}", b.show());
+}
+
+fn tampered(part: &str) {
+    let data = initdata(HTTP_SECTION, &format!("tampered {part}"));
+    let kbs = start_kbs(&Setup {
+        policy: strict_policy(&data),
+        tls: false,
+        extra: &["--tamper-resource", part],
+    });
+    let b = boot_production(&kbs, &data);
+    assert!(b.has("attest: attested (tpm)"), "{}", b.show());
+    assert_refused(
+        &b,
+        "secrets",
+        &["demo-secret", "cannot decrypt the KBS answer"],
+    );
+}
+
+#[test]
+#[ignore = "boots a VM: run through `make test`"]
+fn a_tampered_jwe_tag_is_refused() {
+    tampered("tag");
+}
+
+#[test]
+#[ignore = "boots a VM: run through `make test`"]
+fn a_tampered_jwe_header_is_refused() {
+    tampered("header");
+}
