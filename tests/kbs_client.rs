@@ -178,3 +178,77 @@ fn a_challenge_without_session_cookie_or_too_large_is_refused() {
     assert!(err.contains("evidence must not be asked for"), "{err}");
     assert_eq!(count.load(Ordering::SeqCst), 1);
 }
+
+/// The dev KBS over TLS with its self-signed certificate, from the client's side: trusted as an
+/// anchor (`kbs.cert`) or by pin it gets through to the challenge; another anchor, or another
+/// pin, is a TLS failure that is not retried.
+#[test]
+fn tls_trust_by_anchor_and_by_pin() {
+    let dir = tempfile::tempdir().unwrap();
+    let ready = dir.path().join("addr");
+    let mut kbs = std::process::Command::new(env!("CARGO_BIN_EXE_cvmctl"))
+        .arg("kbs")
+        .args(["--listen", "127.0.0.1:0"])
+        .arg("--tls-self-signed")
+        .arg(dir.path().join("tls"))
+        .arg("--resources")
+        .arg(dir.path())
+        .arg("--ready-file")
+        .arg(&ready)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let addr = loop {
+        if let Ok(a) = std::fs::read_to_string(&ready)
+            && !a.trim().is_empty()
+        {
+            break a.trim().to_string();
+        }
+        assert!(started.elapsed() < Duration::from_secs(20));
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let pem = std::fs::read_to_string(dir.path().join("tls/kbs-cert.pem")).unwrap();
+    let der: rustls::pki_types::CertificateDer =
+        rustls::pki_types::pem::PemObject::from_pem_slice(pem.as_bytes()).unwrap();
+    let pin = cvm_agent::net::tls::spki_sha256(&der).unwrap();
+    let other = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
+    let url = format!("https://{addr}");
+    let with = |cert: Option<String>, pin: Option<[u8; 32]>| {
+        let mut k = kbs_cfg(url.clone());
+        k.cert = cert;
+        k.pin = pin;
+        let mut client = KbsClient::new(&k, &[]).unwrap();
+        attest(&mut client).unwrap_err().to_string()
+    };
+    // Through TLS and /auth to the evidence callback: trust held.
+    for err in [
+        with(Some(pem.clone()), None),
+        with(None, Some(pin)),
+        with(Some(pem.clone()), Some(pin)),
+    ] {
+        assert!(err.contains("evidence must not be asked for"), "{err}");
+    }
+    let err = with(Some(other.cert.pem()), None);
+    assert!(err.contains("TLS") && !err.contains("deadline"), "{err}");
+    let err = with(None, Some([7; 32]));
+    assert!(
+        err.contains("is not the pinned key") && !err.contains("deadline"),
+        "{err}"
+    );
+    let err = with(Some(pem), Some([7; 32]));
+    assert!(err.contains("is not the pinned key"), "{err}");
+    let _ = kbs.kill();
+    let _ = kbs.wait();
+}
+
+fn kbs_cfg(url: String) -> Kbs {
+    Kbs {
+        url,
+        cert: None,
+        pin: None,
+        insecure_http: false,
+        timeout: Duration::from_secs(10),
+    }
+}

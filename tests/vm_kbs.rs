@@ -44,6 +44,8 @@ struct Setup<'a> {
     policy: String,
     tls: bool,
     extra: &'a [&'a str],
+    /// Write `cvmctl measure`'s prediction for this init-data as the policy's reference.json.
+    reference_for: Option<&'a [u8]>,
 }
 
 fn hex(b: &[u8]) -> String {
@@ -85,6 +87,24 @@ fn start_kbs(setup: &Setup) -> Kbs {
     getrandom::fill(&mut secret).unwrap();
     std::fs::write(&res, hex(&secret)).unwrap();
     std::fs::write(dir.path().join("policy.toml"), &setup.policy).unwrap();
+    if let Some(initdata) = setup.reference_for {
+        let file = dir.path().join("reference-initdata.toml");
+        std::fs::write(&file, initdata).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_cvmctl"))
+            .arg("measure")
+            .arg("--initdata")
+            .arg(&file)
+            .args(["--roothash", &roothash()])
+            .args(["--image-version", &image_version()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::write(dir.path().join("reference.json"), &out.stdout).unwrap();
+    }
     std::fs::create_dir_all(dir.path().join("state")).unwrap();
     let ready = dir.path().join("kbs.addr");
     let log = std::fs::File::create(dir.path().join("kbs.log")).unwrap();
@@ -182,7 +202,11 @@ fn assert_refused(b: &Boot, stage: &str, needles: &[&str]) {
     b.assert_one_error(&format!("cvm-agent: error: {stage}: "));
     let error = b.errors()[0].to_string();
     for n in needles {
-        assert!(error.contains(n), "error line lacks {n:?}: {error}\n{}", b.show());
+        assert!(
+            error.contains(n),
+            "error line lacks {n:?}: {error}\n{}",
+            b.show()
+        );
     }
     assert!(!b.has("written to /run/secrets"), "{}", b.show());
     assert!(!b.has("cvm-agent: result"), "{}", b.show());
@@ -198,6 +222,7 @@ fn attests_over_pinned_tls_and_gets_the_secret() {
         policy: String::new(),
         tls: true,
         extra: &[],
+        reference_for: None,
     });
     let pin = probe.pin.clone().unwrap();
     let tls_dir = probe.dir.path().join("tls");
@@ -210,7 +235,9 @@ fn attests_over_pinned_tls_and_gets_the_secret() {
     let cert = keep.path().join("kbs-cert.pem");
     let key = keep.path().join("kbs-key.pem");
     let kbs = start_kbs(&Setup {
-        policy: strict_policy(&data),
+        // The event log must also be this build's prediction, record for record.
+        policy: format!("{}reference = \"reference.json\"\n", strict_policy(&data)),
+        reference_for: Some(&data),
         tls: false,
         extra: &[
             "--tls-cert",
@@ -236,8 +263,15 @@ fn attests_over_pinned_tls_and_gets_the_secret() {
     );
     // The secret itself is nowhere on the console.
     let secret = String::from_utf8(kbs.secret()).unwrap();
-    assert!(!b.console.contains(&secret), "the secret leaked to the console");
-    assert!(b.has("attest: attested (tpm) to https://10.0.2.100:8080"), "{}", b.show());
+    assert!(
+        !b.console.contains(&secret),
+        "the secret leaked to the console"
+    );
+    assert!(
+        b.has("attest: attested (tpm) to https://10.0.2.100:8080"),
+        "{}",
+        b.show()
+    );
     assert!(log.contains("attest: accepted"), "{log}");
     assert!(!log.contains(&secret), "the dev KBS logged the secret");
     let result = b.result().unwrap();
@@ -253,11 +287,16 @@ fn a_wrong_pin_fails_at_once() {
         policy: "trust_on_first_use = true\n".into(),
         tls: true,
         extra: &[],
+        reference_for: None,
     });
     let data = initdata(&tls_section(&"ab".repeat(32)), "wrong pin");
     let b = boot_production(&kbs, &data);
     assert_refused(&b, "attest", &["TLS", "is not the pinned key"]);
-    assert!(!b.has("retrying in"), "a TLS failure must not be retried\n{}", b.show());
+    assert!(
+        !b.has("retrying in"),
+        "a TLS failure must not be retried\n{}",
+        b.show()
+    );
 }
 
 #[test]
@@ -268,6 +307,7 @@ fn changed_init_data_is_refused_by_the_kbs() {
         policy: strict_policy(&good),
         tls: false,
         extra: &[],
+        reference_for: None,
     });
     // One byte different: measured into PCR 8 as it is, so the KBS sees the difference.
     let mut changed = good.clone();
@@ -286,6 +326,7 @@ fn debug_mode_is_refused_when_the_policy_forbids_it() {
         policy: strict_policy(&data),
         tls: false,
         extra: &[],
+        reference_for: None,
     });
     let dir = tempfile::tempdir().unwrap();
     let mut extra = boot_args(&kbs, &data, dir.path());
@@ -308,18 +349,25 @@ fn debug_mode_is_refused_when_the_policy_forbids_it() {
         assert!(started.elapsed() < Duration::from_secs(150), "{}", read());
         std::thread::sleep(Duration::from_millis(200));
     }
-    if child.try_wait().unwrap().is_none() {
+    // The monitor connection stays open until QEMU is gone, so the key press is processed.
+    let _mon = (child.try_wait().unwrap().is_none()).then(|| {
         let mut mon = UnixStream::connect(&monitor).unwrap();
         mon.write_all(b"sendkey ctrl-alt-delete\n").unwrap();
-    }
+        mon
+    });
     let status = child.wait().unwrap();
     let b = Boot {
         code: status.code().unwrap_or(-1),
         console: read(),
     };
     b.assert_one_error("cvm-agent: error: attest: ");
-    assert!(b.errors()[0].contains("debug"), "{}", b.show());
+    assert!(
+        b.errors()[0].contains("policy forbids debug mode"),
+        "{}",
+        b.show()
+    );
     assert!(!b.has("written to /run/secrets"), "{}", b.show());
+    assert!(b.has("SIGINT: powering off"), "{}", b.show());
 }
 
 fn tampered(part: &str) {
@@ -328,6 +376,7 @@ fn tampered(part: &str) {
         policy: strict_policy(&data),
         tls: false,
         extra: &["--tamper-resource", part],
+        reference_for: None,
     });
     let b = boot_production(&kbs, &data);
     assert!(b.has("attest: attested (tpm)"), "{}", b.show());

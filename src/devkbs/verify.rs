@@ -324,8 +324,32 @@ fn verify_tpm(
 }
 
 /// The guest's log must be the start of the reference log: same PCR, same content, same
-/// SHA-256 digest, record for record.
+/// SHA-256 digest, record for record — and at least as long as the reference's pre-attestation
+/// part (mode, roothash, image-version, initdata, which the agent measures before it attests):
+/// otherwise a boot that measured nothing (PCR 15 all zeros, empty log) would pass as "a
+/// prefix".
 fn check_prefix(log: &EventLog, reference: &EventLog) -> Result<(), VerifyError> {
+    let pre_attest = reference
+        .records()
+        .iter()
+        .take_while(|r| {
+            r.agent_event().is_some_and(|(k, _)| {
+                matches!(
+                    k,
+                    EventKind::Mode
+                        | EventKind::RootHash
+                        | EventKind::ImageVersion
+                        | EventKind::InitData
+                )
+            })
+        })
+        .count();
+    if log.len() < pre_attest {
+        return Err(VerifyError::EventLog(format!(
+            "the log has {} records, but the reference measures {pre_attest} before attestation",
+            log.len()
+        )));
+    }
     if log.len() > reference.len() {
         return Err(VerifyError::EventLog(format!(
             "the log has {} records, the reference only {}",
@@ -701,15 +725,38 @@ mod tests {
             reference.to_json().as_array().unwrap()[..2].to_vec(),
         ))
         .unwrap();
-        check_prefix(&prefix, &reference).unwrap();
+        // mode + roothash + image-version: everything measured before attestation.
+        let pre_attest = EventLog::from_json(&Value::Array(
+            reference.to_json().as_array().unwrap()[..3].to_vec(),
+        ))
+        .unwrap();
+        check_prefix(&pre_attest, &reference).unwrap();
         check_prefix(&reference, &reference).unwrap();
+        // A log that stops early (here: without the image version) is not enough.
+        let err = check_prefix(&prefix, &reference).unwrap_err();
+        assert!(
+            err.to_string().contains("measures 3 before attestation"),
+            "{err}"
+        );
+        let empty = EventLog::from_json(&Value::Array(vec![])).unwrap();
+        assert!(check_prefix(&empty, &reference).is_err());
         let err = check_prefix(&log, &reference).unwrap_err();
         assert_eq!(
             err.to_string(),
             "event log: record 2 (separator) differs from the reference"
         );
-        let err = check_prefix(&reference, &prefix).unwrap_err();
-        assert!(err.to_string().contains("the reference only 2"), "{err}");
+        let err = check_prefix(&reference, &pre_attest).unwrap_err();
+        assert!(err.to_string().contains("the reference only 3"), "{err}");
+        let mut longer = reference.to_json().as_array().unwrap().clone();
+        let mut extra = longer[0].clone();
+        extra["recnum"] = serde_json::json!(longer.len());
+        longer.push(extra);
+        let err = check_prefix(
+            &EventLog::from_json(&Value::Array(longer)).unwrap(),
+            &reference,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("the reference only"), "{err}");
 
         let v = Verified {
             debug: false,
