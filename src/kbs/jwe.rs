@@ -115,6 +115,15 @@ pub struct FlattenedJwe {
     pub iv: String,
     pub ciphertext: String,
     pub tag: String,
+    /// The shared unprotected header (RFC 7516 §7.2.1). Trustee sends none; other JOSE
+    /// libraries (jwcrypto) put `epk` in the per-recipient `header`. Their members are not
+    /// integrity protected, which is harmless for `epk`: a changed one only derives a KEK that
+    /// cannot unwrap the CEK.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unprotected: Option<serde_json::Map<String, Value>>,
+    /// The per-recipient unprotected header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<serde_json::Map<String, Value>>,
 }
 
 impl FlattenedJwe {
@@ -154,7 +163,7 @@ pub fn decrypt(key: &TeeKeyPair, body: &[u8]) -> Result<Zeroizing<Vec<u8>>, JweE
 
 /// [`decrypt`] of an already parsed JWE.
 pub fn decrypt_jwe(key: &TeeKeyPair, jwe: &FlattenedJwe) -> Result<Zeroizing<Vec<u8>>, JweError> {
-    let header = parse_header(&jwe.protected)?;
+    let header = parse_headers(&jwe.protected, &[&jwe.unprotected, &jwe.header])?;
     if header.enc != ENC_A256GCM {
         return Err(JweError::UnsupportedEnc(header.enc));
     }
@@ -222,7 +231,17 @@ fn aad(jwe: &FlattenedJwe) -> Result<Vec<u8>, JweError> {
 }
 
 /// Decodes and checks the protected header.
+#[cfg(test)]
 pub(crate) fn parse_header(protected: &str) -> Result<Header, JweError> {
+    parse_headers(protected, &[])
+}
+
+/// The protected header joined with the unprotected ones, whose member names must be disjoint
+/// from it and from each other (RFC 7516 §7.2.1), then checked.
+fn parse_headers(
+    protected: &str,
+    unprotected: &[&Option<serde_json::Map<String, Value>>],
+) -> Result<Header, JweError> {
     if protected.len() > MAX_PROTECTED {
         return Err(JweError::TooLarge {
             what: "the protected header",
@@ -233,9 +252,23 @@ pub(crate) fn parse_header(protected: &str) -> Result<Header, JweError> {
     let raw = b64(protected, "protected")?;
     let value: Value =
         serde_json::from_slice(&raw).map_err(|e| JweError::BadHeader(format!("not JSON ({e})")))?;
-    let Value::Object(map) = value else {
+    let Value::Object(mut map) = value else {
         return Err(JweError::HeaderNotObject);
     };
+    for extra in unprotected.iter().copied().flatten() {
+        if extra.len() > 64 {
+            return Err(JweError::BadHeader(
+                "an unprotected header is too large".into(),
+            ));
+        }
+        for (name, value) in extra {
+            if map.insert(name.clone(), value.clone()).is_some() {
+                return Err(JweError::BadHeader(format!(
+                    "{name:?} appears in more than one header"
+                )));
+            }
+        }
+    }
     if map.contains_key("crit") {
         return Err(JweError::BadHeader(
             "\"crit\" extensions are not supported".into(),
@@ -394,6 +427,8 @@ pub fn encrypt(recipient: &TeePubKey, plaintext: &[u8]) -> Result<FlattenedJwe, 
         iv: URL_SAFE_NO_PAD.encode(iv),
         ciphertext: URL_SAFE_NO_PAD.encode(ciphertext),
         tag: URL_SAFE_NO_PAD.encode(tag),
+        unprotected: None,
+        header: None,
     })
 }
 
