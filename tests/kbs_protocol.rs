@@ -355,7 +355,7 @@ proptest! {
         tag in arb_member(),
         aad in proptest::option::of(arb_member()),
     ) {
-        let jwe = FlattenedJwe { protected, encrypted_key, aad, iv, ciphertext, tag };
+        let jwe = FlattenedJwe { protected, encrypted_key, aad, iv, ciphertext, tag, unprotected: None, header: None };
         for key in keys() {
             let r = jwe::decrypt(key, jwe.to_json().as_bytes());
             prop_assert!(r.is_err());
