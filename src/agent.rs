@@ -9,7 +9,7 @@ use crate::hex::encode as hex;
 use crate::initdata::launch::{LaunchConfig, NetworkMode, SECRETS_DIR, SecretTarget};
 use crate::initdata::{self, InitData};
 use crate::kbs::client::KbsClient;
-use crate::kbs::{TeeKeyAlgorithm, TeeKeyPair, jwe, protocol};
+use crate::kbs::{TeeKeyPair, jwe, protocol};
 use crate::kmod;
 use crate::logging::{self, Sink};
 use crate::measure::{Event, Measurer};
@@ -673,7 +673,7 @@ impl Agent {
             .tee
             .ok_or_else(|| StageError::new(Stage::Attest, AgentError::NoTee))?;
         let started = Instant::now();
-        let key = TeeKeyPair::generate(TeeKeyAlgorithm::default()).in_stage(Stage::Attest)?;
+        let key = TeeKeyPair::generate(kbs.tee_key).in_stage(Stage::Attest)?;
         let jwk = key.public_jwk();
         let dns = self.net.as_ref().map(|n| n.dns.clone()).unwrap_or_default();
         let mut client = KbsClient::new(&kbs, &dns).in_stage(Stage::Attest)?;

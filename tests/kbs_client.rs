@@ -18,6 +18,7 @@ fn kbs(url: String, timeout: Duration) -> Kbs {
         pin: None,
         insecure_http: true,
         timeout,
+        tee_key: Default::default(),
     }
 }
 
@@ -250,5 +251,6 @@ fn kbs_cfg(url: String) -> Kbs {
         pin: None,
         insecure_http: false,
         timeout: Duration::from_secs(10),
+        tee_key: Default::default(),
     }
 }

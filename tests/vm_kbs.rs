@@ -370,6 +370,29 @@ fn debug_mode_is_refused_when_the_policy_forbids_it() {
     assert!(b.has("SIGINT: powering off"), "{}", b.show());
 }
 
+#[test]
+#[ignore = "boots a VM: run through `make test`"]
+fn attests_with_an_rsa_tee_key() {
+    let section = format!("{HTTP_SECTION}tee_key = \"RSA-OAEP-256\"\n");
+    let data = initdata(&section, "rsa");
+    let kbs = start_kbs(&Setup {
+        policy: strict_policy(&data),
+        tls: false,
+        extra: &[],
+        reference_for: None,
+    });
+    let b = boot_production(&kbs, &data);
+    assert_eq!(b.code, 0, "{}\n--- kbs ---\n{}", b.show(), kbs.log());
+    let want = hex(&Sha256::digest(kbs.secret()));
+    assert!(
+        b.has(&format!(
+            "sha256 {want}, written to /run/secrets/demo-secret"
+        )),
+        "{}",
+        b.show()
+    );
+}
+
 fn tampered(part: &str) {
     let data = initdata(HTTP_SECTION, &format!("tampered {part}"));
     let kbs = start_kbs(&Setup {

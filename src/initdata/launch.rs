@@ -7,6 +7,7 @@
 //! pin = "<64 hex>"                     # optional SHA-256 of the server key's SPKI (DER)
 //! insecure_http = false
 //! timeout = 60                         # seconds for each KBS conversation, retries included
+//! tee_key = "ECDH-ES+A256KW"           # or "RSA-OAEP-256": how the KBS wraps resources
 //!
 //! [workload]
 //! image = "registry.example/app@sha256:..."
@@ -88,6 +89,8 @@ pub struct Kbs {
     /// Overall deadline of each KBS conversation (attestation, then all resources), retries
     /// included.
     pub timeout: std::time::Duration,
+    /// The per-boot TEE key's algorithm (the JWA name the KBS wraps resources with).
+    pub tee_key: crate::kbs::TeeKeyAlgorithm,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -305,6 +308,7 @@ struct WireKbs {
     #[serde(default)]
     insecure_http: bool,
     timeout: Option<u64>,
+    tee_key: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -448,12 +452,21 @@ fn kbs(wire: WireKbs) -> Result<Kbs, InitDataError> {
             )));
         }
     };
+    let tee_key = match wire.tee_key.as_deref() {
+        None => crate::kbs::TeeKeyAlgorithm::default(),
+        Some(name) => name.parse().map_err(|_| {
+            err(format!(
+                "kbs.tee_key {name:?}: expected \"ECDH-ES+A256KW\" or \"RSA-OAEP-256\""
+            ))
+        })?,
+    };
     Ok(Kbs {
         url: wire.url,
         cert: wire.cert,
         pin,
         insecure_http: wire.insecure_http,
         timeout: std::time::Duration::from_secs(timeout),
+        tee_key,
     })
 }
 

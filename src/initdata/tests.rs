@@ -304,6 +304,7 @@ fn launch_toml_refuses_bad_values() {
         ),
         ("[kbs]\nurl = \"https://kbs\"\ntimeouts = 3\n".into(), "unknown kbs key"),
         ("[kbs]\nurl = \"https://kbs\"\ntimeout = 0\n".into(), "zero timeout"),
+        ("[kbs]\nurl = \"https://kbs\"\ntee_key = \"A128KW\"\n".into(), "tee key alg"),
         ("[kbs]\nurl = \"https://kbs\"\ntimeout = 3601\n".into(), "huge timeout"),
         ("[kbs]\nurl = \"https://kbs\"\ntimeout = -1\n".into(), "negative timeout"),
         ("[kbz]\n".into(), "unknown section"),
