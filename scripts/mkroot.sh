@@ -17,3 +17,16 @@ cp "$busybox" "$out/bin/busybox"
 for applet in sh ls cat echo mount umount dmesg ps sleep sync poweroff; do
   ln -sf busybox "$out/bin/$applet"
 done
+
+# mkfs.ext4 for the state disk's first boot: Debian's mke2fs with the shared libraries it needs
+# and the dynamic loader (the verified root is an ordinary Linux root; only the agent is static).
+mke2fs=/sbin/mke2fs
+[ -x "$mke2fs" ] || { echo "mkroot: error: $mke2fs missing (apt-get install e2fsprogs)" >&2; exit 1; }
+mkdir -p "$out/sbin"
+cp "$mke2fs" "$out/sbin/mke2fs"
+ln -sf mke2fs "$out/sbin/mkfs.ext4"
+for lib in $(ldd "$mke2fs" | awk '/=>/ {print $3} /ld-linux/ {print $1}'); do
+  real=$(readlink -f "$lib")
+  mkdir -p "$out$(dirname "$lib")"
+  cp "$real" "$out$lib"
+done

@@ -41,6 +41,10 @@ pub struct BlockDev {
     pub partuuid: Option<Guid>,
     pub partlabel: Option<String>,
     pub type_guid: Option<Guid>,
+    /// The disk's serial (virtio-blk `serial=`, NVMe serial number), for whole disks.
+    pub serial: Option<String>,
+    /// Whether this is a partition (else a whole disk).
+    pub is_partition: bool,
 }
 
 /// What a scan found, including disks whose GPT was refused.
@@ -86,6 +90,13 @@ pub fn scan(sys: &Path, dev: &Path) -> Scan {
             .unwrap_or(0);
         let partition: Option<u32> =
             read_trimmed(&base.join("partition")).and_then(|s| s.parse().ok());
+        let serial = if partition.is_none() {
+            read_trimmed(&base.join("serial"))
+                .or_else(|| read_trimmed(&base.join("device/serial")))
+                .filter(|s| !s.is_empty())
+        } else {
+            None
+        };
         let bd = BlockDev {
             name: name.clone(),
             path: dev.join(name),
@@ -94,6 +105,8 @@ pub fn scan(sys: &Path, dev: &Path) -> Scan {
             partuuid: None,
             partlabel: None,
             type_guid: None,
+            serial,
+            is_partition: partition.is_some(),
         };
         if partition.is_none() {
             disks.push(bd.clone());

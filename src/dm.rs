@@ -35,7 +35,8 @@ pub enum DmError {
 pub struct Target {
     pub sectors: u64,
     pub kind: &'static str,
-    pub params: String,
+    /// Wiped on drop: a dm-crypt table carries the volume key.
+    pub params: zeroize::Zeroizing<String>,
 }
 
 /// An active device.
@@ -74,11 +75,11 @@ pub fn create(
     if secret {
         flags |= DmFlags::DM_SECURE_DATA;
     }
-    let table = [(
+    let mut table = [(
         0u64,
         target.sectors,
         target.kind.to_string(),
-        target.params.clone(),
+        String::clone(&target.params),
     )];
     let loaded = dm
         .table_load(&id, &table, DmOptions::default().set_flags(flags))
@@ -86,15 +87,18 @@ pub fn create(
             name: name.to_string(),
             target: target.kind.to_string(),
             source,
-        })
-        .and_then(|_| {
-            // Without DM_SUSPEND this is a resume: the loaded table goes live.
-            dm.device_suspend(&id, DmOptions::default())
-                .map_err(|source| DmError::Resume {
-                    name: name.to_string(),
-                    source,
-                })
         });
+    // Our copy of the table; the crate's ioctl buffer is its own (DM_SECURE_DATA makes the
+    // kernel wipe its side).
+    zeroize::Zeroize::zeroize(&mut table[0].3);
+    let loaded = loaded.and_then(|_| {
+        // Without DM_SUSPEND this is a resume: the loaded table goes live.
+        dm.device_suspend(&id, DmOptions::default())
+            .map_err(|source| DmError::Resume {
+                name: name.to_string(),
+                source,
+            })
+    });
     if let Err(e) = loaded {
         // Leave no half-made device behind for a later stage to trip over.
         let _ = dm.device_remove(&id, DmOptions::default());

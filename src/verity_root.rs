@@ -205,7 +205,7 @@ pub fn activate(
         &Target {
             sectors: sb.data_size() / 512,
             kind: "verity",
-            params,
+            params: zeroize::Zeroizing::new(params),
         },
         true,
         false,
