@@ -522,7 +522,9 @@ fn parse_metadata(text: &str) -> Result<Metadata, Luks2Error> {
             }
         }
     }
-    serde_json::from_value(value).map_err(|e| Luks2Error::Json(e.to_string()))
+    // From the text, not from `value`: a `Value` has already dropped duplicate keys, which
+    // the typed schema refuses.
+    serde_json::from_str(text).map_err(|e| Luks2Error::Json(e.to_string()))
 }
 
 fn unsupported(what: String) -> Luks2Error {
