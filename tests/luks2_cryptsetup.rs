@@ -329,3 +329,60 @@ fn cvmctl_state_format_check_dump() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("checksum"));
     assert!(!cvmctl(&["state", "dump", &img]).status.success());
 }
+
+/// What an operator may do with cryptsetup to a state disk and we must still open: a second
+/// keyslot (argon2id), a label change and a keyslot priority (each bumps the seqid), a token.
+#[test]
+fn our_header_after_cryptsetup_maintenance_still_opens() {
+    let sc = Scratch::new();
+    let img = sc.image("m.img", 64 << 20);
+    let img_s = sc.s("m.img");
+    let mut f = rw(&img);
+    luks2::format(&mut f, 64 << 20, KEY, &FormatOptions::default()).unwrap();
+    let (_, vk) = luks2::open(&mut f, KEY).unwrap();
+    std::fs::write(sc.path("second"), b"second-key-0123456789abcdef!!!!!").unwrap();
+    ok(&cryptsetup(&[
+        "luksAddKey",
+        "--batch-mode",
+        "--key-file",
+        &sc.s("key"),
+        "--pbkdf",
+        "argon2id",
+        "--pbkdf-force-iterations",
+        "4",
+        "--pbkdf-memory",
+        "32768",
+        &img_s,
+        &sc.s("second"),
+    ]));
+    ok(&cryptsetup(&["config", "--label", "recovered", &img_s]));
+    ok(&cryptsetup(&[
+        "config",
+        "--priority",
+        "prefer",
+        "--key-slot",
+        "1",
+        &img_s,
+    ]));
+    std::fs::write(
+        sc.path("token.json"),
+        br#"{"type":"cvm-note","keyslots":["0"],"note":"kbs"}"#,
+    )
+    .unwrap();
+    ok(&cryptsetup(&[
+        "token",
+        "import",
+        "--json-file",
+        &sc.s("token.json"),
+        &img_s,
+    ]));
+    let (h, vk0) = luks2::open(&mut f, KEY).unwrap();
+    assert_eq!(vk0.to_vec(), vk.to_vec());
+    assert_eq!(h.label(), "recovered");
+    assert!(h.seqid() > 1);
+    assert_eq!(h.keyslots().len(), 2);
+    assert_eq!(h.keyslots()[1].priority, 2);
+    assert_eq!(h.tokens(), 1);
+    let (_, vk1) = luks2::open(&mut f, b"second-key-0123456789abcdef!!!!!").unwrap();
+    assert_eq!(vk1.to_vec(), vk.to_vec());
+}

@@ -22,13 +22,10 @@ struct Sparse {
 impl Read for Sparse {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = (self.size.saturating_sub(self.pos)).min(buf.len() as u64) as usize;
-        for (i, b) in buf[..n].iter_mut().enumerate() {
-            *b = self
-                .head
-                .get((self.pos + i as u64) as usize)
-                .copied()
-                .unwrap_or(0);
-        }
+        let from = self.pos.min(self.head.len() as u64) as usize;
+        let have = (self.head.len() - from).min(n);
+        buf[..have].copy_from_slice(&self.head[from..from + have]);
+        buf[have..n].fill(0);
         self.pos += n as u64;
         Ok(n)
     }
@@ -86,6 +83,9 @@ fn rewrite(dev: &mut Sparse, f: &dyn Fn(&mut serde_json::Value)) {
     rewrite_copy(dev, 0, f);
     rewrite_copy(dev, HDR_SIZE as usize, f);
 }
+
+/// A named JSON mutation.
+type Case = (&'static str, Box<dyn Fn(&mut serde_json::Value)>);
 
 fn open_err(dev: &mut Sparse) -> Luks2Error {
     open(dev, KEY).map(|_| ()).unwrap_err()
@@ -396,7 +396,7 @@ fn json_garbage_and_schema() {
             "{text:?}"
         );
     }
-    let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "unknown top-level field",
             Box::new(|v| v["extra"] = 1.into()),
@@ -466,7 +466,7 @@ fn json_garbage_and_schema() {
 
 #[test]
 fn unsupported_things_are_named() {
-    let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "aes-cbc-essiv",
             Box::new(|v| v["segments"]["0"]["encryption"] = "aes-cbc-essiv:sha256".into()),
@@ -537,7 +537,7 @@ fn unsupported_things_are_named() {
 
 #[test]
 fn layout_rules() {
-    let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "overlapping keyslots",
             Box::new(|v| {
