@@ -224,7 +224,7 @@ fn data_encrypted_by_us_is_what_cryptsetup_reencrypt_reads() {
     let data_len = seg.data_size(size) as usize;
     let plain = pattern(data_len);
     let mut cipher = plain.clone();
-    seg.crypt(&vk1, 0, &mut cipher, true);
+    seg.crypt(&vk1, 0, &mut cipher, true).unwrap();
     f.write_all_at(&cipher, seg.offset).unwrap();
     drop(f);
 
@@ -256,7 +256,7 @@ fn data_encrypted_by_us_is_what_cryptsetup_reencrypt_reads() {
     let mut back = vec![0u8; data_len];
     f.read_exact_at(&mut back, seg2.offset).unwrap();
     assert_ne!(back, cipher);
-    seg2.crypt(&vk2, 0, &mut back, false);
+    seg2.crypt(&vk2, 0, &mut back, false).unwrap();
     assert!(
         back == plain,
         "data decrypted with the new key differs from what we wrote"
@@ -265,7 +265,8 @@ fn data_encrypted_by_us_is_what_cryptsetup_reencrypt_reads() {
     let at = 5 * 4096u64;
     let mut one = vec![0u8; 4096];
     f.read_exact_at(&mut one, seg2.offset + at).unwrap();
-    seg2.crypt(&vk2, at, &mut one, false);
+    seg2.crypt(&vk2, at, &mut one, false).unwrap();
+    assert!(seg2.crypt(&vk2, 512, &mut one, false).is_err());
     assert_eq!(&one[..], &plain[at as usize..at as usize + 4096]);
 }
 

@@ -77,6 +77,10 @@ impl Xts {
     /// counts IVs in 512-byte units unless `iv_large_sectors` is set, which cryptsetup does not
     /// set for LUKS2). `plain64` is the IV as a 64-bit little-endian number.
     pub fn crypt_sectors(&self, sector_size: usize, first_iv: u64, data: &mut [u8], encrypt: bool) {
+        // Never panic on a bad size (chunks of 0): callers validate, this only guards.
+        if sector_size < 512 {
+            return;
+        }
         let step = (sector_size / 512) as u64;
         for (i, sector) in data.chunks_mut(sector_size).enumerate() {
             let iv = first_iv.wrapping_add((i as u64).wrapping_mul(step));

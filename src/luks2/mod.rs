@@ -260,8 +260,11 @@ impl Segment {
         let mut s = Zeroizing::new(String::with_capacity(256));
         s.push_str(&self.cipher);
         s.push(' ');
+        // Pushed digit by digit: no temporary String holds key material.
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
         for b in key {
-            s.push_str(&format!("{b:02x}"));
+            s.push(char::from(DIGITS[usize::from(b >> 4)]));
+            s.push(char::from(DIGITS[usize::from(b & 0xf)]));
         }
         s.push_str(&format!(
             " {} {} {}",
@@ -276,11 +279,29 @@ impl Segment {
     }
 
     /// Encrypts (or decrypts) `data`, which starts `at` bytes into the segment, as dm-crypt
-    /// does for this segment. `at` and `data.len()` must be multiples of the sector size.
-    pub fn crypt(&self, key: &[u8; KEY_SIZE], at: u64, data: &mut [u8], encrypt: bool) {
+    /// does for this segment (host tools and tests; the guest leaves this to the kernel).
+    /// `at` and `data.len()` must be multiples of the sector size.
+    pub fn crypt(
+        &self,
+        key: &[u8; KEY_SIZE],
+        at: u64,
+        data: &mut [u8],
+        encrypt: bool,
+    ) -> Result<(), Luks2Error> {
+        let sector = u64::from(self.sector_size);
+        if !matches!(self.sector_size, 512 | 1024 | 2048 | 4096)
+            || !at.is_multiple_of(sector)
+            || !(data.len() as u64).is_multiple_of(sector)
+        {
+            return Err(Luks2Error::Layout(format!(
+                "{} bytes at {at} are not whole {sector}-byte sectors",
+                data.len()
+            )));
+        }
         let xts = Xts::new(key);
         let first_iv = self.iv_tweak.wrapping_add(at / 512);
         xts.crypt_sectors(self.sector_size as usize, first_iv, data, encrypt);
+        Ok(())
     }
 }
 

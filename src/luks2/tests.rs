@@ -193,6 +193,7 @@ fn format_open_round_trip_pbkdf2() {
     let params = s.dm_crypt_params(&vk, "254:0");
     assert!(params.starts_with("aes-xts-plain64 "));
     assert!(params.ends_with(" 0 254:0 32768 1 sector_size:4096"));
+    assert_eq!(params[16..144], crate::hex::encode(&vk[..]));
     assert_eq!(h2.keyslots().len(), 1);
     assert_eq!(h2.keyslots()[0].area_offset, 32768);
     assert_eq!(h2.keyslots()[0].area_size, 258048);
