@@ -434,6 +434,23 @@ fn json_garbage_and_schema() {
             Box::new(|v| v["config"]["json_size"] = "4096".into()),
         ),
         (
+            "argon2 fields in pbkdf2",
+            Box::new(|v| v["keyslots"]["0"]["kdf"]["time"] = 4.into()),
+        ),
+        (
+            "no iterations",
+            Box::new(|v| {
+                v["keyslots"]["0"]["kdf"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("iterations");
+            }),
+        ),
+        (
+            "short salt",
+            Box::new(|v| v["keyslots"]["0"]["kdf"]["salt"] = "AAAA".into()),
+        ),
+        (
             "bad token",
             Box::new(|v| v["tokens"]["0"] = serde_json::json!({"type": "x", "keyslots": ["5"]})),
         ),
@@ -526,6 +543,22 @@ fn unsupported_things_are_named() {
         (
             "sector 8192",
             Box::new(|v| v["segments"]["0"]["sector_size"] = 8192.into()),
+        ),
+        (
+            "argon2 memory",
+            Box::new(|v| {
+                let salt = v["keyslots"]["0"]["kdf"]["salt"].clone();
+                v["keyslots"]["0"]["kdf"] = serde_json::json!({"type": "argon2id", "time": 4,
+                "memory": MAX_ARGON2_MEMORY_KIB + 1, "cpus": 1, "salt": salt});
+            }),
+        ),
+        (
+            "argon2d",
+            Box::new(|v| {
+                let salt = v["keyslots"]["0"]["kdf"]["salt"].clone();
+                v["keyslots"]["0"]["kdf"] = serde_json::json!({"type": "argon2d", "time": 4,
+                "memory": 64, "cpus": 1, "salt": salt});
+            }),
         ),
     ];
     for (name, f) in cases {
