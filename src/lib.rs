@@ -18,6 +18,7 @@ pub mod initrd;
 pub mod kbs;
 pub mod kmod;
 pub mod logging;
+pub mod luks2;
 pub mod measure;
 pub mod net;
 pub mod osrelease;

@@ -49,11 +49,44 @@ enum Command {
     /// Run the dev KBS (Trustee KBS protocol 0.4.0) for local tests and demos, on a loopback
     /// address only.
     Kbs(cvm_agent::devkbs::KbsArgs),
+    /// The LUKS2 state disk, with the same library code as the guest.
+    State {
+        #[command(subcommand)]
+        what: State,
+    },
     /// Benchmarks that print figures (no pass/fail).
     Bench {
         #[command(subcommand)]
         what: Bench,
     },
+}
+
+#[derive(Subcommand)]
+enum State {
+    /// Create a LUKS2 header (cryptsetup-compatible) on a disk image or device. Refuses a disk
+    /// whose first MiB is not all zeros unless --force.
+    Format {
+        disk: PathBuf,
+        /// The passphrase file (the KBS state key), used byte for byte.
+        #[arg(long)]
+        key_file: PathBuf,
+        /// Keyslot KDF: pbkdf2 (sha256, 1000 iterations) or argon2id (time 4, 32 MiB).
+        #[arg(long, default_value = "pbkdf2")]
+        pbkdf: String,
+        #[arg(long, default_value = "")]
+        label: String,
+        /// Format even if the disk is not blank.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Validate the header and check the key; exit 0 only if both hold.
+    Check {
+        disk: PathBuf,
+        #[arg(long)]
+        key_file: PathBuf,
+    },
+    /// Print the validated header (no key needed, no secret printed).
+    Dump { disk: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -98,6 +131,7 @@ fn main() -> ExitCode {
             };
         }
         Command::Kbs(args) => cvm_agent::devkbs::run(&args).map_err(|e| error_chain(&e)),
+        Command::State { what } => state(what),
         Command::Bench {
             what: Bench::Boot(args),
         } => cvm_agent::bench::boot(&args).map_err(|e| error_chain(&e)),
@@ -151,6 +185,107 @@ fn initrd(
         report.uncompressed_len
     );
     Ok(())
+}
+
+fn state(what: State) -> Result<(), String> {
+    use cvm_agent::luks2;
+    use std::fs::OpenOptions;
+    let open_disk = |disk: &PathBuf, write: bool| {
+        OpenOptions::new()
+            .read(true)
+            .write(write)
+            .open(disk)
+            .map_err(|e| format!("cannot open {}: {e}", disk.display()))
+    };
+    let read_key = |path: &PathBuf| {
+        std::fs::read(path)
+            .map(zeroize::Zeroizing::new)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))
+    };
+    match what {
+        State::Format {
+            disk,
+            key_file,
+            pbkdf,
+            label,
+            force,
+        } => {
+            let kdf = match pbkdf.as_str() {
+                "pbkdf2" => luks2::FormatOptions::default().kdf,
+                "argon2id" => luks2::Kdf::ARGON2ID_DEFAULT,
+                other => return Err(format!("--pbkdf {other}: pbkdf2 or argon2id")),
+            };
+            let key = read_key(&key_file)?;
+            let mut dev = open_disk(&disk, true)?;
+            match luks2::probe(&mut dev).map_err(|e| error_chain(&e))? {
+                luks2::Kind::Zeroed => {}
+                other if force => eprintln!("cvmctl: note: overwriting {other:?} (--force)"),
+                other => {
+                    return Err(format!(
+                        "{} is not blank ({other:?}); use --force to format anyway",
+                        disk.display()
+                    ));
+                }
+            }
+            let size = std::io::Seek::seek(&mut dev, std::io::SeekFrom::End(0))
+                .map_err(|e| format!("cannot size {}: {e}", disk.display()))?;
+            let opts = luks2::FormatOptions {
+                kdf,
+                label,
+                ..luks2::FormatOptions::default()
+            };
+            let h = luks2::format(&mut dev, size, &key, &opts).map_err(|e| error_chain(&e))?;
+            dev.sync_all()
+                .map_err(|e| format!("cannot sync {}: {e}", disk.display()))?;
+            print_header(&h, size);
+            Ok(())
+        }
+        State::Check { disk, key_file } => {
+            let key = read_key(&key_file)?;
+            let mut dev = open_disk(&disk, false)?;
+            let size = std::io::Seek::seek(&mut dev, std::io::SeekFrom::End(0))
+                .map_err(|e| format!("cannot size {}: {e}", disk.display()))?;
+            let (h, _vk) = luks2::open(&mut dev, &key).map_err(|e| error_chain(&e))?;
+            print_header(&h, size);
+            println!("key: ok");
+            Ok(())
+        }
+        State::Dump { disk } => {
+            let mut dev = open_disk(&disk, false)?;
+            let size = std::io::Seek::seek(&mut dev, std::io::SeekFrom::End(0))
+                .map_err(|e| format!("cannot size {}: {e}", disk.display()))?;
+            let h = luks2::read_header(&mut dev).map_err(|e| error_chain(&e))?;
+            print_header(&h, size);
+            Ok(())
+        }
+    }
+}
+
+fn print_header(h: &cvm_agent::luks2::Header, device_size: u64) {
+    let s = h.segment();
+    println!("uuid: {}", h.uuid());
+    println!("label: {}", h.label());
+    println!("seqid: {}", h.seqid());
+    println!("header size: {}", h.hdr_size());
+    println!("cipher: {}", s.cipher);
+    println!("sector size: {}", s.sector_size);
+    println!("data offset: {}", s.offset);
+    println!(
+        "data size: {}{}",
+        s.data_size(device_size),
+        if s.size.is_none() { " (dynamic)" } else { "" }
+    );
+    println!("iv tweak: {}", s.iv_tweak);
+    if !h.flags().is_empty() {
+        println!("flags: {}", h.flags().join(" "));
+    }
+    for k in h.keyslots() {
+        println!(
+            "keyslot {}: {} area {}+{} priority {}",
+            k.id, k.kdf, k.area_offset, k.area_size, k.priority
+        );
+    }
+    println!("tokens: {}", h.tokens());
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
