@@ -6,7 +6,7 @@ use crate::boot;
 use crate::cmdline::{self, Cmdline, Mode};
 use crate::evidence;
 use crate::hex::encode as hex;
-use crate::initdata::launch::{LaunchConfig, NetworkMode, SECRETS_DIR, SecretTarget};
+use crate::initdata::launch::{LaunchConfig, NetworkMode, SECRETS_DIR, SecretTarget, SecretUse};
 use crate::initdata::{self, InitData};
 use crate::kbs::client::KbsClient;
 use crate::kbs::{TeeKeyPair, jwe, protocol};
@@ -18,6 +18,7 @@ use crate::pid1::{self, Pid1, Request};
 use crate::result::{RunResult, StageTimes};
 use crate::secrets::{self, SecretsError};
 use crate::stage::{InStage, Stage, StageError};
+use crate::state;
 use crate::tee::detect::TeeKind;
 use crate::tpm::{HashAlg, Tpm};
 use crate::verity_root;
@@ -37,6 +38,8 @@ const TPM_WAIT: Duration = Duration::from_secs(10);
 const COLDPLUG_ROUNDS: u32 = 8;
 /// Link, carrier and a DHCP lease; QEMU and cloud DHCP answer in well under a second.
 const NETWORK_DEADLINE: Duration = Duration::from_secs(20);
+/// A cloud's data disk can take a few seconds to appear, like the root disk.
+const STATE_DEVICE_WAIT: Duration = Duration::from_secs(10);
 
 /// Errors of the agent's own glue between stages.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +75,10 @@ pub enum AgentError {
     NoTee,
     #[error("the init-data is not UTF-8 text, so it cannot be sent in the attest request")]
     InitDataNotText,
+    #[error("launch.toml [state] needs a secret with use = \"state-key\", and none was fetched")]
+    NoStateKey,
+    #[error("launch.toml [state] integrity = true: dm-integrity is not supported yet")]
+    IntegrityUnsupported,
 }
 
 /// Why evidence for the KBS could not be produced.
@@ -214,6 +221,7 @@ impl Agent {
         self.stage(Stage::Network, |a| a.network_stage());
         self.stage(Stage::Attest, |a| a.attest_stage());
         self.stage(Stage::Secrets, |a| a.secrets_stage());
+        self.stage(Stage::State, |a| a.state_stage());
         self.finish(0)
     }
 
@@ -802,6 +810,78 @@ impl Agent {
             list.len(),
             started.elapsed().as_millis(),
             session.client.round_trips - rounds_before
+        );
+        Ok(())
+    }
+
+    /// Stage 9: the LUKS2 state disk, opened with the key from the KBS (formatted first when it
+    /// is blank), ext4 inside, mounted at the state directory; its LUKS UUID is measured.
+    fn state_stage(&mut self) -> Result<(), StageError> {
+        let Some(config) = self.launch.as_ref().and_then(|l| l.state.clone()) else {
+            info!("not needed (no [state] in launch.toml)");
+            return Ok(());
+        };
+        if config.integrity {
+            return Err(StageError::new(
+                Stage::State,
+                AgentError::IntegrityUnsupported,
+            ));
+        }
+        let at = self
+            .kept_secrets
+            .iter()
+            .position(|k| k.usage == SecretUse::StateKey)
+            .ok_or_else(|| StageError::new(Stage::State, AgentError::NoStateKey))?;
+        // Taken out: once the volume is open the key is not needed again (dropping zeroizes).
+        let key = self.kept_secrets.remove(at);
+        self.need_modules(Stage::State, &["dm_mod", "dm_crypt", "ecb", "xts"])?;
+        let started = Instant::now();
+        let device = state::find(
+            Path::new("/sys"),
+            Path::new("/dev"),
+            config.device.as_ref(),
+            STATE_DEVICE_WAIT,
+        )
+        .in_stage(Stage::State)?;
+        let unlocked = state::unlock(&device, &key.value).in_stage(Stage::State)?;
+        drop(key);
+        let unlock_ms = started.elapsed().as_millis();
+        let mapped = state::activate(&unlocked).in_stage(Stage::State)?;
+        let uuid = unlocked.header.uuid().to_string();
+        let formatted = unlocked.formatted;
+        drop(unlocked);
+        let mut mkfs_ms = 0;
+        if formatted {
+            let t = Instant::now();
+            state::mkfs(&mapped.path).in_stage(Stage::State)?;
+            mkfs_ms = t.elapsed().as_millis();
+        } else if !state::has_ext4(&mapped.path).in_stage(Stage::State)? {
+            return Err(StageError::new(
+                Stage::State,
+                state::StateError::NoFilesystem {
+                    path: device.path.clone(),
+                },
+            ));
+        }
+        state::mount_volume(&mapped.path).in_stage(Stage::State)?;
+        let boots = state::count_boot(Path::new(state::STATE_DIR)).in_stage(Stage::State)?;
+        self.measure_event(
+            Stage::State,
+            Event::state_disk(&format!("luks2:{uuid}")).in_stage(Stage::State)?,
+        )?;
+        self.write_measure_log(Stage::State)?;
+        info!(
+            "{} ({} MiB): LUKS2 {uuid} {}, unlock {unlock_ms} ms{}, {} → {}; boot {boots} of this volume",
+            device.path.display(),
+            device.size >> 20,
+            if formatted { "formatted now" } else { "opened" },
+            if formatted {
+                format!(", mkfs.ext4 {mkfs_ms} ms")
+            } else {
+                String::new()
+            },
+            mapped.path.display(),
+            state::STATE_DIR
         );
         Ok(())
     }

@@ -28,6 +28,7 @@ pub mod result;
 pub mod rootfs;
 pub mod secrets;
 pub mod stage;
+pub mod state;
 pub mod switchroot;
 pub mod tee;
 pub mod tpm;

@@ -25,7 +25,7 @@ const TMPFS_SIZE: &str = "16m";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SecretsError {
-    #[error("secret {name:?}: {source}")]
+    #[error("secret {name:?}")]
     Fetch {
         name: String,
         #[source]

@@ -118,7 +118,7 @@ fn a_refusal_is_final_and_names_the_kbs_reason() {
         body,
     )]);
     let mut client = KbsClient::new(&kbs(url, Duration::from_secs(10)), &[]).unwrap();
-    let err = attest(&mut client).unwrap_err().to_string();
+    let err = chain(&attest(&mut client).unwrap_err());
     assert!(err.contains("AttestationFailed"), "{err}");
     assert!(err.contains("policy forbids debug mode"), "{err}");
     assert!(err.contains("401"), "{err}");
@@ -145,7 +145,7 @@ fn server_errors_are_retried() {
         refusal,
     ]);
     let mut client = KbsClient::new(&kbs(url, Duration::from_secs(20)), &[]).unwrap();
-    let err = attest(&mut client).unwrap_err().to_string();
+    let err = chain(&attest(&mut client).unwrap_err());
     assert!(err.contains("InvalidRequest"), "{err}");
     assert_eq!(count.load(Ordering::SeqCst), 3);
 }
@@ -155,7 +155,7 @@ fn a_challenge_without_session_cookie_or_too_large_is_refused() {
     let challenge = br#"{"nonce":"abc","extra-params":""}"#;
     let (url, _s, _c) = serve(vec![response("200 OK", "", challenge)]);
     let mut client = KbsClient::new(&kbs(url, Duration::from_secs(5)), &[]).unwrap();
-    let err = attest(&mut client).unwrap_err().to_string();
+    let err = chain(&attest(&mut client).unwrap_err());
     assert!(err.contains("no kbs-session-id cookie"), "{err}");
 
     let huge = format!(r#"{{"nonce":"{}","extra-params":""}}"#, "a".repeat(2 << 20));
@@ -165,7 +165,7 @@ fn a_challenge_without_session_cookie_or_too_large_is_refused() {
         huge.as_bytes(),
     )]);
     let mut client = KbsClient::new(&kbs(url, Duration::from_secs(5)), &[]).unwrap();
-    let err = attest(&mut client).unwrap_err().to_string();
+    let err = chain(&attest(&mut client).unwrap_err());
     assert!(err.contains("more than"), "{err}");
 
     // A good challenge reaches the evidence callback, whose failure ends the exchange.
@@ -175,7 +175,7 @@ fn a_challenge_without_session_cookie_or_too_large_is_refused() {
         challenge,
     )]);
     let mut client = KbsClient::new(&kbs(url, Duration::from_secs(5)), &[]).unwrap();
-    let err = attest(&mut client).unwrap_err().to_string();
+    let err = chain(&attest(&mut client).unwrap_err());
     assert!(err.contains("evidence must not be asked for"), "{err}");
     assert_eq!(count.load(Ordering::SeqCst), 1);
 }
@@ -221,7 +221,7 @@ fn tls_trust_by_anchor_and_by_pin() {
         k.cert = cert;
         k.pin = pin;
         let mut client = KbsClient::new(&k, &[]).unwrap();
-        attest(&mut client).unwrap_err().to_string()
+        chain(&attest(&mut client).unwrap_err())
     };
     // Through TLS and /auth to the evidence callback: trust held.
     for err in [
@@ -253,4 +253,15 @@ fn kbs_cfg(url: String) -> Kbs {
         timeout: Duration::from_secs(10),
         tee_key: Default::default(),
     }
+}
+
+/// The error with its causes, as the agent's console line shows it.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(&format!(" ({c})"));
+        src = c.source();
+    }
+    s
 }

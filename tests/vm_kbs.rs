@@ -4,158 +4,14 @@
 
 mod common;
 
+use common::kbs::*;
 use common::*;
 use std::io::Write as _;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest as _, Sha256};
-
-const SECRET_PATH: &str = "default/demo/secret";
-
-struct Kbs {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
-    /// SHA-256 of the TLS key's SPKI, when serving TLS.
-    pin: Option<String>,
-}
-
-impl Drop for Kbs {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Kbs {
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("kbs.log")).unwrap_or_default()
-    }
-
-    fn secret(&self) -> Vec<u8> {
-        std::fs::read(self.dir.path().join("resources").join(SECRET_PATH)).unwrap()
-    }
-}
-
-struct Setup<'a> {
-    policy: String,
-    tls: bool,
-    extra: &'a [&'a str],
-    /// Write `cvmctl measure`'s prediction for this init-data as the policy's reference.json.
-    reference_for: Option<&'a [u8]>,
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn image_version() -> String {
-    let text = std::fs::read_to_string(repo().join("out/root-tree/etc/os-release"))
-        .or_else(|_| std::fs::read_to_string(repo().join("rootfs/etc/os-release")))
-        .unwrap();
-    let get = |k: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{k}=")))
-            .map(|v| v.trim_matches('"').to_string())
-    };
-    match (get("IMAGE_ID"), get("IMAGE_VERSION")) {
-        (Some(id), Some(v)) => format!("{id} {v}"),
-        (Some(id), None) => id,
-        _ => panic!("no IMAGE_ID in os-release"),
-    }
-}
-
-/// The policy a correct boot of this build with `initdata` passes.
-fn strict_policy(initdata: &[u8]) -> String {
-    format!(
-        "tee = [\"tpm\"]\nallow_debug = false\nroothash = \"{}\"\nimage_version = \"{}\"\n\
-         initdata_digest = \"{}\"\nrequire_initdata = true\ntrust_on_first_use = true\n",
-        roothash(),
-        image_version(),
-        hex(&Sha256::digest(initdata))
-    )
-}
-
-fn start_kbs(setup: &Setup) -> Kbs {
-    let dir = tempfile::tempdir().unwrap();
-    let res = dir.path().join("resources").join(SECRET_PATH);
-    std::fs::create_dir_all(res.parent().unwrap()).unwrap();
-    let mut secret = [0u8; 24];
-    getrandom::fill(&mut secret).unwrap();
-    std::fs::write(&res, hex(&secret)).unwrap();
-    std::fs::write(dir.path().join("policy.toml"), &setup.policy).unwrap();
-    if let Some(initdata) = setup.reference_for {
-        let file = dir.path().join("reference-initdata.toml");
-        std::fs::write(&file, initdata).unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_cvmctl"))
-            .arg("measure")
-            .arg("--initdata")
-            .arg(&file)
-            .args(["--roothash", &roothash()])
-            .args(["--image-version", &image_version()])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        std::fs::write(dir.path().join("reference.json"), &out.stdout).unwrap();
-    }
-    std::fs::create_dir_all(dir.path().join("state")).unwrap();
-    let ready = dir.path().join("kbs.addr");
-    let log = std::fs::File::create(dir.path().join("kbs.log")).unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cvmctl"));
-    cmd.arg("kbs")
-        .args(["--listen", "127.0.0.1:0"])
-        .arg("--policy")
-        .arg(dir.path().join("policy.toml"))
-        .arg("--resources")
-        .arg(dir.path().join("resources"))
-        .arg("--state")
-        .arg(dir.path().join("state"))
-        .arg("--ready-file")
-        .arg(&ready)
-        .args(setup.extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log);
-    let tls_dir = dir.path().join("tls");
-    if setup.tls {
-        cmd.arg("--tls-self-signed").arg(&tls_dir);
-    }
-    let child = cmd.spawn().expect("run cvmctl kbs");
-    let started = Instant::now();
-    let addr = loop {
-        if let Ok(a) = std::fs::read_to_string(&ready)
-            && !a.trim().is_empty()
-        {
-            break a;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "the dev KBS did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let port = addr.trim().rsplit(':').next().unwrap().parse().unwrap();
-    let pin = setup.tls.then(|| {
-        let pem = std::fs::read_to_string(tls_dir.join("kbs-cert.pem")).unwrap();
-        let der = rustls::pki_types::pem::PemObject::from_pem_slice(pem.as_bytes())
-            .map(|c: rustls::pki_types::CertificateDer| c.to_vec())
-            .unwrap();
-        hex(&cvm_agent::net::tls::spki_sha256(&der).unwrap())
-    });
-    Kbs {
-        child,
-        port,
-        dir,
-        pin,
-    }
-}
 
 /// Init-data with a launch.toml for the KBS at 10.0.2.100:8080 and one file secret.
 fn initdata(kbs_section: &str, comment: &str) -> Vec<u8> {
@@ -222,7 +78,7 @@ fn attests_over_pinned_tls_and_gets_the_secret() {
         policy: String::new(),
         tls: true,
         extra: &[],
-        reference_for: None,
+        ..Default::default()
     });
     let pin = probe.pin.clone().unwrap();
     let tls_dir = probe.dir.path().join("tls");
@@ -238,6 +94,7 @@ fn attests_over_pinned_tls_and_gets_the_secret() {
         // The event log must also be this build's prediction, record for record.
         policy: format!("{}reference = \"reference.json\"\n", strict_policy(&data)),
         reference_for: Some(&data),
+        resources: Vec::new(),
         tls: false,
         extra: &[
             "--tls-cert",
@@ -274,6 +131,12 @@ fn attests_over_pinned_tls_and_gets_the_secret() {
     );
     assert!(log.contains("attest: accepted"), "{log}");
     assert!(!log.contains(&secret), "the dev KBS logged the secret");
+    // The figures for the record (visible with --nocapture).
+    for l in b.lines("cvm-agent: ") {
+        if l.contains("attest: attested") || l.contains("secrets in") {
+            eprintln!("figure: {l}");
+        }
+    }
     let result = b.result().unwrap();
     for stage in ["network", "attest", "secrets"] {
         assert!(result["stages_ms"][stage].is_u64(), "{result}");
@@ -287,7 +150,7 @@ fn a_wrong_pin_fails_at_once() {
         policy: "trust_on_first_use = true\n".into(),
         tls: true,
         extra: &[],
-        reference_for: None,
+        ..Default::default()
     });
     let data = initdata(&tls_section(&"ab".repeat(32)), "wrong pin");
     let b = boot_production(&kbs, &data);
@@ -307,7 +170,7 @@ fn changed_init_data_is_refused_by_the_kbs() {
         policy: strict_policy(&good),
         tls: false,
         extra: &[],
-        reference_for: None,
+        ..Default::default()
     });
     // One byte different: measured into PCR 8 as it is, so the KBS sees the difference.
     let mut changed = good.clone();
@@ -326,7 +189,7 @@ fn debug_mode_is_refused_when_the_policy_forbids_it() {
         policy: strict_policy(&data),
         tls: false,
         extra: &[],
-        reference_for: None,
+        ..Default::default()
     });
     let dir = tempfile::tempdir().unwrap();
     let mut extra = boot_args(&kbs, &data, dir.path());
@@ -379,7 +242,7 @@ fn attests_with_an_rsa_tee_key() {
         policy: strict_policy(&data),
         tls: false,
         extra: &[],
-        reference_for: None,
+        ..Default::default()
     });
     let b = boot_production(&kbs, &data);
     assert_eq!(b.code, 0, "{}\n--- kbs ---\n{}", b.show(), kbs.log());
@@ -399,7 +262,7 @@ fn tampered(part: &str) {
         policy: strict_policy(&data),
         tls: false,
         extra: &["--tamper-resource", part],
-        reference_for: None,
+        ..Default::default()
     });
     let b = boot_production(&kbs, &data);
     assert!(b.has("attest: attested (tpm)"), "{}", b.show());

@@ -50,7 +50,7 @@ const IO_TIMEOUT: Duration = Duration::from_secs(30);
 pub enum DevKbsError {
     #[error("refusing to listen on {0}: the dev KBS binds loopback addresses only")]
     NotLoopback(SocketAddr),
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind {
         addr: SocketAddr,
         source: std::io::Error,
@@ -61,7 +61,7 @@ pub enum DevKbsError {
     Token(#[from] token::TokenError),
     #[error("TLS: {0}")]
     Tls(#[from] tls::TlsError),
-    #[error("{what} {path}: {source}")]
+    #[error("{what} {path}")]
     Io {
         what: &'static str,
         path: PathBuf,

@@ -106,7 +106,7 @@ pub enum InitDataError {
          (Trustee's tpm verifier): use algorithm = \"sha256\""
     )]
     TpmNeedsSha256(&'static str),
-    #[error("reading init-data from {path}: {source}")]
+    #[error("reading init-data from {path}")]
     Io {
         path: PathBuf,
         source: std::io::Error,

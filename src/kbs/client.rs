@@ -29,7 +29,7 @@ const MAX_RESOURCE_BODY: usize = super::jwe::MAX_BODY;
 pub enum ClientError {
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Kbs {
         what: String,
         #[source]
@@ -47,7 +47,7 @@ pub enum ClientError {
         attempts: u32,
         last: String,
     },
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Evidence {
         what: String,
         #[source]

@@ -250,8 +250,10 @@ impl Segment {
     /// Length of the data in bytes on a device of `device_size` bytes (already checked by
     /// `open` to be positive and a multiple of the sector size).
     pub fn data_size(&self, device_size: u64) -> u64 {
-        self.size
-            .unwrap_or_else(|| device_size.saturating_sub(self.offset))
+        self.size.unwrap_or_else(|| {
+            let rest = device_size.saturating_sub(self.offset);
+            rest - rest % u64::from(self.sector_size.max(512))
+        })
     }
 
     /// The dm-crypt table parameters for this segment on `device` (a path or `major:minor`),
@@ -786,7 +788,12 @@ fn validate(
                 .ok_or_else(|| Luks2Error::Json(format!("segment size {:?}", s.size)))?,
         )
     };
-    let data = seg_size.unwrap_or_else(|| device_size.saturating_sub(offset));
+    // A dynamic segment runs to the end of the device in whole sectors: a partition's size is
+    // the partitioner's choice, and the tail of an odd-sized one simply stays unused.
+    let data = seg_size.unwrap_or_else(|| {
+        let rest = device_size.saturating_sub(offset);
+        rest - rest % sector
+    });
     if data == 0
         || !data.is_multiple_of(sector)
         || offset.checked_add(data).is_none_or(|e| e > device_size)

@@ -115,7 +115,7 @@ pub enum MeasureError {
     MissingDigest { index: usize, bank: &'static str },
     #[error("PCR values: {0}")]
     Pcrs(String),
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: PathBuf,
         source: std::io::Error,

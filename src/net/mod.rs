@@ -70,7 +70,7 @@ pub enum NetError {
     Netlink { op: String, errno: Errno },
     #[error("netlink {op}: {why}")]
     NetlinkReply { op: String, why: &'static str },
-    #[error("DHCP socket on {iface}: {op}: {source}")]
+    #[error("DHCP socket on {iface}: {op}")]
     Socket {
         iface: String,
         op: &'static str,

@@ -3,6 +3,7 @@
 //! from `make` (CVM_KERNEL, CVM_INITRD, CVM_ROOTFS); a bare `cargo test` skips these tests.
 #![allow(dead_code)]
 
+pub mod kbs;
 pub mod swtpm;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,364 @@
+//! Stage 9: the encrypted state disk — LUKS2 (our own `luks2` module, so cryptsetup can always
+//! recover it) over dm-crypt, ext4 inside.
+//!
+//! The rules that keep data safe:
+//! - a disk is formatted only when its first MiB is all zeros (`luks2::probe`): anything else
+//!   that is not LUKS2 — a filesystem, a partition table, LUKS1, garbage — stops the boot;
+//! - a LUKS2 disk that does not open with the key (wrong key, damaged header, a format we do not
+//!   support) stops the boot; it is never "repaired" or reformatted;
+//! - `mkfs.ext4` runs only on a volume this boot formatted; an opened volume without ext4
+//!   inside (say, power was lost between formatting and mkfs) stops the boot rather than being
+//!   formatted again: whether to start over is the operator's decision.
+//!
+//! The volume is mounted at [`STATE_DIR`] (the verified root is read-only, so `launch.toml`'s
+//! `mount` path cannot be a mount point there); the workload stage binds it to that path inside
+//! the workload.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read as _, Seek, SeekFrom, Write as _};
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::mount::{MsFlags, mount};
+use zeroize::Zeroizing;
+
+use crate::blockdev::{self, BlockDev};
+use crate::dm;
+use crate::initdata::launch::StateDevice;
+use crate::luks2::{self, Luks2Error};
+
+/// The Discoverable Partitions Specification's `/var` partition type: the state disk when
+/// launch.toml names no device.
+pub const VAR_PARTITION_TYPE: &str = "4d21b016-b534-45c2-a9fb-5c16e091fd2d";
+/// The dm-crypt device's name.
+pub const MAPPER_NAME: &str = "cvm-state";
+/// Where the opened volume is mounted.
+pub const STATE_DIR: &str = "/run/cvm-agent/state";
+/// The agent's own bookkeeping inside the volume.
+const AGENT_DIR: &str = ".cvm-agent";
+const BOOT_COUNT: &str = "boot-count";
+const MKFS: &str = "/sbin/mkfs.ext4";
+const EXT4_MAGIC: u16 = 0xef53;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("no state disk matches {spec} within {}s{seen}", .waited.as_secs())]
+    NotFound {
+        spec: String,
+        waited: Duration,
+        seen: String,
+    },
+    #[error("{spec} matches more than one device ({}); refusing to guess", .which.join(", "))]
+    Ambiguous { spec: String, which: Vec<String> },
+    #[error("cannot open {}", .path.display())]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("LUKS2 volume on {}", .path.display())]
+    Luks {
+        path: PathBuf,
+        #[source]
+        source: Luks2Error,
+    },
+    #[error(
+        "{} holds {what}, not LUKS2 and not blank: refusing to format it (nothing was written)",
+        .path.display()
+    )]
+    Foreign { path: PathBuf, what: String },
+    #[error(transparent)]
+    Dm(#[from] dm::DmError),
+    #[error("{MKFS} on {}: {why}", .path.display())]
+    Mkfs { path: PathBuf, why: String },
+    #[error(
+        "the state volume on {} has no ext4 filesystem; it is not formatted again (the operator \
+         decides: recover it with cryptsetup, or blank the disk)",
+        .path.display()
+    )]
+    NoFilesystem { path: PathBuf },
+    #[error("cannot mount the state volume on {STATE_DIR}: {0}")]
+    Mount(nix::errno::Errno),
+    #[error("state bookkeeping {}: {why}", .path.display())]
+    Bookkeeping { path: PathBuf, why: String },
+}
+
+/// The device to use, waiting up to `wait` for it to appear.
+pub fn find(
+    sys: &Path,
+    dev: &Path,
+    spec: Option<&StateDevice>,
+    wait: Duration,
+) -> Result<BlockDev, StateError> {
+    let describe = match spec {
+        None => format!("the DPS /var partition type {VAR_PARTITION_TYPE}"),
+        Some(StateDevice::PartLabel(l)) => format!("partlabel:{l}"),
+        Some(StateDevice::Serial(s)) => format!("serial:{s}"),
+        Some(StateDevice::Type(t)) => format!("type:{t}"),
+    };
+    let started = Instant::now();
+    loop {
+        let scan = blockdev::scan(sys, dev);
+        let found: Vec<&BlockDev> = scan.devices.iter().filter(|d| matches(d, spec)).collect();
+        match found.as_slice() {
+            [one] => return Ok((*one).clone()),
+            [] => {}
+            many => {
+                return Err(StateError::Ambiguous {
+                    spec: describe,
+                    which: many.iter().map(|d| d.name.clone()).collect(),
+                });
+            }
+        }
+        if started.elapsed() >= wait {
+            let mut seen: Vec<String> = scan.devices.iter().map(|d| d.name.clone()).collect();
+            seen.extend(
+                scan.gpt_errors
+                    .iter()
+                    .map(|(disk, e)| format!("{disk}: GPT refused: {e}")),
+            );
+            return Err(StateError::NotFound {
+                spec: describe,
+                waited: wait,
+                seen: if seen.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (seen: {})", seen.join(", "))
+                },
+            });
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn matches(d: &BlockDev, spec: Option<&StateDevice>) -> bool {
+    match spec {
+        None => d
+            .type_guid
+            .is_some_and(|g| g.to_string() == VAR_PARTITION_TYPE),
+        Some(StateDevice::Type(t)) => d.type_guid.is_some_and(|g| g.to_string() == *t),
+        Some(StateDevice::PartLabel(l)) => d.partlabel.as_deref() == Some(l.as_str()),
+        Some(StateDevice::Serial(s)) => !d.is_partition && d.serial.as_deref() == Some(s.as_str()),
+    }
+}
+
+/// The unlocked volume.
+pub struct Unlocked {
+    pub header: luks2::Header,
+    pub volume_key: Zeroizing<[u8; luks2::KEY_SIZE]>,
+    /// This boot created the LUKS2 volume (so mkfs may run).
+    pub formatted: bool,
+    pub device: BlockDev,
+}
+
+/// Open the LUKS2 volume on `device` with `key`, formatting it first when it is blank.
+pub fn unlock(device: &BlockDev, key: &[u8]) -> Result<Unlocked, StateError> {
+    let path = device.path.clone();
+    let luks = |source| StateError::Luks {
+        path: path.clone(),
+        source,
+    };
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(nix::libc::O_CLOEXEC | nix::libc::O_EXCL)
+        .open(&path)
+        .map_err(|source| StateError::Open {
+            path: path.clone(),
+            source,
+        })?;
+    let formatted = match luks2::probe(&mut file).map_err(luks)? {
+        luks2::Kind::Luks2 => false,
+        luks2::Kind::Foreign(what) => return Err(StateError::Foreign { path, what }),
+        luks2::Kind::Zeroed => {
+            let size = file
+                .seek(SeekFrom::End(0))
+                .map_err(|source| StateError::Open {
+                    path: path.clone(),
+                    source,
+                })?;
+            // Whole 4 KiB sectors: the tail of an odd-sized disk stays unused.
+            let size = size - size % u64::from(luks2::SECTOR_SIZE);
+            luks2::format(&mut file, size, key, &luks2::FormatOptions::default()).map_err(luks)?;
+            file.sync_all().map_err(|source| StateError::Open {
+                path: path.clone(),
+                source,
+            })?;
+            true
+        }
+    };
+    // Also right after formatting: what we open is what is on the disk, validated.
+    let (header, volume_key) = luks2::open(&mut file, key).map_err(luks)?;
+    Ok(Unlocked {
+        header,
+        volume_key,
+        formatted,
+        device: device.clone(),
+    })
+}
+
+/// The dm-crypt device for the volume. The table carries the volume key, so it is loaded with
+/// DM_SECURE_DATA.
+pub fn activate(unlocked: &Unlocked) -> Result<dm::Mapped, StateError> {
+    let segment = unlocked.header.segment();
+    let sectors = segment.data_size(unlocked.device.size) / 512;
+    let params = segment.dm_crypt_params(&unlocked.volume_key, &unlocked.device.devno);
+    // cryptsetup's DM UUID form, so tools recognise the mapping.
+    let uuid = format!(
+        "CRYPT-LUKS2-{}-{MAPPER_NAME}",
+        unlocked.header.uuid().replace('-', "")
+    );
+    let target = dm::Target {
+        sectors,
+        kind: "crypt",
+        params: Zeroizing::new(params.to_string()),
+    };
+    Ok(dm::create(MAPPER_NAME, &uuid, &target, false, true)?)
+}
+
+/// Whether `dev` starts with an ext4 (or ext2/3) superblock.
+pub fn has_ext4(dev: &Path) -> Result<bool, StateError> {
+    let mut f = File::open(dev).map_err(|source| StateError::Open {
+        path: dev.to_path_buf(),
+        source,
+    })?;
+    let mut sb = [0u8; 2048];
+    f.read_exact(&mut sb).map_err(|source| StateError::Open {
+        path: dev.to_path_buf(),
+        source,
+    })?;
+    Ok(u16::from_le_bytes([sb[1024 + 56], sb[1024 + 57]]) == EXT4_MAGIC)
+}
+
+/// `mkfs.ext4` from the verified root on the new volume.
+pub fn mkfs(dev: &Path) -> Result<(), StateError> {
+    let out = std::process::Command::new(MKFS)
+        .args(["-q", "-F", "-m", "0", "-L", MAPPER_NAME, "-E", "nodiscard"])
+        .arg(dev)
+        .env_clear()
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| StateError::Mkfs {
+            path: dev.to_path_buf(),
+            why: e.to_string(),
+        })?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err(StateError::Mkfs {
+            path: dev.to_path_buf(),
+            why: format!(
+                "{} ({})",
+                out.status,
+                err.trim().chars().take(300).collect::<String>()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Mount the volume's ext4 at [`STATE_DIR`].
+pub fn mount_volume(dev: &Path) -> Result<(), StateError> {
+    std::fs::create_dir_all(STATE_DIR).map_err(|e| {
+        StateError::Mount(nix::errno::Errno::from_raw(
+            e.raw_os_error().unwrap_or(nix::libc::EIO),
+        ))
+    })?;
+    mount(
+        Some(dev),
+        STATE_DIR,
+        Some("ext4"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("errors=remount-ro"),
+    )
+    .map_err(StateError::Mount)
+}
+
+/// Count this boot in the volume (`.cvm-agent/boot-count`, replaced atomically) and return the
+/// new count: 1 on the boot that formatted the volume. A count that does not parse stops the
+/// boot: the volume's content is not what this agent wrote.
+pub fn count_boot(root: &Path) -> Result<u64, StateError> {
+    let dir = root.join(AGENT_DIR);
+    let path = dir.join(BOOT_COUNT);
+    let bad = |why: String| StateError::Bookkeeping {
+        path: path.clone(),
+        why,
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| bad(e.to_string()))?;
+    let previous = match std::fs::read(&path) {
+        Ok(b) if b.len() <= 32 => std::str::from_utf8(&b)
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .ok_or_else(|| bad("not a number".into()))?,
+        Ok(_) => return Err(bad("larger than a number".into())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(bad(e.to_string())),
+    };
+    let count = previous
+        .checked_add(1)
+        .ok_or_else(|| bad("overflow".into()))?;
+    let tmp = dir.join(format!("{BOOT_COUNT}.new"));
+    let mut f = File::create(&tmp).map_err(|e| bad(e.to_string()))?;
+    f.write_all(format!("{count}\n").as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(|e| bad(e.to_string()))?;
+    std::fs::rename(&tmp, &path).map_err(|e| bad(e.to_string()))?;
+    File::open(&dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| bad(e.to_string()))?;
+    Ok(count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn boot_count_counts_and_refuses_garbage() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(count_boot(dir.path()).unwrap(), 1);
+        assert_eq!(count_boot(dir.path()).unwrap(), 2);
+        std::fs::write(dir.path().join(".cvm-agent/boot-count"), "x").unwrap();
+        assert!(count_boot(dir.path()).is_err());
+    }
+
+    fn dev(name: &str, part: bool) -> BlockDev {
+        BlockDev {
+            name: name.into(),
+            path: PathBuf::from(format!("/dev/{name}")),
+            devno: "254:0".into(),
+            size: 1 << 30,
+            partuuid: None,
+            partlabel: None,
+            type_guid: None,
+            serial: None,
+            is_partition: part,
+        }
+    }
+
+    #[test]
+    fn device_matching() {
+        let mut var = dev("vda2", true);
+        var.type_guid = Some(VAR_PARTITION_TYPE.parse().unwrap());
+        var.partlabel = Some("state".into());
+        assert!(matches(&var, None));
+        assert!(matches(&var, Some(&StateDevice::PartLabel("state".into()))));
+        assert!(!matches(
+            &var,
+            Some(&StateDevice::PartLabel("other".into()))
+        ));
+        let mut disk = dev("vdb", false);
+        disk.serial = Some("cvm-state".into());
+        assert!(!matches(&disk, None));
+        assert!(matches(
+            &disk,
+            Some(&StateDevice::Serial("cvm-state".into()))
+        ));
+        let mut part = dev("vdb1", true);
+        part.serial = Some("cvm-state".into());
+        assert!(!matches(
+            &part,
+            Some(&StateDevice::Serial("cvm-state".into()))
+        ));
+    }
+}

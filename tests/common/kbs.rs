@@ -1,0 +1,161 @@
+//! The dev KBS (`cvmctl kbs`, this build's binary) for VM tests: started on 127.0.0.1:0 with a
+//! policy and resources in a temporary directory; the guest reaches it as 10.0.2.100:8080.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest as _, Sha256};
+
+use super::{repo, roothash};
+
+pub const SECRET_PATH: &str = "default/demo/secret";
+
+pub struct Kbs {
+    child: Child,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    /// SHA-256 of the TLS key's SPKI, when serving TLS.
+    pub pin: Option<String>,
+}
+
+impl Drop for Kbs {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Kbs {
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("kbs.log")).unwrap_or_default()
+    }
+
+    pub fn secret(&self) -> Vec<u8> {
+        std::fs::read(self.dir.path().join("resources").join(SECRET_PATH)).unwrap()
+    }
+}
+
+#[derive(Default)]
+pub struct Setup<'a> {
+    pub policy: String,
+    pub tls: bool,
+    pub extra: &'a [&'a str],
+    /// Write `cvmctl measure`'s prediction for this init-data as the policy's reference.json.
+    pub reference_for: Option<&'a [u8]>,
+    /// More resources: (repo/type/tag, bytes).
+    pub resources: Vec<(String, Vec<u8>)>,
+}
+
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+pub fn image_version() -> String {
+    let text = std::fs::read_to_string(repo().join("out/root-tree/etc/os-release"))
+        .or_else(|_| std::fs::read_to_string(repo().join("rootfs/etc/os-release")))
+        .unwrap();
+    let get = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=")))
+            .map(|v| v.trim_matches('"').to_string())
+    };
+    match (get("IMAGE_ID"), get("IMAGE_VERSION")) {
+        (Some(id), Some(v)) => format!("{id} {v}"),
+        (Some(id), None) => id,
+        _ => panic!("no IMAGE_ID in os-release"),
+    }
+}
+
+/// The policy a correct boot of this build with `initdata` passes.
+pub fn strict_policy(initdata: &[u8]) -> String {
+    format!(
+        "tee = [\"tpm\"]\nallow_debug = false\nroothash = \"{}\"\nimage_version = \"{}\"\n\
+         initdata_digest = \"{}\"\nrequire_initdata = true\ntrust_on_first_use = true\n",
+        roothash(),
+        image_version(),
+        hex(&Sha256::digest(initdata))
+    )
+}
+
+pub fn start_kbs(setup: &Setup) -> Kbs {
+    let dir = tempfile::tempdir().unwrap();
+    let res = dir.path().join("resources").join(SECRET_PATH);
+    std::fs::create_dir_all(res.parent().unwrap()).unwrap();
+    let mut secret = [0u8; 24];
+    getrandom::fill(&mut secret).unwrap();
+    std::fs::write(&res, hex(&secret)).unwrap();
+    for (path, bytes) in &setup.resources {
+        let file = dir.path().join("resources").join(path);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(file, bytes).unwrap();
+    }
+    std::fs::write(dir.path().join("policy.toml"), &setup.policy).unwrap();
+    if let Some(initdata) = setup.reference_for {
+        let file = dir.path().join("reference-initdata.toml");
+        std::fs::write(&file, initdata).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_cvmctl"))
+            .arg("measure")
+            .arg("--initdata")
+            .arg(&file)
+            .args(["--roothash", &roothash()])
+            .args(["--image-version", &image_version()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::write(dir.path().join("reference.json"), &out.stdout).unwrap();
+    }
+    std::fs::create_dir_all(dir.path().join("state")).unwrap();
+    let ready = dir.path().join("kbs.addr");
+    let log = std::fs::File::create(dir.path().join("kbs.log")).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cvmctl"));
+    cmd.arg("kbs")
+        .args(["--listen", "127.0.0.1:0"])
+        .arg("--policy")
+        .arg(dir.path().join("policy.toml"))
+        .arg("--resources")
+        .arg(dir.path().join("resources"))
+        .arg("--state")
+        .arg(dir.path().join("state"))
+        .arg("--ready-file")
+        .arg(&ready)
+        .args(setup.extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+    let tls_dir = dir.path().join("tls");
+    if setup.tls {
+        cmd.arg("--tls-self-signed").arg(&tls_dir);
+    }
+    let child = cmd.spawn().expect("run cvmctl kbs");
+    let started = Instant::now();
+    let addr = loop {
+        if let Ok(a) = std::fs::read_to_string(&ready)
+            && !a.trim().is_empty()
+        {
+            break a;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the dev KBS did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let port = addr.trim().rsplit(':').next().unwrap().parse().unwrap();
+    let pin = setup.tls.then(|| {
+        let pem = std::fs::read_to_string(tls_dir.join("kbs-cert.pem")).unwrap();
+        let der = rustls::pki_types::pem::PemObject::from_pem_slice(pem.as_bytes())
+            .map(|c: rustls::pki_types::CertificateDer| c.to_vec())
+            .unwrap();
+        hex(&cvm_agent::net::tls::spki_sha256(&der).unwrap())
+    });
+    Kbs {
+        child,
+        port,
+        dir,
+        pin,
+    }
+}

@@ -1,0 +1,259 @@
+//! VM tests of stage 9: the LUKS2 state disk with its key from the dev KBS — formatted on the
+//! first boot, reopened on the next, and never formatted or written when anything is off.
+//! The host checks the guest's header with the real cryptsetup.
+
+mod common;
+
+use common::kbs::*;
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use sha2::{Digest as _, Sha256};
+
+const KEY_PATH: &str = "default/state/key";
+const DISK_MIB: u64 = 64;
+
+/// launch.toml with the KBS, the state key and a state section for `device`.
+fn initdata(device: Option<&str>) -> Vec<u8> {
+    let device = device
+        .map(|d| format!("device = \"{d}\"\n"))
+        .unwrap_or_default();
+    format!(
+        "version = \"0.1.0\"\nalgorithm = \"sha256\"\n\n[data]\n\"launch.toml\" = '''\n\
+         [kbs]\nurl = \"http://10.0.2.100:8080\"\ninsecure_http = true\ntimeout = 20\n\n\
+         [[secrets]]\nname = \"state-key\"\nuri = \"kbs:///{KEY_PATH}\"\nuse = \"state-key\"\n\n\
+         [state]\n{device}mount = \"/var/lib/app\"\n'''\n"
+    )
+    .into_bytes()
+}
+
+fn random_key() -> Vec<u8> {
+    let mut k = vec![0u8; 32];
+    getrandom::fill(&mut k).unwrap();
+    k
+}
+
+/// A blank disk image; with `dps_var`, a GPT whose one partition has the DPS /var type.
+fn blank_disk(dir: &Path, dps_var: bool) -> PathBuf {
+    let path = dir.join("state.img");
+    let f = std::fs::File::create(&path).unwrap();
+    f.set_len(DISK_MIB << 20).unwrap();
+    drop(f);
+    if dps_var {
+        let out = Command::new("sgdisk")
+            .args([
+                "-n",
+                "1:2048:0",
+                "-t",
+                "1:4d21b016-b534-45c2-a9fb-5c16e091fd2d",
+                "-c",
+                "1:state",
+            ])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    path
+}
+
+fn sha256_file(path: &Path) -> String {
+    hex(&Sha256::digest(std::fs::read(path).unwrap()))
+}
+
+struct Run {
+    kbs: Kbs,
+    data: Vec<u8>,
+}
+
+fn kbs_with_key(key: &[u8], data: Vec<u8>) -> Run {
+    let kbs = start_kbs(&Setup {
+        policy: strict_policy(&data),
+        resources: vec![(KEY_PATH.to_string(), key.to_vec())],
+        ..Default::default()
+    });
+    Run { kbs, data }
+}
+
+fn boot_with_disk(run: &Run, disk: &Path) -> Boot {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("initdata.toml");
+    std::fs::write(&file, &run.data).unwrap();
+    let (hash, mut extra) = verified_root();
+    // One vTPM per disk, as one VM keeps its vTPM: the KBS trusts its AK on first use.
+    let tpm = disk.parent().unwrap().join("tpm");
+    extra.extend([
+        "--tpm-state".into(),
+        tpm.to_str().unwrap().to_string(),
+        "--disk".into(),
+        disk.to_str().unwrap().to_string(),
+        "--fw-cfg".into(),
+        format!("opt/cvm/initdata={}", file.display()),
+        "--guestfwd".into(),
+        format!("8080:{}", run.kbs.port),
+    ]);
+    boot(&format!("{hash} cvm.initdata=fw_cfg"), &extra)
+}
+
+fn assert_refused_unchanged(b: &Boot, disk: &Path, before: &str, needles: &[&str]) {
+    b.assert_one_error("cvm-agent: error: state: ");
+    let error = b.errors()[0].to_string();
+    for n in needles {
+        assert!(
+            error.contains(n),
+            "error lacks {n:?}: {error}\n{}",
+            b.show()
+        );
+    }
+    assert!(!b.has("cvm-agent: result"), "{}", b.show());
+    assert!(b.powered_off(), "{}", b.show());
+    assert_eq!(
+        sha256_file(disk),
+        before,
+        "the disk was written\n{}",
+        b.show()
+    );
+}
+
+#[test]
+#[ignore = "boots a VM: run through `make test`"]
+fn formats_once_reopens_and_never_touches_a_disk_it_cannot_open() {
+    let dir = tempfile::tempdir().unwrap();
+    // Found by serial (the second disk boot.sh attaches is cvm-disk1), a whole raw disk.
+    let disk = blank_disk(dir.path(), false);
+    let key = random_key();
+    let run = kbs_with_key(&key, initdata(Some("serial:cvm-disk1")));
+
+    let b = boot_with_disk(&run, &disk);
+    assert_eq!(b.code, 0, "{}\n--- kbs ---\n{}", b.show(), run.kbs.log());
+    assert!(b.has("formatted now, unlock"), "{}", b.show());
+    assert!(b.has("boot 1 of this volume"), "{}", b.show());
+    assert!(b.result().unwrap()["stages_ms"]["state"].is_u64());
+    // The secret never shows; its fingerprint may.
+    assert!(!b.console.contains(&hex(&key)));
+
+    // The host's cryptsetup reads the guest's header and accepts the KBS key.
+    let keyfile = dir.path().join("key");
+    std::fs::write(&keyfile, &key).unwrap();
+    let dump = Command::new("cryptsetup")
+        .arg("luksDump")
+        .arg(&disk)
+        .output()
+        .unwrap();
+    assert!(
+        dump.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dump.stderr)
+    );
+    let dump = String::from_utf8_lossy(&dump.stdout).to_string();
+    assert!(
+        dump.contains("aes-xts-plain64") && dump.contains("sector: 4096"),
+        "{dump}"
+    );
+    let uuid = dump
+        .lines()
+        .find_map(|l| l.strip_prefix("UUID:"))
+        .unwrap()
+        .trim()
+        .to_string();
+    assert!(
+        b.has(&format!("LUKS2 {uuid} formatted now")),
+        "{}",
+        b.show()
+    );
+    let test = Command::new("cryptsetup")
+        .args(["open", "--test-passphrase", "--key-file"])
+        .arg(&keyfile)
+        .arg(&disk)
+        .status()
+        .unwrap();
+    assert!(
+        test.success(),
+        "cryptsetup refused the KBS key for the guest's header"
+    );
+
+    // Second boot: opened, not formatted; the count in the volume survived.
+    let b = boot_with_disk(&run, &disk);
+    assert_eq!(b.code, 0, "{}", b.show());
+    assert!(b.has(&format!("LUKS2 {uuid} opened")), "{}", b.show());
+    assert!(b.has("boot 2 of this volume"), "{}", b.show());
+    drop(run);
+
+    // A KBS that hands out another key: refused, the disk is not written.
+    let before = sha256_file(&disk);
+    let wrong = kbs_with_key(&random_key(), initdata(Some("serial:cvm-disk1")));
+    let b = boot_with_disk(&wrong, &disk);
+    assert_refused_unchanged(&b, &disk, &before, &["/dev/vdb", "key"]);
+    drop(wrong);
+
+    // Flipped bytes in the binary header, the JSON area and the keyslot area: each refused.
+    let right = kbs_with_key(&key, initdata(Some("serial:cvm-disk1")));
+    let pristine = std::fs::read(&disk).unwrap();
+    for (at, what) in [
+        (0x48usize, "binary header"),
+        (0x1000 + 40, "JSON area"),
+        (0x8000 + 100, "keyslot area"),
+    ] {
+        let mut bytes = pristine.clone();
+        bytes[at] ^= 0x01;
+        std::fs::write(&disk, &bytes).unwrap();
+        let before = sha256_file(&disk);
+        let b = boot_with_disk(&right, &disk);
+        assert_refused_unchanged(&b, &disk, &before, &["/dev/vdb"]);
+        eprintln!("{what}: {}", b.errors()[0]);
+    }
+    // Restored, it opens again: the refusals changed nothing.
+    std::fs::write(&disk, &pristine).unwrap();
+    let b = boot_with_disk(&right, &disk);
+    assert_eq!(b.code, 0, "{}", b.show());
+    assert!(b.has("boot 3 of this volume"), "{}", b.show());
+}
+
+#[test]
+#[ignore = "boots a VM: run through `make test`"]
+fn found_by_dps_type_and_a_foreign_filesystem_is_never_formatted() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = blank_disk(dir.path(), true);
+    let key = random_key();
+    let run = kbs_with_key(&key, initdata(None));
+    let b = boot_with_disk(&run, &disk);
+    assert_eq!(b.code, 0, "{}", b.show());
+    assert!(
+        b.has("formatted now") && b.has("boot 1 of this volume"),
+        "{}",
+        b.show()
+    );
+
+    // An ext4 filesystem (someone's data) on a blank disk's partition: refused, unchanged.
+    // Same VM (same directory, so the same vTPM), a new disk in place of the first.
+    let other = tempfile::tempdir().unwrap();
+    let disk = blank_disk(dir.path(), true);
+    let part = other.path().join("part.img");
+    let f = std::fs::File::create(&part).unwrap();
+    f.set_len((DISK_MIB - 2) << 20).unwrap();
+    drop(f);
+    let out = Command::new("mkfs.ext4")
+        .args(["-q", "-F"])
+        .arg(&part)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let fs = std::fs::read(&part).unwrap();
+    let mut bytes = std::fs::read(&disk).unwrap();
+    bytes[1 << 20..(1 << 20) + fs.len().min((DISK_MIB as usize - 2) << 20)]
+        .copy_from_slice(&fs[..fs.len().min((DISK_MIB as usize - 2) << 20)]);
+    std::fs::write(&disk, &bytes).unwrap();
+    let before = sha256_file(&disk);
+    let b = boot_with_disk(&run, &disk);
+    assert_refused_unchanged(
+        &b,
+        &disk,
+        &before,
+        &["not LUKS2 and not blank", "refusing to format"],
+    );
+}
