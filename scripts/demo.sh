@@ -5,7 +5,8 @@
 # same SHA-256 of the file it served.
 #
 # State that persists between runs (like a real deployment) lives in $OUT/demo: the vTPM (so
-# the KBS's trust-on-first-use AK stays valid), the KBS's trusted AK and the demo secret.
+# the KBS's trust-on-first-use AK stays valid), the KBS's trusted AK, the demo secret, the state
+# disk's key and the encrypted state disk (its boot count goes up with every run).
 # `make demo-reset` forgets it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +20,12 @@ mkdir -p "$state/tpm" "$state/kbs" "$state/resources/default/demo"
 
 secret=$state/resources/default/demo/secret
 [ -s "$secret" ] || head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$secret"
+# The state disk's LUKS2 key (released only to an attested boot) and the disk itself: blank
+# at first, formatted by the first boot, reopened by every later one.
+state_key=$state/resources/default/demo/state-key
+[ -s "$state_key" ] || head -c 32 /dev/urandom > "$state_key"
+disk=$state/state.img
+[ -f "$disk" ] || truncate -s 256M "$disk"
 
 roothash=$(cat "$OUT/rootfs.img.roothash")
 image_version=$( . "$OUT/root-tree/etc/os-release"; echo "$IMAGE_ID $IMAGE_VERSION")
@@ -50,7 +57,7 @@ port=$(sed 's/.*://' "$state/kbs.addr")
 echo "demo: dev KBS on 127.0.0.1:$port (log: $state/kbs.log); guest sees it at 10.0.2.100:8080"
 
 rc=0
-qemu/boot.sh --kernel "$KERNEL" --initrd "$OUT/initrd.img" --disk "$OUT/rootfs.img:ro" \
+qemu/boot.sh --kernel "$KERNEL" --initrd "$OUT/initrd.img" --disk "$OUT/rootfs.img:ro" --disk "$disk" \
   --fw-cfg "opt/cvm/initdata=$INITDATA" --tpm-state "$state/tpm" --guestfwd "8080:$port" \
   --append "roothash=$roothash cvm.initdata=fw_cfg" --timeout 300 \
   --console "$OUT/demo-console.log" || rc=$?
