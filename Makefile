@@ -53,6 +53,7 @@ test: images lint
 bench: images
 	$(CVMCTL) bench boot --kernel $(KERNEL) --initrd $(OUT)/initrd.img --trivial-initrd $(OUT)/trivial-initrd.img --agent $(AGENT)
 	$(CVMCTL) bench rootfs --size-mib 100
+	$(CVMCTL) bench state --size-mib 1024
 
 clean:
 	cargo clean

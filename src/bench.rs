@@ -44,6 +44,18 @@ pub struct RootfsBench {
     pub runs: usize,
 }
 
+/// `cvmctl bench state`: LUKS2 format and open of a sparse disk, ours (the guest's code) against
+/// cryptsetup doing the same work (same KDF: PBKDF2-SHA256, 1000 iterations; 4 KiB sectors).
+#[derive(clap::Args, Debug, Clone)]
+pub struct StateBench {
+    /// Disk size in MiB.
+    #[arg(long, default_value_t = 1024)]
+    pub size_mib: u64,
+    /// Rounds of each kind.
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
     #[error("cannot prepare the benchmark tree")]
@@ -56,6 +68,8 @@ pub enum BenchError {
     Missing(PathBuf, #[source] std::io::Error),
     #[error("cannot run {0}")]
     Spawn(PathBuf, #[source] std::io::Error),
+    #[error("LUKS2")]
+    Luks(#[source] crate::luks2::Luks2Error),
     #[error("boot of {initrd} failed with exit status {status}")]
     Boot { initrd: PathBuf, status: i32 },
 }
@@ -235,6 +249,102 @@ pub fn rootfs(args: &RootfsBench) -> Result<(), BenchError> {
     println!("  cvmctl rootfs (erofs + verity + GPT)   {mo:6.2} s");
     println!("  mkfs.erofs + veritysetup format        {mt:6.2} s");
     println!("  ratio                                  {:6.2}x", mo / mt);
+    Ok(())
+}
+
+pub fn state(args: &StateBench) -> Result<(), BenchError> {
+    let tmp = std::env::temp_dir().join(format!("cvm-bench-state-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(BenchError::Prepare)?;
+    let size = args.size_mib << 20;
+    let key = [0x5au8; 32];
+    let keyfile = tmp.join("key");
+    std::fs::write(&keyfile, key).map_err(BenchError::Prepare)?;
+    let blank = |name: &str| -> Result<PathBuf, BenchError> {
+        let p = tmp.join(name);
+        let _ = std::fs::remove_file(&p);
+        let f = std::fs::File::create(&p).map_err(BenchError::Prepare)?;
+        f.set_len(size).map_err(BenchError::Prepare)?;
+        Ok(p)
+    };
+    let rw = |p: &PathBuf| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(p)
+            .map_err(BenchError::Prepare)
+    };
+    let (mut of, mut oo, mut cf, mut co) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for run in 0..args.runs.max(1) {
+        // Interleaved, so a noisy neighbour hurts both sides alike.
+        let ours = blank("ours.img")?;
+        let t = Instant::now();
+        let mut f = rw(&ours)?;
+        crate::luks2::format(&mut f, size, &key, &crate::luks2::FormatOptions::default())
+            .map_err(BenchError::Luks)?;
+        f.sync_all().map_err(BenchError::Prepare)?;
+        of.push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        let mut f = rw(&ours)?;
+        crate::luks2::open(&mut f, &key).map_err(BenchError::Luks)?;
+        oo.push(t.elapsed().as_secs_f64());
+
+        let theirs = blank("theirs.img")?;
+        let t = Instant::now();
+        run_tool(
+            Command::new("cryptsetup")
+                .args([
+                    "luksFormat",
+                    "--type",
+                    "luks2",
+                    "--batch-mode",
+                    "--pbkdf",
+                    "pbkdf2",
+                ])
+                .args(["--pbkdf-force-iterations", "1000", "--sector-size", "4096"])
+                .args([
+                    "--cipher",
+                    "aes-xts-plain64",
+                    "--key-size",
+                    "512",
+                    "--key-file",
+                ])
+                .arg(&keyfile)
+                .arg(&theirs),
+        )?;
+        cf.push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        run_tool(
+            Command::new("cryptsetup")
+                .args(["open", "--test-passphrase", "--key-file"])
+                .arg(&keyfile)
+                .arg(&theirs),
+        )?;
+        co.push(t.elapsed().as_secs_f64());
+        eprintln!(
+            "run {}: format ours {:.3}s cryptsetup {:.3}s; open ours {:.3}s cryptsetup {:.3}s",
+            run + 1,
+            of[run],
+            cf[run],
+            oo[run],
+            co[run]
+        );
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+    let (of, oo, cf, co) = (
+        median(&mut of),
+        median(&mut oo),
+        median(&mut cf),
+        median(&mut co),
+    );
+    println!(
+        "LUKS2 on a {} MiB disk, PBKDF2-SHA256 1000 iterations, 4 KiB sectors (median of {}):",
+        args.size_mib,
+        args.runs.max(1)
+    );
+    println!("                 ours      cryptsetup   ratio");
+    println!("  format      {of:7.3} s   {cf:7.3} s   {:5.2}x", of / cf);
+    println!("  open (key)  {oo:7.3} s   {co:7.3} s   {:5.2}x", oo / co);
     Ok(())
 }
 

@@ -95,6 +95,8 @@ enum Bench {
     Boot(cvm_agent::bench::BootBench),
     /// Build a verity root disk from a generated tree, against mkfs.erofs + veritysetup.
     Rootfs(cvm_agent::bench::RootfsBench),
+    /// LUKS2 format and open of a sparse disk, against cryptsetup doing the same work.
+    State(cvm_agent::bench::StateBench),
 }
 
 fn main() -> ExitCode {
@@ -138,6 +140,9 @@ fn main() -> ExitCode {
         Command::Bench {
             what: Bench::Rootfs(args),
         } => cvm_agent::bench::rootfs(&args).map_err(|e| error_chain(&e)),
+        Command::Bench {
+            what: Bench::State(args),
+        } => cvm_agent::bench::state(&args).map_err(|e| error_chain(&e)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
