@@ -86,17 +86,23 @@ impl StageError {
 
 impl fmt::Display for StageError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.stage, self.error)?;
-        let mut causes = Vec::new();
-        let mut source = self.error.source();
-        while let Some(cause) = source {
-            causes.push(cause.to_string());
-            source = cause.source();
-        }
-        if !causes.is_empty() {
-            write!(f, " ({})", causes.join(": "))?;
-        }
-        Ok(())
+        write!(f, "{}: {}", self.stage, error_chain(self.error.as_ref()))
+    }
+}
+
+/// An error and its causes on one line, `what (cause: cause …)`: the form of every console
+/// error line and of cvmctl's and the dev KBS's messages.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut causes = Vec::new();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        causes.push(cause.to_string());
+        source = cause.source();
+    }
+    if causes.is_empty() {
+        e.to_string()
+    } else {
+        format!("{e} ({})", causes.join(": "))
     }
 }
 

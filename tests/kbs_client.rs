@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use cvm_agent::initdata::launch::Kbs;
 use cvm_agent::kbs::client::{ClientError, KbsClient};
 use cvm_agent::kbs::protocol::{Attestation, Challenge, Tee};
+use cvm_agent::stage::error_chain as chain;
 
 fn kbs(url: String, timeout: Duration) -> Kbs {
     Kbs {
@@ -253,15 +254,4 @@ fn kbs_cfg(url: String) -> Kbs {
         timeout: Duration::from_secs(10),
         tee_key: Default::default(),
     }
-}
-
-/// The error with its causes, as the agent's console line shows it.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(&format!(" ({c})"));
-        src = c.source();
-    }
-    s
 }

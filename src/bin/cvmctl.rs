@@ -2,6 +2,7 @@
 //! predictions, replay, the dev KBS and benchmarks.
 
 use clap::{Parser, Subcommand};
+use cvm_agent::stage::error_chain;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -291,14 +292,4 @@ fn print_header(h: &cvm_agent::luks2::Header, device_size: u64) {
         );
     }
     println!("tokens: {}", h.tokens());
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(&format!(" ({c})"));
-        src = c.source();
-    }
-    s
 }

@@ -10,6 +10,7 @@ use crate::devkbs::policy::{Policy, tee_name};
 use crate::hex;
 use crate::initdata::InitData;
 use crate::measure::{EventKind, EventLog, PCR_AGENT};
+use crate::stage::error_chain as chain;
 use crate::tee::azure::{AzSnpVtpmEvidence, AzTdxVtpmEvidence, AzVerified, HwReport};
 use crate::tee::snp::{self, AttestationReport, CertTableKind, EndorsementKey};
 use crate::tee::tdx;
@@ -534,21 +535,11 @@ fn verify_azure(
     Ok(v)
 }
 
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(&format!(" ({c})"));
-        src = c.source();
-    }
-    s
-}
-
-fn malformed(tee: &'static str, e: &dyn std::error::Error) -> VerifyError {
+fn malformed(tee: &'static str, e: &(dyn std::error::Error + 'static)) -> VerifyError {
     VerifyError::Malformed { tee, why: chain(e) }
 }
 
-fn signature(tee: &'static str, e: &dyn std::error::Error) -> VerifyError {
+fn signature(tee: &'static str, e: &(dyn std::error::Error + 'static)) -> VerifyError {
     VerifyError::Signature { tee, why: chain(e) }
 }
 
