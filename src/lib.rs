@@ -21,6 +21,7 @@ pub mod logging;
 pub mod luks2;
 pub mod measure;
 pub mod net;
+pub mod oci;
 pub mod osrelease;
 pub mod pid1;
 pub mod relay;

@@ -1,0 +1,6 @@
+//! OCI images for the workload stage. [`unpack`] applies image layers (tar, gzip or zstd) with
+//! the image-spec whiteout rules onto a root directory, refusing hostile layers; [`digest`]
+//! holds the `sha256:<hex>` digests layers are verified against.
+
+pub mod digest;
+pub mod unpack;
