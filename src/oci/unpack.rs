@@ -525,10 +525,23 @@ impl<'a> Layer<'a> {
         let Some(path) = path else {
             return Ok(());
         };
-        match classify_whiteout(&path).map_err(|reason| UnpackError::InvalidPath {
-            path: shown(),
+        // The spec says no file or directory can have a `.wh.` name: as a directory it
+        // would be half whiteout, half content, so it is refused; and only a regular file is
+        // a whiteout marker (as umoci and containerd read it).
+        let invalid = |reason| UnpackError::InvalidPath {
+            path: path.display(),
             reason,
-        })? {
+        };
+        if path.parent().iter().any(|c| c.starts_with(WHITEOUT_PREFIX)) {
+            return Err(invalid("whiteout name as a directory"));
+        }
+        let whiteout = classify_whiteout(&path).map_err(invalid)?;
+        if whiteout != Whiteout::None && !matches!(kind, tar::EntryType::Regular) {
+            return Err(invalid(
+                "whiteout name on an entry that is not a regular file",
+            ));
+        }
+        match whiteout {
             Whiteout::None => {}
             Whiteout::Meta => return Ok(()),
             Whiteout::Remove(target) => {
