@@ -264,6 +264,7 @@ enum E<'a> {
     Symlink(&'a str, &'a str),
     HardLink(&'a str, &'a str),
     RawFile(&'a str, &'a [u8]),
+    RawDir(&'a str),
     RawSymlink(&'a str, &'a str),
     RawHardLink(&'a str, &'a str),
     CharDev(&'a str),
@@ -309,6 +310,14 @@ fn build(entries: &[E]) -> Vec<u8> {
                 h.set_entry_type(tar::EntryType::Regular);
                 h.set_cksum();
                 b.append(&h, data).unwrap();
+            }
+            E::RawDir(p) => {
+                raw_name(&mut h, p);
+                h.set_mode(0o755);
+                h.set_size(0);
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_cksum();
+                b.append(&h, &b""[..]).unwrap();
             }
             E::RawSymlink(p, t) | E::RawHardLink(p, t) => {
                 raw_name(&mut h, p);
@@ -765,6 +774,74 @@ mod random {
                 &Limits::default(), &mut Usage::default(),
             );
             prop_assert!(result.is_err());
+            s.assert_outside_untouched();
+        }
+    }
+}
+
+mod random_entries {
+    use super::*;
+    use proptest::prelude::*;
+
+    const COMPONENTS: &[&str] = &["a", "b", "..", ".", ".wh.a", ".wh..wh..opq", "canary"];
+    const TARGETS: &[&str] = &[
+        "../outside",
+        "..",
+        "../../outside/canary",
+        "/",
+        "a",
+        "b/../..",
+    ];
+
+    fn name() -> impl Strategy<Value = String> {
+        proptest::collection::vec(proptest::sample::select(COMPONENTS), 1..4)
+            .prop_map(|parts| parts.join("/"))
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        File(String),
+        Dir(String),
+        Symlink(String, &'static str),
+        HardLink(String, String),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            name().prop_map(Op::File),
+            name().prop_map(Op::Dir),
+            (name(), proptest::sample::select(TARGETS)).prop_map(|(n, t)| Op::Symlink(n, t)),
+            (name(), name()).prop_map(|(n, t)| Op::HardLink(n, t)),
+        ]
+    }
+
+    fn to_tar(ops: &[Op]) -> Vec<u8> {
+        let entries: Vec<E> = ops
+            .iter()
+            .map(|op| match op {
+                Op::File(n) => E::RawFile(n, b"evil"),
+                Op::Dir(n) => E::RawDir(n),
+                Op::Symlink(n, t) => E::RawSymlink(n, t),
+                Op::HardLink(n, t) => E::RawHardLink(n, t),
+            })
+            .collect();
+        build(&entries)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
+
+        /// Layers of random entries with hostile names and link targets, two layers in a row:
+        /// accepted or refused, never a panic, and never a change outside the root.
+        #[test]
+        fn nothing_escapes(first in proptest::collection::vec(op(), 1..8),
+                           second in proptest::collection::vec(op(), 1..8)) {
+            let s = Sandbox::new();
+            let mut usage = Usage::default();
+            let limits = Limits::default();
+            let _ = apply(&s.root, &to_tar(&first), Compression::None, &limits, &mut usage);
+            s.assert_outside_untouched();
+            let _ = apply(&s.root, &to_tar(&second), Compression::None, &limits, &mut usage);
             s.assert_outside_untouched();
         }
     }
