@@ -846,3 +846,31 @@ mod random_entries {
         }
     }
 }
+
+#[test]
+fn refuses_huge_extension_headers() {
+    // A 2 MiB PAX record (a few KiB behind gzip) is refused before the tar crate buffers it.
+    let big = "y".repeat(2 << 20);
+    let mut b = tar::Builder::new(Vec::new());
+    b.append_pax_extensions([("comment", big.as_bytes())])
+        .unwrap();
+    let mut h = tar::Header::new_gnu();
+    h.set_size(1);
+    h.set_mode(0o644);
+    h.set_entry_type(tar::EntryType::Regular);
+    b.append_data(&mut h, "f", &b"f"[..]).unwrap();
+    let tar = b.into_inner().unwrap();
+    let s = Sandbox::new();
+    let err = apply(
+        &s.root,
+        &tar,
+        Compression::Gzip,
+        &Limits::default(),
+        &mut Usage::default(),
+    )
+    .unwrap_err();
+    let chain = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+    assert!(chain.contains("extension header"), "{chain}");
+    assert!(!s.root.join("f").exists());
+    s.assert_outside_untouched();
+}

@@ -3,4 +3,5 @@
 //! holds the `sha256:<hex>` digests layers are verified against.
 
 pub mod digest;
+mod targuard;
 pub mod unpack;

@@ -22,7 +22,10 @@
 //!   the container's root); only their length and NUL are checked.
 //! - Hard link targets are archive paths: normalized with the same rules, looked up with the
 //!   same no-follow walk, so they are inside the root and never reached through a symlink.
-//! - Sizes are bounded ([`Limits`]): per file, in total across layers ([`Usage`]), in entries.
+//! - Sizes are bounded ([`Limits`]): per file, in total across layers ([`Usage`]), in entries;
+//!   GNU long-name and PAX header bodies, which the `tar` crate buffers whole, are bounded by a
+//!   guard on the stream (`targuard`); data after the end-of-archive blocks is bounded too.
+//! - GNU sparse entries are refused (unsupported type): image builders do not write them.
 //!
 //! Modes keep all of 0o7777, including setuid/setgid/sticky: what runs setuid inside the
 //! container is the image's choice and the runtime's (no_new_privs, user namespaces) to
@@ -40,6 +43,7 @@
 //! metadata such as `.wh..wh.plnk`) are skipped, as containerd does.
 
 use crate::oci::digest::{DigestError, HashingReader, Sha256Digest};
+use crate::oci::targuard::TarGuard;
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, openat};
 use nix::sys::stat::{
@@ -240,7 +244,7 @@ pub fn apply_layer(
         let mut tar_stream = HashingReader::new(decoder);
         let mut layer = Layer::new(root_fd.as_fd(), limits, usage);
         {
-            let mut archive = tar::Archive::new(&mut tar_stream);
+            let mut archive = tar::Archive::new(TarGuard::new(&mut tar_stream));
             let entries = archive.entries().map_err(UnpackError::Tar)?;
             for entry in entries {
                 let entry = entry.map_err(UnpackError::Tar)?;
