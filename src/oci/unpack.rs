@@ -304,8 +304,10 @@ fn open_root(root: &Path) -> Result<OwnedFd, UnpackError> {
     })
 }
 
-/// Decodes a sequence of zstd frames (zstd may write more than one; `zstd` concatenates
-/// frames of concatenated inputs), ending cleanly only at the end of the input.
+/// Decodes a sequence of zstd frames (`zstd` may write more than one, and concatenated
+/// `.zst` files are one valid stream), ending cleanly only at the end of the input. ruzstd's
+/// default 128 MiB window limit bounds the decoder's memory (`zstd --long` beyond that is
+/// refused).
 struct ZstdFrames<R: Read> {
     /// `None` only transiently while switching to the next frame, or after that failed.
     decoder: Option<ZstdDecoder<R>>,
@@ -764,9 +766,28 @@ impl<'a> Layer<'a> {
         .map_err(|e| fs_err(path, "cannot create file", e))?;
         let mut file = File::from(fd);
         // The data reader is already limited to the declared size; the extra byte of the
-        // limit catches a reader that disagrees (GNU sparse files expand to their real size).
-        let copied = io::copy(&mut entry.take(declared.saturating_add(1)), &mut file)
-            .map_err(UnpackError::Tar)?;
+        // limit catches a reader that would disagree. Copied by hand so that a read error
+        // (the layer) and a write error (the disk, e.g. full) are told apart.
+        let mut data = entry.take(declared.saturating_add(1));
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut copied: u64 = 0;
+        loop {
+            let n = match data.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(UnpackError::Tar(e)),
+            };
+            let chunk = buf.get(..n).ok_or_else(|| {
+                UnpackError::Tar(io::Error::other("tar reader overran its buffer"))
+            })?;
+            file.write_all(chunk).map_err(|e| UnpackError::Fs {
+                path: path.display(),
+                what: "cannot write file",
+                source: e,
+            })?;
+            copied = copied.saturating_add(n as u64);
+        }
         if copied != declared {
             return Err(UnpackError::SizeMismatch {
                 path: path.display(),
@@ -774,11 +795,6 @@ impl<'a> Layer<'a> {
                 actual: copied,
             });
         }
-        file.flush().map_err(|e| UnpackError::Fs {
-            path: path.display(),
-            what: "cannot write file",
-            source: e,
-        })?;
         set_meta_fd(file.as_fd(), path, mode, owner, mtime)
     }
 
