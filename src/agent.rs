@@ -766,7 +766,7 @@ impl Agent {
             let value = jwe::decrypt(&session.key, &body)
                 .map_err(|source| SecretsError::Decrypt {
                     name: secret.name.clone(),
-                    uri: format!("kbs:///{}", secret.uri.path()),
+                    uri: secret.uri.to_string(),
                     source,
                 })
                 .in_stage(Stage::Secrets)?;

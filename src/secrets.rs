@@ -150,7 +150,7 @@ pub fn fingerprint(value: &[u8]) -> String {
 
 /// The name of a secret and its URI, for messages.
 pub fn describe(secret: &Secret) -> String {
-    format!("{} (kbs:///{})", secret.name, secret.uri.path())
+    format!("{} ({})", secret.name, secret.uri)
 }
 
 #[cfg(test)]

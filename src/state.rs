@@ -78,6 +78,8 @@ pub enum StateError {
         .path.display()
     )]
     NoFilesystem { path: PathBuf },
+    #[error("cannot create {STATE_DIR}")]
+    MkDir(#[source] std::io::Error),
     #[error("cannot mount the state volume on {STATE_DIR}: {0}")]
     Mount(nix::errno::Errno),
     #[error("state bookkeeping {}: {why}", .path.display())]
@@ -259,11 +261,7 @@ pub fn mkfs(dev: &Path) -> Result<(), StateError> {
 
 /// Mount the volume's ext4 at [`STATE_DIR`].
 pub fn mount_volume(dev: &Path) -> Result<(), StateError> {
-    std::fs::create_dir_all(STATE_DIR).map_err(|e| {
-        StateError::Mount(nix::errno::Errno::from_raw(
-            e.raw_os_error().unwrap_or(nix::libc::EIO),
-        ))
-    })?;
+    std::fs::create_dir_all(STATE_DIR).map_err(StateError::MkDir)?;
     mount(
         Some(dev),
         STATE_DIR,

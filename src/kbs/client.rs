@@ -196,7 +196,7 @@ impl KbsClient {
 
     /// A resource's raw answer (a JWE for the session's TEE key), in this attested session.
     pub fn resource(&mut self, uri: &ResourceUri) -> Result<Vec<u8>, ClientError> {
-        let what = format!("resource kbs:///{}", uri.path());
+        let what = format!("resource {uri}");
         let url = format!("{}{}", self.base, protocol::resource_path(uri));
         self.with_retries(&what, |c, left| {
             c.call("GET", &url, None, MAX_RESOURCE_BODY, left)
