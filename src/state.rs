@@ -334,6 +334,49 @@ mod tests {
         }
     }
 
+    /// A fake sysfs + /dev with whole disks carrying `serials` (no GPT on them).
+    fn fake_disks(serials: &[&str]) -> tempfile::TempDir {
+        let root = tempfile::tempdir().unwrap();
+        for (i, serial) in serials.iter().enumerate() {
+            let name = format!("vd{}", (b'b' + i as u8) as char);
+            let sys = root.path().join("sys/class/block").join(&name);
+            std::fs::create_dir_all(&sys).unwrap();
+            std::fs::write(sys.join("dev"), format!("254:{i}\n")).unwrap();
+            std::fs::write(sys.join("size"), "131072\n").unwrap();
+            std::fs::write(sys.join("serial"), format!("{serial}\n")).unwrap();
+            std::fs::create_dir_all(root.path().join("dev")).unwrap();
+            std::fs::write(root.path().join("dev").join(&name), [0u8; 4096]).unwrap();
+        }
+        root
+    }
+
+    #[test]
+    fn find_refuses_twins_and_names_what_it_saw() {
+        let spec = StateDevice::Serial("cvm-state".into());
+        let one = fake_disks(&["cvm-state", "other"]);
+        let (sys, dev) = (one.path().join("sys"), one.path().join("dev"));
+        assert_eq!(
+            find(&sys, &dev, Some(&spec), Duration::ZERO).unwrap().name,
+            "vdb"
+        );
+        let twins = fake_disks(&["cvm-state", "cvm-state"]);
+        let (sys, dev) = (twins.path().join("sys"), twins.path().join("dev"));
+        let err = find(&sys, &dev, Some(&spec), Duration::ZERO).unwrap_err();
+        assert!(
+            matches!(&err, StateError::Ambiguous { which, .. } if which == &["vdb", "vdc"]),
+            "{err}"
+        );
+        let none = fake_disks(&["other"]);
+        let (sys, dev) = (none.path().join("sys"), none.path().join("dev"));
+        let err = find(&sys, &dev, None, Duration::ZERO)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("DPS /var") && err.contains("seen: vdb"),
+            "{err}"
+        );
+    }
+
     #[test]
     fn device_matching() {
         let mut var = dev("vda2", true);

@@ -256,6 +256,19 @@ fn attests_with_an_rsa_tee_key() {
     );
 }
 
+#[test]
+#[ignore = "boots a VM: run through `make test`"]
+fn an_empty_secret_is_refused() {
+    let data = initdata(HTTP_SECTION, "empty secret");
+    let kbs = start_kbs(&Setup {
+        policy: strict_policy(&data),
+        resources: vec![(SECRET_PATH.to_string(), Vec::new())],
+        ..Default::default()
+    });
+    let b = boot_production(&kbs, &data);
+    assert_refused(&b, "secrets", &["secret \"demo-secret\" is empty"]);
+}
+
 fn tampered(part: &str) {
     let data = initdata(HTTP_SECTION, &format!("tampered {part}"));
     let kbs = start_kbs(&Setup {

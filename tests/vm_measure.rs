@@ -36,21 +36,16 @@ fn hex(b: &[u8]) -> String {
 
 /// `cvmctl measure` for the test image and init-data: (PCR 8, PCR 15) in the sha256 bank.
 fn predicted() -> (String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_cvmctl"))
-        .arg("measure")
-        .arg("--initdata")
-        .arg(initdata())
-        .args(["--roothash", &roothash(), "--mode", "production"])
-        .arg("--os-release")
-        .arg(repo().join("rootfs/demo/etc/os-release"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = run_ok(
+        Command::new(env!("CARGO_BIN_EXE_cvmctl"))
+            .arg("measure")
+            .arg("--initdata")
+            .arg(initdata())
+            .args(["--roothash", &roothash(), "--mode", "production"])
+            .arg("--os-release")
+            .arg(repo().join("rootfs/demo/etc/os-release")),
     );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
     let pcr = |n: &str| v["pcrs"]["sha256"][n].as_str().unwrap().to_string();
     (pcr("8"), pcr("15"))
 }

@@ -13,12 +13,19 @@ use sha2::{Digest as _, Sha256};
 
 const KEY_PATH: &str = "default/state/key";
 const DISK_MIB: u64 = 64;
+const VAR_TYPE: &str = "4d21b016-b534-45c2-a9fb-5c16e091fd2d";
 
 /// launch.toml with the KBS, the state key and a state section for `device`.
 fn initdata(device: Option<&str>) -> Vec<u8> {
+    initdata_with(device, "")
+}
+
+/// The same with more lines in `[state]`.
+fn initdata_with(device: Option<&str>, state_extra: &str) -> Vec<u8> {
     let device = device
         .map(|d| format!("device = \"{d}\"\n"))
-        .unwrap_or_default();
+        .unwrap_or_default()
+        + state_extra;
     format!(
         "version = \"0.1.0\"\nalgorithm = \"sha256\"\n\n[data]\n\"launch.toml\" = '''\n\
          [kbs]\nurl = \"http://10.0.2.100:8080\"\ninsecure_http = true\ntimeout = 20\n\n\
@@ -37,26 +44,19 @@ fn random_key() -> Vec<u8> {
 /// A blank disk image; with `dps_var`, a GPT whose one partition has the DPS /var type.
 fn blank_disk(dir: &Path, dps_var: bool) -> PathBuf {
     let path = dir.join("state.img");
-    let f = std::fs::File::create(&path).unwrap();
-    f.set_len(DISK_MIB << 20).unwrap();
-    drop(f);
+    new_file(&path, DISK_MIB << 20);
     if dps_var {
-        let out = Command::new("sgdisk")
-            .args([
-                "-n",
-                "1:2048:0",
-                "-t",
-                "1:4d21b016-b534-45c2-a9fb-5c16e091fd2d",
-                "-c",
-                "1:state",
-            ])
-            .arg(&path)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        run_ok(
+            Command::new("sgdisk")
+                .args([
+                    "-n",
+                    "1:2048:0",
+                    "-t",
+                    &format!("1:{VAR_TYPE}"),
+                    "-c",
+                    "1:state",
+                ])
+                .arg(&path),
         );
     }
     path
@@ -140,17 +140,8 @@ fn formats_once_reopens_and_never_touches_a_disk_it_cannot_open() {
     // The host's cryptsetup reads the guest's header and accepts the KBS key.
     let keyfile = dir.path().join("key");
     std::fs::write(&keyfile, &key).unwrap();
-    let dump = Command::new("cryptsetup")
-        .arg("luksDump")
-        .arg(&disk)
-        .output()
-        .unwrap();
-    assert!(
-        dump.status.success(),
-        "{}",
-        String::from_utf8_lossy(&dump.stderr)
-    );
-    let dump = String::from_utf8_lossy(&dump.stdout).to_string();
+    let dump = run_ok(Command::new("cryptsetup").arg("luksDump").arg(&disk));
+    let dump = String::from_utf8_lossy(&dump).to_string();
     assert!(
         dump.contains("aes-xts-plain64") && dump.contains("sector: 4096"),
         "{dump}"
@@ -166,15 +157,12 @@ fn formats_once_reopens_and_never_touches_a_disk_it_cannot_open() {
         "{}",
         b.show()
     );
-    let test = Command::new("cryptsetup")
-        .args(["open", "--test-passphrase", "--key-file"])
-        .arg(&keyfile)
-        .arg(&disk)
-        .status()
-        .unwrap();
-    assert!(
-        test.success(),
-        "cryptsetup refused the KBS key for the guest's header"
+    // Exit 0 only when the key opens a keyslot.
+    run_ok(
+        Command::new("cryptsetup")
+            .args(["open", "--test-passphrase", "--key-file"])
+            .arg(&keyfile)
+            .arg(&disk),
     );
 
     // Second boot: opened, not formatted; the count in the volume survived.
@@ -216,7 +204,7 @@ fn formats_once_reopens_and_never_touches_a_disk_it_cannot_open() {
 
 #[test]
 #[ignore = "boots a VM: run through `make test`"]
-fn found_by_dps_type_and_a_foreign_filesystem_is_never_formatted() {
+fn found_by_dps_type_and_never_formats_what_it_did_not_create() {
     let dir = tempfile::tempdir().unwrap();
     let disk = blank_disk(dir.path(), true);
     let key = random_key();
@@ -229,25 +217,13 @@ fn found_by_dps_type_and_a_foreign_filesystem_is_never_formatted() {
         b.show()
     );
 
-    // An ext4 filesystem (someone's data) on a blank disk's partition: refused, unchanged.
-    // Same VM (same directory, so the same vTPM), a new disk in place of the first.
+    // Same VM (same directory, so the same vTPM), new disks in place of the first.
+    // An ext4 filesystem (someone's data) on the partition: refused, unchanged.
     let other = tempfile::tempdir().unwrap();
-    let disk = blank_disk(dir.path(), true);
     let part = other.path().join("part.img");
-    let f = std::fs::File::create(&part).unwrap();
-    f.set_len((DISK_MIB - 2) << 20).unwrap();
-    drop(f);
-    let out = Command::new("mkfs.ext4")
-        .args(["-q", "-F"])
-        .arg(&part)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let fs = std::fs::read(&part).unwrap();
-    let mut bytes = std::fs::read(&disk).unwrap();
-    bytes[1 << 20..(1 << 20) + fs.len().min((DISK_MIB as usize - 2) << 20)]
-        .copy_from_slice(&fs[..fs.len().min((DISK_MIB as usize - 2) << 20)]);
-    std::fs::write(&disk, &bytes).unwrap();
+    new_file(&part, (DISK_MIB - 2) << 20);
+    run_ok(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&part));
+    let disk = disk_with_partition(dir.path(), &part);
     let before = sha256_file(&disk);
     let b = boot_with_disk(&run, &disk);
     assert_refused_unchanged(
@@ -256,4 +232,49 @@ fn found_by_dps_type_and_a_foreign_filesystem_is_never_formatted() {
         &before,
         &["not LUKS2 and not blank", "refusing to format"],
     );
+
+    // A LUKS2 volume that opens with the key but holds no ext4 (as after a power loss between
+    // format and mkfs): not formatted again.
+    new_file(&part, (DISK_MIB - 2) << 20);
+    let keyfile = other.path().join("key");
+    std::fs::write(&keyfile, &key).unwrap();
+    run_ok(
+        Command::new(env!("CARGO_BIN_EXE_cvmctl"))
+            .args(["state", "format"])
+            .arg(&part)
+            .arg("--key-file")
+            .arg(&keyfile),
+    );
+    let disk = disk_with_partition(dir.path(), &part);
+    let before = sha256_file(&disk);
+    let b = boot_with_disk(&run, &disk);
+    assert_refused_unchanged(
+        &b,
+        &disk,
+        &before,
+        &["has no ext4 filesystem", "not formatted again"],
+    );
+    drop(run);
+
+    // integrity = true is not supported yet: refused before the disk is touched.
+    let run = kbs_with_key(&key, initdata_with(None, "integrity = true\n"));
+    let disk = blank_disk(dir.path(), true);
+    let before = sha256_file(&disk);
+    let b = boot_with_disk(&run, &disk);
+    assert_refused_unchanged(&b, &disk, &before, &["dm-integrity is not supported yet"]);
+}
+
+fn new_file(path: &Path, len: u64) {
+    let f = std::fs::File::create(path).unwrap();
+    f.set_len(len).unwrap();
+}
+
+/// A DPS /var GPT disk whose partition (at 1 MiB) starts with `content`'s bytes.
+fn disk_with_partition(dir: &Path, content: &Path) -> PathBuf {
+    let disk = blank_disk(dir, true);
+    let fs = std::fs::read(content).unwrap();
+    let mut bytes = std::fs::read(&disk).unwrap();
+    bytes[1 << 20..(1 << 20) + fs.len()].copy_from_slice(&fs);
+    std::fs::write(&disk, &bytes).unwrap();
+    disk
 }

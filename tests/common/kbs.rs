@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest as _, Sha256};
 
-use super::{repo, roothash};
+use super::{repo, roothash, run_ok};
 
 pub const SECRET_PATH: &str = "default/demo/secret";
 
@@ -93,20 +93,15 @@ pub fn start_kbs(setup: &Setup) -> Kbs {
     if let Some(initdata) = setup.reference_for {
         let file = dir.path().join("reference-initdata.toml");
         std::fs::write(&file, initdata).unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_cvmctl"))
-            .arg("measure")
-            .arg("--initdata")
-            .arg(&file)
-            .args(["--roothash", &roothash()])
-            .args(["--image-version", &image_version()])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let reference = run_ok(
+            Command::new(env!("CARGO_BIN_EXE_cvmctl"))
+                .arg("measure")
+                .arg("--initdata")
+                .arg(&file)
+                .args(["--roothash", &roothash()])
+                .args(["--image-version", &image_version()]),
         );
-        std::fs::write(dir.path().join("reference.json"), &out.stdout).unwrap();
+        std::fs::write(dir.path().join("reference.json"), reference).unwrap();
     }
     std::fs::create_dir_all(dir.path().join("state")).unwrap();
     let ready = dir.path().join("kbs.addr");

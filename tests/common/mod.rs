@@ -96,6 +96,20 @@ impl Boot {
     }
 }
 
+/// Run a host tool; its stdout, or a panic with its stderr.
+pub fn run_ok(cmd: &mut Command) -> Vec<u8> {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
 pub fn spawn(append: &str, extra: &[String], console: &Path, timeout: u64) -> Child {
     Command::new(repo().join("qemu/boot.sh"))
         .arg("--kernel")
