@@ -35,3 +35,4 @@ pub mod tee;
 pub mod tpm;
 pub mod verity;
 pub mod verity_root;
+pub mod workload;

@@ -14,6 +14,13 @@
 //! args = ["--port", "8080"]            # optional: replaces the image's Cmd
 //! env = { LOG = "info" }               # optional
 //! restart = "Never"                    # "Never" | "OnFailure" | "Always"
+//! log_redirect = true                  # optional: workload output on the console (image policy)
+//! memory_mib = 512                     # optional cgroup memory.max
+//! capabilities = ["CAP_NET_ADMIN"]     # optional additions (image policy)
+//! [workload.registry]                  # optional, for registry images
+//! insecure_http = false                # plain http (content is still verified by digest)
+//! cert = "..."                         # optional PEM anchor; pin = "<64 hex>" optional
+//! timeout = 600                        # seconds for the whole pull
 //!
 //! [[secrets]]
 //! name = "db-password"
@@ -64,6 +71,12 @@ const MAX_KBS_TIMEOUT_SECS: u64 = 3600;
 /// GPT partition names are 36 UTF-16 code units.
 const MAX_PARTLABEL_LEN: usize = 36;
 const MAX_SERIAL_LEN: usize = 64;
+const MIN_MEMORY_MIB: u64 = 16;
+const MAX_MEMORY_MIB: u64 = 1 << 22;
+const MAX_CAPS: usize = 41;
+/// A large image over a slow link takes minutes; an hour means something is wrong.
+const DEFAULT_PULL_TIMEOUT_SECS: u64 = 600;
+const MAX_PULL_TIMEOUT_SECS: u64 = 3600;
 /// Where secret files go; the workload sees this directory.
 pub const SECRETS_DIR: &str = "/run/secrets";
 
@@ -100,6 +113,27 @@ pub struct Workload {
     pub args: Option<Vec<String>>,
     pub env: BTreeMap<String, String>,
     pub restart: RestartPolicy,
+    /// `None`: the workload's output goes to the console when the image's launch policy allows
+    /// it; `Some(true)` asks for it (a policy that forbids it is a violation); `Some(false)`
+    /// discards it.
+    pub log_redirect: Option<bool>,
+    /// The workload cgroup's memory.max in MiB; `None`: all memory but the agent's reserve.
+    pub memory_mib: Option<u64>,
+    /// Capabilities added to the default set (`CAP_…`), allowed only by the image's policy.
+    pub capabilities: Vec<String>,
+    /// Transport settings for a registry image (ignored for an `oci:` layout).
+    pub registry: Registry,
+}
+
+/// How the guest reaches the workload image's registry. Content is verified by digest either
+/// way; TLS keeps the registry (and a tag's resolution) honest.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Registry {
+    pub insecure_http: bool,
+    pub cert: Option<String>,
+    pub pin: Option<[u8; 32]>,
+    /// The whole pull (manifests and every layer), retries included.
+    pub timeout: std::time::Duration,
 }
 
 /// A restart reboots the VM, so measurements start fresh each run.
@@ -320,6 +354,21 @@ struct WireWorkload {
     env: BTreeMap<String, String>,
     #[serde(default)]
     restart: RestartPolicy,
+    log_redirect: Option<bool>,
+    memory_mib: Option<u64>,
+    #[serde(default)]
+    capabilities: Vec<String>,
+    registry: Option<WireRegistry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WireRegistry {
+    #[serde(default)]
+    insecure_http: bool,
+    cert: Option<String>,
+    pin: Option<String>,
+    timeout: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -575,11 +624,88 @@ fn workload(wire: WireWorkload) -> Result<Workload, InitDataError> {
             )));
         }
     }
+    if let Some(mib) = wire.memory_mib
+        && !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&mib)
+    {
+        return Err(err(format!(
+            "workload.memory_mib = {mib}: must be {MIN_MEMORY_MIB} to {MAX_MEMORY_MIB}"
+        )));
+    }
+    if wire.capabilities.len() > MAX_CAPS {
+        return Err(err(format!(
+            "workload.capabilities has more than {MAX_CAPS} entries"
+        )));
+    }
+    for cap in &wire.capabilities {
+        let ok = cap.len() <= 32
+            && cap.strip_prefix("CAP_").is_some_and(|n| {
+                !n.is_empty()
+                    && n.bytes()
+                        .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+            });
+        if !ok {
+            return Err(err(format!(
+                "workload.capabilities: {cap:?} is not a capability name (CAP_…)"
+            )));
+        }
+    }
+    let registry = match wire.registry {
+        None => Registry {
+            timeout: std::time::Duration::from_secs(DEFAULT_PULL_TIMEOUT_SECS),
+            ..Registry::default()
+        },
+        Some(r) => registry(r)?,
+    };
     Ok(Workload {
         image,
         args: wire.args,
         env: wire.env,
         restart: wire.restart,
+        log_redirect: wire.log_redirect,
+        memory_mib: wire.memory_mib,
+        capabilities: wire.capabilities,
+        registry,
+    })
+}
+
+fn registry(wire: WireRegistry) -> Result<Registry, InitDataError> {
+    if let Some(cert) = &wire.cert
+        && (cert.len() > MAX_CERT_LEN
+            || !cert.contains("-----BEGIN CERTIFICATE-----")
+            || !cert.contains("-----END CERTIFICATE-----"))
+    {
+        return Err(err("workload.registry.cert is not a PEM certificate"));
+    }
+    let pin = wire
+        .pin
+        .as_deref()
+        .map(|pin| {
+            hex::decode(pin)
+                .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+                .ok_or_else(|| {
+                    err("workload.registry.pin must be 64 hex digits (SHA-256 of the key's SPKI)")
+                })
+        })
+        .transpose()?;
+    if wire.insecure_http && (wire.cert.is_some() || pin.is_some()) {
+        return Err(err(
+            "workload.registry: cert and pin mean nothing with insecure_http = true",
+        ));
+    }
+    let timeout = match wire.timeout {
+        None => DEFAULT_PULL_TIMEOUT_SECS,
+        Some(t @ 1..=MAX_PULL_TIMEOUT_SECS) => t,
+        Some(t) => {
+            return Err(err(format!(
+                "workload.registry.timeout = {t}: must be 1 to {MAX_PULL_TIMEOUT_SECS} seconds"
+            )));
+        }
+    };
+    Ok(Registry {
+        insecure_http: wire.insecure_http,
+        cert: wire.cert,
+        pin,
+        timeout: std::time::Duration::from_secs(timeout),
     })
 }
 

@@ -271,6 +271,20 @@ fn launch_sections_are_optional() {
     let w = l.workload.unwrap();
     assert_eq!(w.restart, RestartPolicy::Never);
     assert!(w.args.is_none() && w.env.is_empty());
+    assert_eq!(w.log_redirect, None);
+    assert!(w.capabilities.is_empty() && w.memory_mib.is_none());
+    assert!(!w.registry.insecure_http);
+    assert_eq!(w.registry.timeout.as_secs(), 600);
+    let l = LaunchConfig::parse(
+        "[workload]\nimage = \"10.0.2.100:5000/app:1\"\nlog_redirect = false\nmemory_mib = 256\ncapabilities = [\"CAP_NET_ADMIN\"]\n[workload.registry]\ninsecure_http = true\ntimeout = 30\n",
+    )
+    .unwrap();
+    let w = l.workload.unwrap();
+    assert_eq!(w.log_redirect, Some(false));
+    assert_eq!(w.memory_mib, Some(256));
+    assert_eq!(w.capabilities, ["CAP_NET_ADMIN"]);
+    assert!(w.registry.insecure_http);
+    assert_eq!(w.registry.timeout.as_secs(), 30);
     let l = LaunchConfig::parse(
         "[kbs]\nurl = \"http://10.0.2.2:8080\"\ninsecure_http = true\n[network]\nmode = \"dhcp\"\n",
     )
@@ -315,6 +329,14 @@ fn launch_toml_refuses_bad_values() {
         ("[workload]\nimage = \"a\"\nenv = { \"A=B\" = \"v\" }\n".into(), "env name ="),
         ("[workload]\nimage = \"a\"\nargs = [\"a\\u0000b\"]\n".into(), "NUL arg"),
         ("[workload]\nimage = \"a\"\nargs = [1]\n".into(), "arg type"),
+        ("[workload]\nimage = \"a\"\nmemory_mib = 1\n".into(), "tiny memory"),
+        ("[workload]\nimage = \"a\"\ncapabilities = [\"NET_ADMIN\"]\n".into(), "cap prefix"),
+        ("[workload]\nimage = \"a\"\ncapabilities = [\"CAP_net\"]\n".into(), "cap case"),
+        ("[workload]\nimage = \"a\"\nlog_redirect = \"yes\"\n".into(), "log_redirect type"),
+        ("[workload]\nimage = \"a\"\n[workload.registry]\ntimeout = 0\n".into(), "pull timeout"),
+        ("[workload]\nimage = \"a\"\n[workload.registry]\ninsecure_http = true\npin = \"00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\"\n".into(), "pin over http"),
+        ("[workload]\nimage = \"a\"\n[workload.registry]\ncert = \"x\"\n".into(), "registry cert"),
+        ("[workload]\nimage = \"a\"\n[workload.registry]\nhttp = true\n".into(), "registry unknown key"),
         ("[[secrets]]\nname = \"a\"\nuri = \"kbs:///a/b/c\"\n".into(), "secrets without kbs"),
         (format!("{kbs}[[secrets]]\nname = \"a/b\"\nuri = \"kbs:///a/b/c\"\n"), "secret name"),
         (format!("{kbs}[[secrets]]\nname = \"a\"\nuri = \"kbs://host/a/b/c\"\n"), "uri authority"),

@@ -1,0 +1,371 @@
+//! The OCI runtime spec (`config.json`) the workload runs under: the launch plan plus the fixed
+//! shape of a confidential workload — its own mount, PID, IPC and UTS namespaces, the host
+//! network, a cgroup with a memory limit, a default capability set, a fresh `/dev` with no host
+//! devices (no TPM, no SEV/TDX guest device: the workload cannot extend measurements or ask for
+//! evidence on its own behalf), and exactly the agent's mounts: secrets and the event log
+//! read-only, the state volume read-write, a tmpfs `/tmp`.
+
+use std::path::Path;
+
+use serde_json::{Value, json};
+
+use super::policy::LaunchPlan;
+
+/// The cgroup (v2, under the agent's root) the workload's processes live in.
+pub const CGROUP: &str = "/cvm-workload";
+
+/// Docker's default set: what ordinary images expect to work (chown, binding low ports,
+/// dropping privileges), nothing that reaches the kernel's or the host's administration.
+pub const DEFAULT_CAPABILITIES: &[&str] = &[
+    "CAP_AUDIT_WRITE",
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_MKNOD",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_RAW",
+    "CAP_SETFCAP",
+    "CAP_SETGID",
+    "CAP_SETPCAP",
+    "CAP_SETUID",
+    "CAP_SYS_CHROOT",
+];
+
+/// Kernel interfaces a container must not read or write (runc's and Docker's lists).
+const MASKED_PATHS: &[&str] = &[
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+    "/sys/kernel/security",
+    "/sys/kernel/config",
+];
+const READONLY_PATHS: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// Where the agent's own files come from on the VM side.
+#[derive(Debug, Clone)]
+pub struct HostPaths<'a> {
+    pub rootfs: &'a Path,
+    /// `/run/secrets`, when secrets were written.
+    pub secrets: Option<&'a Path>,
+    /// The sealed event log.
+    pub measure_log: Option<&'a Path>,
+    /// The state volume's directory for the workload.
+    pub state_data: Option<&'a Path>,
+}
+
+/// The numeric identity the workload runs as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("image User {0:?}: no such user in the image's /etc/passwd")]
+    UnknownUser(String),
+    #[error("image User {0:?}: no such group in the image's /etc/group")]
+    UnknownGroup(String),
+}
+
+/// Resolves the image's `User` (`uid`, `uid:gid`, `name`, `name:group`) against the unpacked
+/// root's `/etc/passwd` and `/etc/group`, as a container runtime does.
+pub fn identity(user: Option<&str>, rootfs: &Path) -> Result<Identity, SpecError> {
+    let Some(user) = user else {
+        return Ok(Identity { uid: 0, gid: 0 });
+    };
+    let (u, g) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    let passwd = read_small(&rootfs.join("etc/passwd"));
+    let (uid, primary_gid) = match u.parse::<u32>() {
+        Ok(uid) => (
+            uid,
+            lookup(&passwd, |f| f.get(2) == Some(&u)).and_then(|f| f.get(3)?.parse().ok()),
+        ),
+        Err(_) => {
+            let fields = lookup(&passwd, |f| f.first() == Some(&u))
+                .ok_or_else(|| SpecError::UnknownUser(user.chars().take(64).collect()))?;
+            let uid = fields.get(2).and_then(|v| v.parse().ok());
+            let gid = fields.get(3).and_then(|v| v.parse().ok());
+            (
+                uid.ok_or_else(|| SpecError::UnknownUser(user.chars().take(64).collect()))?,
+                gid,
+            )
+        }
+    };
+    let gid = match g {
+        None => primary_gid.unwrap_or(0),
+        Some(g) => match g.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => {
+                let group = read_small(&rootfs.join("etc/group"));
+                lookup(&group, |f| f.first() == Some(&g))
+                    .and_then(|f| f.get(2)?.parse().ok())
+                    .ok_or_else(|| SpecError::UnknownGroup(user.chars().take(64).collect()))?
+            }
+        },
+    };
+    Ok(Identity { uid, gid })
+}
+
+/// An image's account files are hostile input too: bounded, and unreadable means empty.
+fn read_small(path: &Path) -> String {
+    use std::io::Read as _;
+    let mut text = String::new();
+    if let Ok(f) = std::fs::File::open(path) {
+        let _ = f.take(1 << 20).read_to_string(&mut text);
+    }
+    text
+}
+
+fn lookup<'a>(text: &'a str, pred: impl Fn(&Vec<&'a str>) -> bool) -> Option<Vec<&'a str>> {
+    text.lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| pred(f))
+}
+
+fn bind(source: &Path, destination: &str, options: &[&str]) -> Value {
+    json!({
+        "destination": destination,
+        "type": "bind",
+        "source": source,
+        "options": options,
+    })
+}
+
+/// The runtime spec for `plan`.
+pub fn build(plan: &LaunchPlan, paths: &HostPaths, who: Identity, memory_limit: u64) -> Value {
+    let mut caps: Vec<&str> = DEFAULT_CAPABILITIES.to_vec();
+    for extra in &plan.capabilities {
+        if !caps.contains(&extra.as_str()) {
+            caps.push(extra);
+        }
+    }
+    let mut mounts = vec![
+        json!({"destination": "/proc", "type": "proc", "source": "proc",
+               "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+               "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
+        json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+               "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]}),
+        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+               "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
+        json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
+               "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs",
+               "options": ["nosuid", "noexec", "nodev", "ro"]}),
+        json!({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
+               "options": ["nosuid", "nodev", "mode=1777"]}),
+    ];
+    if let Some(secrets) = paths.secrets {
+        mounts.push(bind(
+            secrets,
+            "/run/secrets",
+            &["rbind", "ro", "nosuid", "nodev", "noexec"],
+        ));
+    }
+    if let Some(log) = paths.measure_log {
+        mounts.push(bind(
+            log,
+            "/run/cvm-agent/measure.log",
+            &["bind", "ro", "nosuid", "nodev", "noexec"],
+        ));
+    }
+    if let (Some(data), Some(dest)) = (paths.state_data, plan.state_mount.as_deref()) {
+        mounts.push(bind(data, dest, &["rbind", "rw", "nosuid", "nodev"]));
+    }
+    json!({
+        "ociVersion": "1.0.2",
+        "root": {"path": paths.rootfs, "readonly": false},
+        "hostname": "cvm-workload",
+        "process": {
+            "terminal": false,
+            "user": {"uid": who.uid, "gid": who.gid},
+            "args": plan.args,
+            "env": plan.env,
+            "cwd": plan.working_dir,
+            "capabilities": {
+                "bounding": caps,
+                "effective": caps,
+                "permitted": caps,
+            },
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1048576u64, "soft": 1048576u64}],
+            "noNewPrivileges": true,
+        },
+        "mounts": mounts,
+        "linux": {
+            "namespaces": [
+                {"type": "pid"}, {"type": "mount"}, {"type": "ipc"}, {"type": "uts"},
+            ],
+            "cgroupsPath": CGROUP,
+            "resources": {
+                "memory": {"limit": memory_limit},
+                "devices": [{"allow": false, "access": "rwm"}],
+            },
+            "maskedPaths": MASKED_PATHS,
+            "readonlyPaths": READONLY_PATHS,
+        },
+    })
+}
+
+/// Memory for the workload: what the operator asked for, or everything but the agent's
+/// reserve (its own pages, the page cache the state volume needs to make progress).
+pub fn memory_limit(requested_mib: Option<u64>, mem_total: u64) -> u64 {
+    const RESERVE: u64 = 64 << 20;
+    const FLOOR: u64 = 32 << 20;
+    match requested_mib {
+        Some(mib) => mib << 20,
+        None => mem_total.saturating_sub(RESERVE).max(FLOOR),
+    }
+}
+
+/// `MemTotal` from `/proc/meminfo`, in bytes.
+pub fn mem_total(meminfo: &str) -> Option<u64> {
+    meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::initdata::launch::RestartPolicy;
+
+    fn plan() -> LaunchPlan {
+        LaunchPlan {
+            args: vec!["/bin/sh".into(), "-c".into(), "echo hi".into()],
+            env: vec!["PATH=/bin".into()],
+            working_dir: "/".into(),
+            user: None,
+            restart: RestartPolicy::Never,
+            log_redirect: true,
+            capabilities: vec!["CAP_NET_ADMIN".into(), "CAP_CHOWN".into()],
+            state_mount: Some("/var/lib/app".into()),
+            overrides: "{}".into(),
+            debug_violations: vec![],
+        }
+    }
+
+    #[test]
+    fn the_spec_is_a_valid_oci_runtime_spec() {
+        let paths = HostPaths {
+            rootfs: Path::new("/run/cvm-agent/rootfs"),
+            secrets: Some(Path::new("/run/secrets")),
+            measure_log: Some(Path::new("/run/cvm-agent/measure.log")),
+            state_data: Some(Path::new("/run/cvm-agent/state/data")),
+        };
+        let value = build(&plan(), &paths, Identity { uid: 0, gid: 0 }, 256 << 20);
+        let spec: oci_spec::runtime::Spec = serde_json::from_value(value).unwrap();
+        let process = spec.process().as_ref().unwrap();
+        assert_eq!(process.args().as_ref().unwrap()[2], "echo hi");
+        let caps = process.capabilities().as_ref().unwrap();
+        let bounding = caps.bounding().as_ref().unwrap();
+        assert_eq!(
+            bounding.len(),
+            DEFAULT_CAPABILITIES.len() + 1,
+            "added once, no duplicate"
+        );
+        let mounts = spec.mounts().as_ref().unwrap();
+        let dests: Vec<_> = mounts.iter().map(|m| m.destination().clone()).collect();
+        for want in [
+            "/run/secrets",
+            "/run/cvm-agent/measure.log",
+            "/var/lib/app",
+            "/tmp",
+        ] {
+            assert!(dests.iter().any(|d| d == Path::new(want)), "{want}");
+        }
+        let ns = spec
+            .linux()
+            .as_ref()
+            .unwrap()
+            .namespaces()
+            .as_ref()
+            .unwrap();
+        assert_eq!(ns.len(), 4, "no network namespace: host network");
+        // No device is passed through: /dev is a fresh tmpfs and the device cgroup denies all.
+        assert!(spec.linux().as_ref().unwrap().devices().is_none());
+    }
+
+    #[test]
+    fn optional_mounts_are_left_out() {
+        let paths = HostPaths {
+            rootfs: Path::new("/r"),
+            secrets: None,
+            measure_log: None,
+            state_data: None,
+        };
+        let value = build(&plan(), &paths, Identity { uid: 0, gid: 0 }, 1 << 30);
+        let text = value.to_string();
+        assert!(!text.contains("/run/secrets") && !text.contains("/var/lib/app"));
+    }
+
+    #[test]
+    fn users_resolve_against_the_image() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("etc")).unwrap();
+        std::fs::write(
+            dir.path().join("etc/passwd"),
+            "root:x:0:0::/root:/bin/sh\napp:x:1000:1001::/home/app:/bin/sh\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("etc/group"), "root:x:0:\nstaff:x:50:\n").unwrap();
+        let id = |u| identity(Some(u), dir.path());
+        assert_eq!(
+            id("app").unwrap(),
+            Identity {
+                uid: 1000,
+                gid: 1001
+            }
+        );
+        assert_eq!(
+            id("1000").unwrap(),
+            Identity {
+                uid: 1000,
+                gid: 1001
+            }
+        );
+        assert_eq!(id("1000:50").unwrap(), Identity { uid: 1000, gid: 50 });
+        assert_eq!(id("app:staff").unwrap(), Identity { uid: 1000, gid: 50 });
+        assert_eq!(id("4242").unwrap(), Identity { uid: 4242, gid: 0 });
+        assert!(matches!(id("nobody"), Err(SpecError::UnknownUser(_))));
+        assert!(matches!(id("app:nogroup"), Err(SpecError::UnknownGroup(_))));
+        assert_eq!(
+            identity(None, dir.path()).unwrap(),
+            Identity { uid: 0, gid: 0 }
+        );
+    }
+
+    #[test]
+    fn memory_limits() {
+        assert_eq!(memory_limit(Some(256), 1 << 30), 256 << 20);
+        assert_eq!(memory_limit(None, 512 << 20), 448 << 20);
+        assert_eq!(memory_limit(None, 48 << 20), 32 << 20);
+        assert_eq!(
+            mem_total("MemTotal:        2017260 kB\nMemFree: 1 kB\n"),
+            Some(2017260 * 1024)
+        );
+        assert_eq!(mem_total("garbage"), None);
+    }
+}
