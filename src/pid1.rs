@@ -30,6 +30,13 @@ pub enum Request {
     PowerOff(Signal),
 }
 
+/// What ended a [`Pid1::wait_for`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChildEvent {
+    Exited(WaitStatus),
+    PowerOff(Signal),
+}
+
 /// One reaped child.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reaped {
@@ -84,7 +91,7 @@ impl Pid1 {
     pub fn reap(&self) -> Vec<Reaped> {
         let mut out = Vec::new();
         loop {
-            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            match waitpid(None, Some(WaitPidFlag::WNOHANG | WaitPidFlag::__WALL)) {
                 Ok(WaitStatus::StillAlive) | Err(_) => break,
                 Ok(status) => {
                     if let Some(pid) = status.pid() {
@@ -94,6 +101,36 @@ impl Pid1 {
             }
         }
         out
+    }
+
+    /// Wait for `child` to end, reaping everything else that ends meanwhile. A power-off
+    /// request ends the wait early; the child is still running then.
+    pub fn wait_for(&mut self, child: Pid) -> ChildEvent {
+        loop {
+            let mut request = None;
+            while let Ok(Some(info)) = self.sigfd.read_signal() {
+                if let Ok(sig @ (Signal::SIGTERM | Signal::SIGINT | Signal::SIGPWR)) =
+                    Signal::try_from(info.ssi_signo as i32)
+                {
+                    request.get_or_insert(sig);
+                }
+            }
+            // Reaped before the request is honoured: a child that ended counts as ended.
+            if let Some(done) = self.reap().into_iter().find(|r| r.pid == child) {
+                return ChildEvent::Exited(done.status);
+            }
+            if let Some(sig) = request {
+                return ChildEvent::PowerOff(sig);
+            }
+            let mut fds = [nix::poll::PollFd::new(
+                self.sigfd.as_fd(),
+                nix::poll::PollFlags::POLLIN,
+            )];
+            // SIGCHLD is process-directed: a thread that does not block it takes it away from
+            // the signalfd. PID 1 blocks it before any thread exists, but a periodic reap keeps
+            // the wait correct even where that does not hold (host tests).
+            let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(1000u16));
+        }
     }
 
     /// Handle pending signals without waiting: reap, and report a power-off request.

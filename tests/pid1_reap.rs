@@ -2,7 +2,8 @@
 //! orphans are reparented to it exactly as they would be to PID 1.
 //! One test per binary: it blocks signals process-wide.
 
-use cvm_agent::pid1::{Pid1, Request};
+use cvm_agent::pid1::{ChildEvent, Pid1, Request};
+use nix::sys::wait::WaitStatus;
 use nix::sys::pthread::{pthread_kill, pthread_self};
 use nix::sys::signal::Signal;
 use std::process::Command;
@@ -51,4 +52,31 @@ fn reaps_children_and_orphans_and_turns_sigterm_into_power_off() {
         Some(Request::PowerOff(Signal::SIGTERM))
     );
     assert_eq!(pid1.poll(), None);
+
+    // Waiting for one child (the workload) reaps the others as they end and returns its own
+    // status, however many siblings end first.
+    let sibling = Command::new("sh").args(["-c", "exit 3"]).spawn().unwrap();
+    let workload = Command::new("sh")
+        .args(["-c", "sleep 0.3; exit 7"])
+        .spawn()
+        .unwrap();
+    let pid = nix::unistd::Pid::from_raw(workload.id() as i32);
+    match pid1.wait_for(pid) {
+        ChildEvent::Exited(WaitStatus::Exited(p, 7)) => assert_eq!(p, pid),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(
+        !std::path::Path::new(&format!("/proc/{}", sibling.id())).exists(),
+        "the sibling was reaped too"
+    );
+    // A power-off request ends the wait while the child still runs.
+    let long = Command::new("sleep").arg("30").spawn().unwrap();
+    pthread_kill(pthread_self(), Signal::SIGTERM).unwrap();
+    let pid = nix::unistd::Pid::from_raw(long.id() as i32);
+    assert_eq!(pid1.wait_for(pid), ChildEvent::PowerOff(Signal::SIGTERM));
+    nix::sys::signal::kill(pid, Signal::SIGKILL).unwrap();
+    assert!(matches!(
+        pid1.wait_for(pid),
+        ChildEvent::Exited(WaitStatus::Signaled(_, Signal::SIGKILL, _))
+    ));
 }
