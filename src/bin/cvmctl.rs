@@ -55,6 +55,11 @@ enum Command {
         #[command(subcommand)]
         what: State,
     },
+    /// OCI images.
+    Image {
+        #[command(subcommand)]
+        what: Image,
+    },
     /// Benchmarks that print figures (no pass/fail).
     Bench {
         #[command(subcommand)]
@@ -88,6 +93,15 @@ enum State {
     },
     /// Print the validated header (no key needed, no secret printed).
     Dump { disk: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum Image {
+    /// Write an OCI image layout (oci-layout, index.json, blobs/sha256) from a directory tree,
+    /// reproducibly: sorted entries, one owner, mtimes from SOURCE_DATE_EPOCH (or 0). Adds the
+    /// manifest to an existing layout under --tag. The manifest digest is the last line of
+    /// stdout.
+    Build(cvm_agent::oci::build::BuildArgs),
 }
 
 #[derive(Subcommand)]
@@ -135,6 +149,17 @@ fn main() -> ExitCode {
         }
         Command::Kbs(args) => cvm_agent::devkbs::run(&args).map_err(|e| error_chain(&e)),
         Command::State { what } => state(what),
+        Command::Image {
+            what: Image::Build(args),
+        } => cvm_agent::oci::build::run(&args)
+            .map(|r| {
+                for l in &r.layers {
+                    println!("layer {} {} bytes (diff_id {})", l.digest, l.size, l.diff_id);
+                }
+                println!("config {}", r.config_digest);
+                println!("{}", r.manifest_digest);
+            })
+            .map_err(|e| error_chain(&e)),
         Command::Bench {
             what: Bench::Boot(args),
         } => cvm_agent::bench::boot(&args).map_err(|e| error_chain(&e)),
