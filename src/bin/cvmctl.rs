@@ -112,6 +112,8 @@ enum Bench {
     Rootfs(cvm_agent::bench::RootfsBench),
     /// LUKS2 format and open of a sparse disk, against cryptsetup doing the same work.
     State(cvm_agent::bench::StateBench),
+    /// Unpack of an image built by `cvmctl image build`, against `umoci raw unpack`.
+    Unpack(cvm_agent::bench::UnpackBench),
 }
 
 fn main() -> ExitCode {
@@ -169,6 +171,9 @@ fn main() -> ExitCode {
         Command::Bench {
             what: Bench::State(args),
         } => cvm_agent::bench::state(&args).map_err(|e| error_chain(&e)),
+        Command::Bench {
+            what: Bench::Unpack(args),
+        } => cvm_agent::bench::unpack(&args).map_err(|e| error_chain(&e)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
