@@ -397,14 +397,16 @@ fn make_image_tree(dir: &Path, size_mib: u64) -> std::io::Result<u64> {
         let sub = dir.join(format!("usr/d{}/e{}", i % 8, (i / 8) % 8));
         std::fs::create_dir_all(&sub)?;
         let len = (256 + next() % (16 << 10)).min(total - written);
-        let data: Vec<u8> = if i % 2 == 0 {
-            (0..len).map(|_| b"abcdefghij klmnop\n"[(next() % 18) as usize]).collect()
+        let data: Vec<u8> = if i.is_multiple_of(2) {
+            (0..len)
+                .map(|_| b"abcdefghij klmnop\n"[(next() % 18) as usize])
+                .collect()
         } else {
             (0..len).map(|_| next() as u8).collect()
         };
         let name = format!("f{i:06}");
         std::fs::write(sub.join(&name), data)?;
-        if i % 8 == 0 {
+        if i.is_multiple_of(8) {
             std::os::unix::fs::symlink(&name, sub.join(format!("l{i:06}")))?;
         }
         written += len;
@@ -479,10 +481,7 @@ pub fn unpack(args: &UnpackBench) -> Result<(), BenchError> {
                 .arg(&theirs),
         )?;
         let b = t.elapsed().as_secs_f64();
-        eprintln!(
-            "run {}: ours {a:.2}s, umoci raw unpack {b:.2}s",
-            run + 1
-        );
+        eprintln!("run {}: ours {a:.2}s, umoci raw unpack {b:.2}s", run + 1);
         ours.push(a);
         umoci.push(b);
     }

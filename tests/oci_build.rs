@@ -60,7 +60,11 @@ fn sample_tree(dir: &Path) {
     write(&dir.join("bin/su"), b"setuid", 0o4755);
     write(&dir.join("etc/shadow"), b"root:*:1::::::\n", 0o600);
     write(&dir.join("etc/empty"), b"", 0o644);
-    write(&dir.join("usr/share/big.bin"), &pseudo_random(300_000), 0o644);
+    write(
+        &dir.join("usr/share/big.bin"),
+        &pseudo_random(300_000),
+        0o644,
+    );
     let long = "n".repeat(120);
     write(&dir.join("usr/share").join(&long), b"long name", 0o644);
     fs::create_dir_all(dir.join("var/empty")).unwrap();
@@ -163,7 +167,10 @@ fn oci_ref(layout: &Path, tag: &str) -> String {
 
 fn skopeo_json(args: &[&str], reference: &str) -> serde_json::Value {
     serde_json::from_slice(&run_ok(
-        Command::new("skopeo").arg("inspect").args(args).arg(reference),
+        Command::new("skopeo")
+            .arg("inspect")
+            .args(args)
+            .arg(reference),
     ))
     .unwrap()
 }
@@ -223,7 +230,10 @@ fn skopeo_reads_our_config_and_tags() {
     assert_eq!(inspect["Architecture"], "amd64");
     assert_eq!(inspect["Os"], "linux");
     assert_eq!(inspect["Created"], "2023-11-14T22:13:20Z");
-    assert_eq!(inspect["Env"], serde_json::json!(["PATH=/bin:/usr/bin", "MODE=a=b"]));
+    assert_eq!(
+        inspect["Env"],
+        serde_json::json!(["PATH=/bin:/usr/bin", "MODE=a=b"])
+    );
     assert_eq!(
         inspect["Labels"],
         serde_json::json!({"org.example.a": "1", "org.example.b": "2"})
@@ -239,7 +249,10 @@ fn skopeo_reads_our_config_and_tags() {
 
     let v2 = skopeo_json(&["--config"], &oci_ref(&layout, "app:v2"));
     assert_eq!(v2["config"]["Cmd"], serde_json::json!(["/bin/su"]));
-    assert_eq!(skopeo_json(&[], &oci_ref(&layout, "app:v2"))["Digest"], other);
+    assert_eq!(
+        skopeo_json(&[], &oci_ref(&layout, "app:v2"))["Digest"],
+        other
+    );
 
     // Rebuilding a tag replaces its index entry rather than adding a second one.
     build(&tree, &layout, "app:v2", &["--cmd", r#"["/bin/su"]"#]);
@@ -442,13 +455,17 @@ fn hostile_extra_layers_are_shipped_as_is_and_refused_by_our_unpacker() {
         tar.extend([0u8; 1024]);
         let file = tmp.path().join(format!("{name}.tar"));
         fs::write(&file, &tar).unwrap();
-        build(&tree, &layout, name, &["--extra-layer", file.to_str().unwrap()]);
+        build(
+            &tree,
+            &layout,
+            name,
+            &["--extra-layer", file.to_str().unwrap()],
+        );
         // Shipped byte for byte: the second diff_id is the tar's own digest.
         let layers = read_image(&layout, name).unwrap();
-        let digest = cvm_agent::oci::digest::Sha256Digest(sha2::Digest::finalize(
-            <sha2::Sha256 as sha2::Digest>::new_with_prefix(&tar),
-        )
-        .into());
+        let digest = cvm_agent::oci::digest::Sha256Digest(
+            sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(&tar)).into(),
+        );
         assert_eq!(layers[1].diff_id, digest.to_string(), "{name}");
         let root = tmp.path().join(format!("root-{name}"));
         let err = our_unpack(&layout, name, &root).unwrap_err();
@@ -470,7 +487,11 @@ fn our_unpacker_applies_a_umoci_layout() {
     let (tree, layout) = (tmp.path().join("tree"), tmp.path().join("umoci"));
     sample_tree(&tree);
     let image = format!("{}:t", layout.display());
-    run_ok(Command::new("umoci").args(["init", "--layout"]).arg(&layout));
+    run_ok(
+        Command::new("umoci")
+            .args(["init", "--layout"])
+            .arg(&layout),
+    );
     run_ok(Command::new("umoci").args(["new", "--image", &image]));
     let mut insert = Command::new("umoci");
     insert.arg("insert");

@@ -156,7 +156,10 @@ fn main() -> ExitCode {
         } => cvm_agent::oci::build::run(&args)
             .map(|r| {
                 for l in &r.layers {
-                    println!("layer {} {} bytes (diff_id {})", l.digest, l.size, l.diff_id);
+                    println!(
+                        "layer {} {} bytes (diff_id {})",
+                        l.digest, l.size, l.diff_id
+                    );
                 }
                 println!("config {}", r.config_digest);
                 println!("{}", r.manifest_digest);

@@ -352,10 +352,7 @@ pub fn build_image(layout: &Path, spec: &ImageSpec) -> Result<BuildReport, Build
         source,
     })?;
     let mut manifest_desc = write_blob(&blobs, MEDIA_TYPE_MANIFEST, &manifest_json)?;
-    manifest_desc.annotations = Some(BTreeMap::from([(
-        REF_NAME.to_string(),
-        spec.tag.clone(),
-    )]));
+    manifest_desc.annotations = Some(BTreeMap::from([(REF_NAME.to_string(), spec.tag.clone())]));
     write_index(layout, index, &manifest_desc, &spec.tag)?;
     Ok(BuildReport {
         manifest_digest: sha256_digest(&manifest_json),
@@ -614,7 +611,11 @@ impl<W: Write> HashingWriter<W> {
     }
 
     fn finish(self) -> (W, Sha256Digest, u64) {
-        (self.inner, Sha256Digest(self.hasher.finalize().into()), self.count)
+        (
+            self.inner,
+            Sha256Digest(self.hasher.finalize().into()),
+            self.count,
+        )
     }
 }
 
@@ -875,8 +876,8 @@ fn walk(root: &Path) -> Result<Vec<TreeEntry>, BuildError> {
             }
             child.extend_from_slice(entry.file_name().as_bytes());
             let path = entry.path();
-            let meta = fs::symlink_metadata(&path)
-                .map_err(|source| BuildError::Stat { path, source })?;
+            let meta =
+                fs::symlink_metadata(&path).map_err(|source| BuildError::Stat { path, source })?;
             if meta.is_dir() {
                 stack.push(child.clone());
             }
@@ -1021,7 +1022,9 @@ impl Read for ExactReader {
             }
             return Ok(0);
         }
-        let want = buf.len().min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let want = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
         match self.inner.read(&mut buf[..want]) {
             Ok(0) => {
                 self.changed = true;
