@@ -54,6 +54,7 @@ bench: images
 	$(CVMCTL) bench boot --kernel $(KERNEL) --initrd $(OUT)/initrd.img --trivial-initrd $(OUT)/trivial-initrd.img --agent $(AGENT)
 	$(CVMCTL) bench rootfs --size-mib 100
 	$(CVMCTL) bench state --size-mib 1024
+	$(CVMCTL) bench unpack --size-mib 100
 
 clean:
 	cargo clean

@@ -56,6 +56,18 @@ pub struct StateBench {
     pub runs: usize,
 }
 
+/// `cvmctl bench unpack`: applying an image's layers with the guest's unpacker against
+/// `umoci raw unpack` of the same layout (both: layers only, no runtime config).
+#[derive(clap::Args, Debug, Clone)]
+pub struct UnpackBench {
+    /// Size of the generated tree in MiB.
+    #[arg(long, default_value_t = 100)]
+    pub size_mib: u64,
+    /// Unpacks of each kind.
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
     #[error("cannot prepare the benchmark tree")]
@@ -70,6 +82,10 @@ pub enum BenchError {
     Spawn(PathBuf, #[source] std::io::Error),
     #[error("LUKS2")]
     Luks(#[source] crate::luks2::Luks2Error),
+    #[error("cvmctl image build failed")]
+    Image(#[source] crate::oci::build::BuildError),
+    #[error("our unpack failed")]
+    Unpack(#[source] crate::oci::unpack::UnpackError),
     #[error("boot of {initrd} failed with exit status {status}")]
     Boot { initrd: PathBuf, status: i32 },
 }
@@ -345,6 +361,147 @@ pub fn state(args: &StateBench) -> Result<(), BenchError> {
     println!("                 ours      cryptsetup   ratio");
     println!("  format      {of:7.3} s   {cf:7.3} s   {:5.2}x", of / cf);
     println!("  open (key)  {oo:7.3} s   {co:7.3} s   {:5.2}x", oo / co);
+    Ok(())
+}
+
+/// A tree like a distribution image's: a few large files of incompressible-ish data (about
+/// 60 % of the bytes), many small files of 256 B to 16 KiB (half of them text-like), a symlink
+/// for every eighth small file, 8 levels × 8 directories. Returns the regular-file bytes.
+fn make_image_tree(dir: &Path, size_mib: u64) -> std::io::Result<u64> {
+    let total = size_mib << 20;
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut written = 0u64;
+    let large = dir.join("opt/large");
+    std::fs::create_dir_all(&large)?;
+    let large_total = total * 6 / 10;
+    let mut n = 0;
+    while written < large_total {
+        let len = (large_total - written).min(16 << 20);
+        let mut data = vec![0u8; len as usize];
+        for chunk in data.chunks_mut(8) {
+            let bytes = next().to_le_bytes();
+            chunk.copy_from_slice(&bytes[..chunk.len()]);
+        }
+        std::fs::write(large.join(format!("blob{n}.bin")), data)?;
+        written += len;
+        n += 1;
+    }
+    let mut i = 0u64;
+    while written < total {
+        let sub = dir.join(format!("usr/d{}/e{}", i % 8, (i / 8) % 8));
+        std::fs::create_dir_all(&sub)?;
+        let len = (256 + next() % (16 << 10)).min(total - written);
+        let data: Vec<u8> = if i.is_multiple_of(2) {
+            (0..len)
+                .map(|_| b"abcdefghij klmnop\n"[(next() % 18) as usize])
+                .collect()
+        } else {
+            (0..len).map(|_| next() as u8).collect()
+        };
+        let name = format!("f{i:06}");
+        std::fs::write(sub.join(&name), data)?;
+        if i.is_multiple_of(8) {
+            std::os::unix::fs::symlink(&name, sub.join(format!("l{i:06}")))?;
+        }
+        written += len;
+        i += 1;
+    }
+    Ok(written)
+}
+
+pub fn unpack(args: &UnpackBench) -> Result<(), BenchError> {
+    use crate::oci::build;
+    use crate::oci::unpack::{Compression, Limits, Usage, apply_layer};
+    let tmp = std::env::temp_dir().join(format!("cvm-bench-unpack-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let tree = tmp.join("tree");
+    let bytes = make_image_tree(&tree, args.size_mib).map_err(BenchError::Prepare)?;
+    let layout = tmp.join("layout");
+    let started = Instant::now();
+    let report = build::build_image(
+        &layout,
+        &build::ImageSpec {
+            tree: tree.clone(),
+            tag: "bench".into(),
+            config: build::ExecConfig::default(),
+            owner: (0, 0),
+            compression: build::LayerCompression::Gzip,
+            extra_layers: Vec::new(),
+            epoch: 0,
+        },
+    )
+    .map_err(BenchError::Image)?;
+    let build_secs = started.elapsed().as_secs_f64();
+    let blob_size: u64 = report.layers.iter().map(|l| l.size).sum();
+    let layers = build::read_image(&layout, "bench").map_err(BenchError::Image)?;
+    let rootless = !nix::unistd::geteuid().is_root();
+    let (mut ours, mut umoci) = (Vec::new(), Vec::new());
+    for run in 0..args.runs.max(1) {
+        // Interleaved, so a noisy neighbour hurts both sides alike.
+        let root = tmp.join("ours");
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir(&root).map_err(BenchError::Prepare)?;
+        let t = Instant::now();
+        let mut usage = Usage::default();
+        for layer in &layers {
+            let blob = std::fs::File::open(&layer.path)
+                .map_err(|e| BenchError::Missing(layer.path.clone(), e))?;
+            let compression =
+                Compression::from_media_type(&layer.media_type).map_err(BenchError::Unpack)?;
+            apply_layer(
+                &root,
+                std::io::BufReader::with_capacity(1 << 20, blob),
+                compression,
+                &layer.digest,
+                &layer.diff_id,
+                &Limits::default(),
+                &mut usage,
+            )
+            .map_err(BenchError::Unpack)?;
+        }
+        let a = t.elapsed().as_secs_f64();
+
+        let theirs = tmp.join("umoci");
+        let _ = std::fs::remove_dir_all(&theirs);
+        let t = Instant::now();
+        let mut cmd = Command::new("umoci");
+        cmd.args(["raw", "unpack"]);
+        if rootless {
+            cmd.arg("--rootless");
+        }
+        run_tool(
+            cmd.arg("--image")
+                .arg(format!("{}:bench", layout.display()))
+                .arg(&theirs),
+        )?;
+        let b = t.elapsed().as_secs_f64();
+        eprintln!("run {}: ours {a:.2}s, umoci raw unpack {b:.2}s", run + 1);
+        ours.push(a);
+        umoci.push(b);
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+    let (mo, mu) = (median(&mut ours), median(&mut umoci));
+    let mib = bytes as f64 / f64::from(1 << 20);
+    println!(
+        "unpack of a {mib:.0} MiB image (1 gzip layer, {:.1} MiB blob, built by cvmctl in {build_secs:.2} s; median of {}):",
+        blob_size as f64 / f64::from(1 << 20),
+        ours.len()
+    );
+    println!(
+        "  ours (apply_layer, digests checked)  {mo:6.2} s  {:6.1} MiB/s",
+        mib / mo
+    );
+    println!(
+        "  umoci raw unpack                     {mu:6.2} s  {:6.1} MiB/s",
+        mib / mu
+    );
+    println!("  ratio                                {:6.2}x", mo / mu);
     Ok(())
 }
 

@@ -55,6 +55,11 @@ enum Command {
         #[command(subcommand)]
         what: State,
     },
+    /// OCI images.
+    Image {
+        #[command(subcommand)]
+        what: Image,
+    },
     /// Benchmarks that print figures (no pass/fail).
     Bench {
         #[command(subcommand)]
@@ -91,6 +96,15 @@ enum State {
 }
 
 #[derive(Subcommand)]
+enum Image {
+    /// Write an OCI image layout (oci-layout, index.json, blobs/sha256) from a directory tree,
+    /// reproducibly: sorted entries, one owner, mtimes from SOURCE_DATE_EPOCH (or 0). Adds the
+    /// manifest to an existing layout under --tag. The manifest digest is the last line of
+    /// stdout.
+    Build(cvm_agent::oci::build::BuildArgs),
+}
+
+#[derive(Subcommand)]
 enum Bench {
     /// Boot a trivial static init and the cvm-agent initrd several times each and compare.
     Boot(cvm_agent::bench::BootBench),
@@ -98,6 +112,8 @@ enum Bench {
     Rootfs(cvm_agent::bench::RootfsBench),
     /// LUKS2 format and open of a sparse disk, against cryptsetup doing the same work.
     State(cvm_agent::bench::StateBench),
+    /// Unpack of an image built by `cvmctl image build`, against `umoci raw unpack`.
+    Unpack(cvm_agent::bench::UnpackBench),
 }
 
 fn main() -> ExitCode {
@@ -135,6 +151,20 @@ fn main() -> ExitCode {
         }
         Command::Kbs(args) => cvm_agent::devkbs::run(&args).map_err(|e| error_chain(&e)),
         Command::State { what } => state(what),
+        Command::Image {
+            what: Image::Build(args),
+        } => cvm_agent::oci::build::run(&args)
+            .map(|r| {
+                for l in &r.layers {
+                    println!(
+                        "layer {} {} bytes (diff_id {})",
+                        l.digest, l.size, l.diff_id
+                    );
+                }
+                println!("config {}", r.config_digest);
+                println!("{}", r.manifest_digest);
+            })
+            .map_err(|e| error_chain(&e)),
         Command::Bench {
             what: Bench::Boot(args),
         } => cvm_agent::bench::boot(&args).map_err(|e| error_chain(&e)),
@@ -144,6 +174,9 @@ fn main() -> ExitCode {
         Command::Bench {
             what: Bench::State(args),
         } => cvm_agent::bench::state(&args).map_err(|e| error_chain(&e)),
+        Command::Bench {
+            what: Bench::Unpack(args),
+        } => cvm_agent::bench::unpack(&args).map_err(|e| error_chain(&e)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

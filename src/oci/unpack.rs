@@ -396,7 +396,8 @@ fn normalize(raw: &[u8], limits: &Limits) -> Result<Option<RelPath>, &'static st
     if raw.len() > limits.max_path {
         return Err("path too long");
     }
-    if raw.first() == Some(&b'/') {
+    // `/` alone names the root itself, as `./` does: umoci writes it (`umoci insert … /`).
+    if raw.first() == Some(&b'/') && !raw.iter().all(|&b| b == b'/') {
         return Err("absolute path");
     }
     let mut components = Vec::new();
@@ -1095,6 +1096,9 @@ mod tests {
         assert_eq!(norm("./"), Ok(None));
         assert_eq!(norm("."), Ok(None));
         assert_eq!(norm("/etc/passwd"), Err("absolute path"));
+        assert_eq!(norm("/"), Ok(None));
+        assert_eq!(norm("//"), Ok(None));
+        assert_eq!(norm("/."), Err("absolute path"));
         assert_eq!(norm("a/../../x"), Err("'..' component"));
         assert_eq!(norm(".."), Err("'..' component"));
         assert_eq!(norm("a/.."), Err("'..' component"));
