@@ -6,7 +6,9 @@ use crate::boot;
 use crate::cmdline::{self, Cmdline, Mode};
 use crate::evidence;
 use crate::hex::encode as hex;
-use crate::initdata::launch::{LaunchConfig, NetworkMode, SECRETS_DIR, SecretTarget, SecretUse};
+use crate::initdata::launch::{
+    LaunchConfig, NetworkMode, RestartPolicy, SECRETS_DIR, SecretTarget, SecretUse,
+};
 use crate::initdata::{self, InitData};
 use crate::kbs::client::KbsClient;
 use crate::kbs::{TeeKeyPair, jwe, protocol};
@@ -22,6 +24,7 @@ use crate::state;
 use crate::tee::detect::TeeKind;
 use crate::tpm::{HashAlg, Tpm};
 use crate::verity_root;
+use crate::workload;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,6 +43,10 @@ const COLDPLUG_ROUNDS: u32 = 8;
 const NETWORK_DEADLINE: Duration = Duration::from_secs(20);
 /// A cloud's data disk can take a few seconds to appear, like the root disk.
 const STATE_DEVICE_WAIT: Duration = Duration::from_secs(10);
+/// The workload's OCI bundle (its config.json); the root it names is elsewhere.
+const BUNDLE_DIR: &str = "/run/cvm-agent/bundle";
+/// How long a workload gets to exit after SIGTERM when the VM is asked to power off.
+const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// Errors of the agent's own glue between stages.
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +127,23 @@ pub struct Agent {
     kbs: Option<KbsSession>,
     /// Secrets for the agent's own use (state key, registry credentials), zeroized on drop.
     kept_secrets: Vec<secrets::Kept>,
+    /// Whether the secrets tmpfs exists (the workload gets it read-only).
+    secrets_mounted: bool,
+    /// Whether the state volume is mounted at [`state::STATE_DIR`].
+    state_mounted: bool,
+}
+
+/// A workload that is running, with what its end needs.
+struct Started {
+    running: workload::run::Running,
+    restart: RestartPolicy,
+    started: Instant,
+}
+
+/// How the boot ends: the workload's exit (none without a workload) and its restart policy.
+struct Ending {
+    exit: Option<workload::run::Exit>,
+    restart: Option<RestartPolicy>,
 }
 
 /// Install the panic hook for `mode`: a panic is a failed stage like any other, never an exit of
@@ -204,6 +228,8 @@ pub fn main() -> ! {
         net: None,
         kbs: None,
         kept_secrets: Vec::new(),
+        secrets_mounted: false,
+        state_mounted: false,
     };
     agent
         .times
@@ -222,7 +248,14 @@ impl Agent {
         self.stage(Stage::Attest, |a| a.attest_stage());
         self.stage(Stage::Secrets, |a| a.secrets_stage());
         self.stage(Stage::State, |a| a.state_stage());
-        self.finish(0)
+        let ending = match self.stage(Stage::Workload, |a| a.workload_stage()) {
+            None => Ending {
+                exit: None,
+                restart: None,
+            },
+            Some(started) => self.wait_workload(started),
+        };
+        self.finish(ending)
     }
 
     /// Run one stage: honour pending power-off requests first, time it, end the boot on error.
@@ -607,8 +640,12 @@ impl Agent {
             info!("not needed (no launch.toml)");
             return Ok(());
         };
-        if launch.kbs.is_none() && launch.network.is_none() {
-            info!("not needed (no KBS and no [network] in launch.toml)");
+        let registry_image = launch
+            .workload
+            .as_ref()
+            .is_some_and(|w| !w.image.starts_with("oci:"));
+        if launch.kbs.is_none() && launch.network.is_none() && !registry_image {
+            info!("not needed (no KBS, no registry image and no [network] in launch.toml)");
             return Ok(());
         }
         let v4 = |ip: std::net::IpAddr| match ip {
@@ -752,6 +789,7 @@ impl Agent {
             .any(|s| matches!(s.target, SecretTarget::File(_)))
         {
             secrets::mount_tmpfs(Path::new(SECRETS_DIR)).in_stage(Stage::Secrets)?;
+            self.secrets_mounted = true;
         }
         let rounds_before = session.client.round_trips;
         for secret in &list {
@@ -864,6 +902,7 @@ impl Agent {
             ));
         }
         state::mount_volume(&mapped.path).in_stage(Stage::State)?;
+        self.state_mounted = true;
         let boots = state::count_boot(Path::new(state::STATE_DIR)).in_stage(Stage::State)?;
         self.measure_event(
             Stage::State,
@@ -932,9 +971,175 @@ impl Agent {
         Ok(())
     }
 
-    /// The end of a successful boot: the result line, then power-off (production) or idle
-    /// (debug).
-    fn finish(mut self, exit_code: i32) -> ! {
+    /// Stage 10: the image unpacked, the launch policy applied, everything measured and sealed,
+    /// then the container started. `None` without a `[workload]`.
+    fn workload_stage(&mut self) -> Result<Option<Started>, StageError> {
+        let Some(config) = self.launch.as_ref().and_then(|l| l.workload.clone()) else {
+            info!("not needed (no [workload] in launch.toml)");
+            return Ok(None);
+        };
+        let started = Instant::now();
+        let reference =
+            crate::oci::reference::ImageRef::parse(&config.image).in_stage(Stage::Workload)?;
+        let state_dir = self.state_mounted.then(|| Path::new(state::STATE_DIR));
+        let root = workload::image::prepare_root(state_dir).in_stage(Stage::Workload)?;
+        let auth = self
+            .kept_secrets
+            .iter()
+            .position(|k| k.usage == SecretUse::RegistryAuth)
+            .map(|at| self.kept_secrets.remove(at));
+        let dns = self.net.as_ref().map(|n| n.dns.clone()).unwrap_or_default();
+        let transport = workload::image::Transport {
+            settings: &config.registry,
+            dns: &dns,
+            auth_json: auth.as_ref().map(|k| &k.value[..]),
+        };
+        let pulled = workload::image::pull(
+            &reference,
+            &transport,
+            &root,
+            &crate::oci::unpack::Limits::default(),
+        )
+        .in_stage(Stage::Workload)?;
+        drop(auth);
+        let s = &pulled.summary;
+        info!(
+            "{} → {}: {} layers, {} MiB of files ({} entries) from {} MiB of blobs in {} ms ({:.1} MiB/s){}",
+            pulled.image.source,
+            pulled.image.digest,
+            s.layers,
+            s.bytes >> 20,
+            s.entries,
+            s.blob_bytes >> 20,
+            s.ms,
+            (s.blob_bytes as f64 / 1048576.0) / (s.ms.max(1) as f64 / 1000.0),
+            pulled
+                .round_trips
+                .map(|n| format!(", {n} HTTP round trips"))
+                .unwrap_or_default()
+        );
+        let state_mount = self
+            .launch
+            .as_ref()
+            .and_then(|l| l.state.as_ref())
+            .map(|s| s.mount.clone());
+        let plan = workload::policy::plan(
+            &workload::image::image_config(&pulled.image.config),
+            &config,
+            state_mount.as_deref(),
+            self.mode,
+        )
+        .in_stage(Stage::Workload)?;
+        for v in &plan.debug_violations {
+            warn!("debug mode: allowing {v}");
+        }
+        for event in [
+            Event::workload_image(&config.image),
+            Event::workload_digest(&pulled.image.digest.to_string()),
+            Ok(Event::restart_policy(plan.restart)),
+            Event::args(&plan.args),
+            Event::env(&plan.env),
+            Event::overrides(&plan.overrides),
+        ] {
+            let event = event.in_stage(Stage::Workload)?;
+            self.measure_event(Stage::Workload, event)?;
+        }
+        self.seal_measurements(Stage::Workload)?;
+
+        let state_data = match self.state_mounted {
+            true => {
+                let dir = Path::new(state::STATE_DIR).join("data");
+                std::fs::create_dir_all(&dir)
+                    .map_err(|e| AgentError::MkDir("the state volume's data directory", e))
+                    .in_stage(Stage::Workload)?;
+                Some(dir)
+            }
+            false => None,
+        };
+        let who = workload::spec::identity(plan.user.as_deref(), &root).in_stage(Stage::Workload)?;
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let memory = workload::spec::memory_limit(
+            config.memory_mib,
+            workload::spec::mem_total(&meminfo).unwrap_or(0),
+        );
+        let measure_log = Path::new(MEASURE_LOG);
+        let spec = workload::spec::build(
+            &plan,
+            &workload::spec::HostPaths {
+                rootfs: &root,
+                secrets: self.secrets_mounted.then(|| Path::new(SECRETS_DIR)),
+                measure_log: measure_log.exists().then_some(measure_log),
+                state_data: state_data.as_deref(),
+            },
+            who,
+            memory,
+        );
+        info!(
+            "launching {:?} as {}:{}, memory.max {} MiB, log to console: {}",
+            plan.args,
+            who.uid,
+            who.gid,
+            memory >> 20,
+            if plan.log_redirect { "yes" } else { "no (discarded)" }
+        );
+        let running = workload::run::start(Path::new(BUNDLE_DIR), &spec, plan.log_redirect)
+            .in_stage(Stage::Workload)?;
+        info!(
+            "started pid {} in {} ms (since the state stage ended: image, policy, measurements, container)",
+            running.pid,
+            started.elapsed().as_millis()
+        );
+        Ok(Some(Started {
+            running,
+            restart: plan.restart,
+            started: Instant::now(),
+        }))
+    }
+
+    /// The workload runs; PID 1 waits for it (reaping everything else). A power-off request
+    /// meanwhile stops it: SIGTERM, a grace period, SIGKILL.
+    fn wait_workload(&mut self, started: Started) -> Ending {
+        let span = logging::stage_span(Stage::Workload);
+        let _entered = span.enter();
+        let pid = started.running.pid;
+        let status = match self.pid1.wait_for(pid) {
+            pid1::ChildEvent::Exited(status) => status,
+            pid1::ChildEvent::PowerOff(sig) => {
+                info!("{sig}: stopping the workload (SIGTERM, then SIGKILL after {} s)", STOP_GRACE.as_secs());
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+                let deadline = Instant::now() + STOP_GRACE;
+                loop {
+                    if let Some(r) = self.pid1.reap().into_iter().find(|r| r.pid == pid) {
+                        break r.status;
+                    }
+                    if Instant::now() > deadline {
+                        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        };
+        let ran = started.started.elapsed();
+        let lines = started.running.finish();
+        let exit = workload::run::Exit::from_status(status);
+        info!(
+            "workload exited: {} after {} ms ({lines} console lines)",
+            match exit {
+                Some(workload::run::Exit::Code(c)) => format!("exit code {c}"),
+                Some(workload::run::Exit::Signal(s)) => format!("killed by {s}"),
+                None => format!("{status:?}"),
+            },
+            ran.as_millis()
+        );
+        Ending {
+            exit,
+            restart: Some(started.restart),
+        }
+    }
+
+    /// The end of a successful boot: the result line, then what the restart policy and the mode
+    /// say — reboot (measurements start over), power-off, or (debug) stay up with a shell.
+    fn finish(mut self, ending: Ending) -> ! {
         let span = logging::stage_span(Stage::End);
         let _entered = span.enter();
         if let Err(e) = self.seal_measurements(Stage::End) {
@@ -943,10 +1148,45 @@ impl Agent {
         // Nothing after this point needs them; dropping zeroizes.
         self.kept_secrets.clear();
         self.kbs = None;
+        let exit_code = ending.exit.map_or(0, workload::run::Exit::code);
+        let reboot = match ending.restart {
+            Some(RestartPolicy::Always) => true,
+            Some(RestartPolicy::OnFailure) => exit_code != 0,
+            Some(RestartPolicy::Never) | None => false,
+        };
         let boot_ms = (logging::since_boot() * 1000.0) as u64;
-        let result = RunResult::new(exit_code, self.mode, self.times.clone(), boot_ms);
+        let mut result = RunResult::new(exit_code, self.mode, self.times.clone(), boot_ms);
+        result.restart = ending.restart.map(RestartPolicy::name);
+        result.signal = match ending.exit {
+            Some(workload::run::Exit::Signal(s)) => Some(s.as_str()),
+            _ => None,
+        };
+        if reboot {
+            result.next = "reboot";
+        }
         logging::result_line(&self.sink, &result.to_json());
+        if reboot {
+            info!(
+                "restart policy {}: rebooting (the next boot measures everything again)",
+                ending.restart.map_or("", RestartPolicy::name)
+            );
+            pid1::reboot_now();
+        }
         self.stop()
+    }
+
+    /// The debug root shell on the console, when the root has one.
+    fn debug_shell(&self) -> Option<nix::unistd::Pid> {
+        match crate::debug_shell::spawn(Path::new("/")) {
+            Ok(pid) => {
+                warn!("debug shell on the console ({})", crate::debug_shell::SHELL);
+                Some(pid)
+            }
+            Err(e) => {
+                warn!("no debug shell: {}", crate::stage::error_chain(&e));
+                None
+            }
+        }
     }
 
     fn fatal(&mut self, err: StageError) -> ! {
@@ -962,10 +1202,26 @@ impl Agent {
             }
             Mode::Debug => {
                 warn!("debug mode: staying up (SIGTERM or ctrl-alt-del powers off)");
+                let mut shell = self.debug_shell();
                 loop {
-                    if let Some(Request::PowerOff(sig)) = self.pid1.wait(None) {
-                        info!("{sig}: powering off");
-                        pid1::power_off();
+                    match shell {
+                        Some(pid) => match self.pid1.wait_for(pid) {
+                            pid1::ChildEvent::PowerOff(sig) => {
+                                info!("{sig}: powering off");
+                                pid1::power_off();
+                            }
+                            pid1::ChildEvent::Exited(_) => {
+                                // A shell that dies at once must not spin.
+                                std::thread::sleep(Duration::from_secs(1));
+                                shell = self.debug_shell();
+                            }
+                        },
+                        None => {
+                            if let Some(Request::PowerOff(sig)) = self.pid1.wait(None) {
+                                info!("{sig}: powering off");
+                                pid1::power_off();
+                            }
+                        }
                     }
                 }
             }

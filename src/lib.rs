@@ -8,6 +8,7 @@ pub mod blockdev;
 pub mod boot;
 pub mod cmdline;
 pub mod cpio;
+pub mod debug_shell;
 pub mod devkbs;
 pub mod dm;
 pub mod evidence;

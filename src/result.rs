@@ -32,6 +32,14 @@ pub struct RunResult {
     pub mode: &'static str,
     pub stages_ms: StageTimes,
     pub boot_ms: u64,
+    /// The signal that killed the workload, when one did (`exit_code` is then minus its number).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signal: Option<&'static str>,
+    /// The workload's restart policy, when there is a workload.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restart: Option<&'static str>,
+    /// What happens next: `power-off`, `reboot` (a restart) or `stay-up` (debug).
+    pub next: &'static str,
 }
 
 impl RunResult {
@@ -41,6 +49,12 @@ impl RunResult {
             mode: mode.name(),
             stages_ms,
             boot_ms,
+            signal: None,
+            restart: None,
+            next: match mode {
+                Mode::Production => "power-off",
+                Mode::Debug => "stay-up",
+            },
         }
     }
 

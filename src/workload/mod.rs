@@ -7,6 +7,7 @@
 //! which links libseccomp; the workload runs with namespaces, a cgroup, a reduced capability
 //! set and no_new_privs, but without a syscall filter.
 
+pub mod image;
 pub mod policy;
 pub mod run;
 pub mod spec;
