@@ -107,7 +107,7 @@ pub enum ManifestError {
         index: usize,
         digest: Sha256Digest,
         #[source]
-        source: UnpackError,
+        source: Box<UnpackError>,
     },
 }
 
@@ -334,10 +334,10 @@ pub fn resolve<F: Fetch>(fetch: &mut F) -> Result<ResolvedImage, ManifestError> 
     for (i, (layer, diff_id)) in layers.iter().zip(rootfs.diff_ids()).enumerate() {
         let layer_what = format!("{what}: layer {i}");
         let compression =
-            Compression::from_media_type(&layer.media_type().to_string()).map_err(|_| {
+            Compression::from_media_type(layer.media_type().as_ref()).map_err(|_| {
                 ManifestError::MediaType {
                     what: layer_what.clone(),
-                    media_type: truncate(&layer.media_type().to_string()),
+                    media_type: truncate(layer.media_type().as_ref()),
                 }
             })?;
         out.push(LayerDesc {
@@ -406,7 +406,7 @@ pub fn unpack<F: Fetch>(
             image: image.source.clone(),
             index,
             digest: layer.digest,
-            source,
+            source: Box::new(source),
         })?;
         if report.blob_size != layer.size {
             return Err(ManifestError::SizeMismatch {
@@ -944,8 +944,10 @@ pub(crate) mod tests {
             (None, "[".repeat(10000).into_bytes(), "invalid JSON"),
         ];
         for (mt, bytes, want) in cases {
-            let mut mem = Mem::default();
-            mem.root = Some((mt.map(String::from), bytes.clone()));
+            let mut mem = Mem {
+                root: Some((mt.map(String::from), bytes.clone())),
+                ..Default::default()
+            };
             let e = resolve(&mut mem).unwrap_err();
             let chain = format!(
                 "{e}: {}",
@@ -960,8 +962,10 @@ pub(crate) mod tests {
             );
         }
         // Over the size bound.
-        let mut mem = Mem::default();
-        mem.root = Some((None, vec![b' '; MAX_MANIFEST + 1]));
+        let mut mem = Mem {
+            root: Some((None, vec![b' '; MAX_MANIFEST + 1])),
+            ..Default::default()
+        };
         assert!(matches!(
             resolve(&mut mem).unwrap_err(),
             ManifestError::TooLarge { .. }
@@ -1030,8 +1034,10 @@ pub(crate) mod tests {
     fn never_panics_on_arbitrary_documents() {
         use proptest::prelude::*;
         proptest!(|(bytes in proptest::collection::vec(any::<u8>(), 0..512), mt in proptest::option::of("[a-z./+;=-]{0,60}"))| {
-            let mut mem = Mem::default();
-            mem.root = Some((mt, bytes));
+            let mut mem = Mem {
+                root: Some((mt, bytes)),
+                ..Default::default()
+            };
             let _ = resolve(&mut mem);
         });
     }
