@@ -9,6 +9,7 @@ use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cvm_agent::oci::layout::{Layout, LayoutError};
@@ -626,4 +627,284 @@ impl AppendByte for fs::File {
         use std::io::Write as _;
         self.write_all(bytes).unwrap();
     }
+}
+
+// A scripted registry (std TcpListener, one request per connection) for what the real one
+// will not do: Bearer tokens, blob redirects to another host, a 503, and lies (a manifest
+// that does not match its digest, a blob longer than its descriptor).
+
+struct Request {
+    path: String,
+    headers: Vec<(String, String)>,
+}
+
+impl Request {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+struct Response {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+fn respond(status: u16, headers: &[(&str, &str)], body: &[u8]) -> Response {
+    Response {
+        status,
+        headers: headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        body: body.to_vec(),
+    }
+}
+
+type Handler = Arc<dyn Fn(&Request) -> Response + Send + Sync>;
+
+/// Serve `handler` on 127.0.0.1 until the process ends; the port.
+fn serve(handler: Handler) -> u16 {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            if reader.read_line(&mut line).is_err() {
+                continue;
+            }
+            let path = line.split(' ').nth(1).unwrap_or("").to_string();
+            let mut headers = Vec::new();
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).is_err() || h.trim().is_empty() {
+                    break;
+                }
+                if let Some((k, v)) = h.trim_end().split_once(':') {
+                    headers.push((k.trim().to_string(), v.trim().to_string()));
+                }
+            }
+            let r = handler(&Request { path, headers });
+            let mut head = format!("HTTP/1.1 {} X\r\nConnection: close\r\n", r.status);
+            if !r.headers.iter().any(|(k, _)| k == "X-No-Length") {
+                head.push_str(&format!("Content-Length: {}\r\n", r.body.len()));
+            }
+            for (k, v) in &r.headers {
+                head.push_str(&format!("{k}: {v}\r\n"));
+            }
+            head.push_str("\r\n");
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(&r.body);
+        }
+    });
+    port
+}
+
+/// A manifest by tag (ref name) or digest from the layout: bytes and media type.
+fn layout_manifest(layout: &Path, reference: &str) -> Option<(Vec<u8>, String)> {
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let entry = index["manifests"].as_array()?.iter().find(|m| {
+        m["annotations"]["org.opencontainers.image.ref.name"] == reference
+            || m["digest"] == reference
+    });
+    let (digest, media_type) = match entry {
+        Some(e) => (
+            e["digest"].as_str()?.to_string(),
+            e["mediaType"].as_str()?.to_string(),
+        ),
+        None => (
+            reference.to_string(),
+            "application/vnd.oci.image.manifest.v1+json".to_string(),
+        ),
+    };
+    let hex = digest.strip_prefix("sha256:")?;
+    Some((
+        fs::read(layout.join("blobs/sha256").join(hex)).ok()?,
+        media_type,
+    ))
+}
+
+#[derive(Clone, Copy, Default)]
+struct Lies {
+    /// `manifests/<digest>` answers other bytes than the digest's.
+    manifest_by_digest: bool,
+    /// Blobs carry one byte more than their descriptor says (no Content-Length).
+    long_blob: bool,
+}
+
+/// A Bearer-token registry serving `layout` as repository `test/img`, whose blobs redirect to
+/// a second server; the first manifest request gets a 503. Returns the registry's port and
+/// the Authorization headers the blob server saw.
+fn fake_registry(layout: PathBuf, lies: Lies) -> (u16, Arc<Mutex<Vec<String>>>) {
+    let blob_auth = Arc::new(Mutex::new(Vec::new()));
+    let seen = blob_auth.clone();
+    let blob_layout = layout.clone();
+    let blob_port = serve(Arc::new(move |r: &Request| {
+        seen.lock()
+            .unwrap()
+            .push(r.header("authorization").unwrap_or("").to_string());
+        let hex = r.path.rsplit("sha256:").next().unwrap_or("");
+        match fs::read(blob_layout.join("blobs/sha256").join(hex)) {
+            Ok(mut b) if lies.long_blob => {
+                b.push(0);
+                // No Content-Length: the body ends when the connection closes.
+                respond(200, &[("X-No-Length", "1")], &b)
+            }
+            Ok(b) => respond(200, &[], &b),
+            Err(_) => respond(
+                404,
+                &[],
+                br#"{"errors":[{"code":"BLOB_UNKNOWN","message":"no"}]}"#,
+            ),
+        }
+    }));
+    let first = Arc::new(Mutex::new(true));
+    let port_cell = Arc::new(Mutex::new(0u16));
+    let port_for_handler = port_cell.clone();
+    let port = serve(Arc::new(move |r: &Request| {
+        let port = *port_for_handler.lock().unwrap();
+        if let Some(query) = r.path.strip_prefix("/token?") {
+            let basic = format!("Basic {}", {
+                use base64::Engine as _;
+                base64::engine::general_purpose::STANDARD.encode("bob:pw")
+            });
+            if r.header("authorization") != Some(basic.as_str())
+                || !query.contains("service=fake")
+                || !query.contains("scope=repository%3Atest%2Fimg%3Apull")
+            {
+                return respond(
+                    401,
+                    &[],
+                    br#"{"errors":[{"code":"DENIED","message":"bad creds"}]}"#,
+                );
+            }
+            return respond(200, &[], br#"{"access_token":"tok123","expires_in":60}"#);
+        }
+        if r.header("authorization") != Some("Bearer tok123") {
+            let challenge = format!(
+                r#"Bearer realm="http://127.0.0.1:{port}/token",service="fake",scope="repository:test/img:pull""#
+            );
+            return respond(
+                401,
+                &[("WWW-Authenticate", &challenge)],
+                br#"{"errors":[{"code":"UNAUTHORIZED","message":"auth"}]}"#,
+            );
+        }
+        if let Some(reference) = r.path.strip_prefix("/v2/test/img/manifests/") {
+            if std::mem::take(&mut *first.lock().unwrap()) {
+                return respond(503, &[], b"busy");
+            }
+            return match layout_manifest(&layout, reference) {
+                Some((mut bytes, media_type)) => {
+                    if lies.manifest_by_digest && reference.starts_with("sha256:") {
+                        bytes.push(b' ');
+                    }
+                    respond(200, &[("Content-Type", &media_type)], &bytes)
+                }
+                None => respond(
+                    404,
+                    &[],
+                    br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"no"}]}"#,
+                ),
+            };
+        }
+        if let Some(digest) = r.path.strip_prefix("/v2/test/img/blobs/") {
+            let to = format!("http://127.0.0.1:{blob_port}/storage/{digest}");
+            return respond(307, &[("Location", &to)], b"");
+        }
+        respond(404, &[], b"")
+    }));
+    *port_cell.lock().unwrap() = port;
+    (port, blob_auth)
+}
+
+#[test]
+fn bearer_token_blob_redirect_and_retry() {
+    if !tools_present("bearer_token_blob_redirect_and_retry") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = umoci_layout(tmp.path(), false);
+    let (port, blob_auth) = fake_registry(layout.clone(), Lies::default());
+    let with_creds = || RegistryOptions {
+        credentials: Some(cvm_agent::oci::registry::Credentials::new("bob", "pw")),
+        ..options()
+    };
+    let (image, mut registry) =
+        pull(&format!("127.0.0.1:{port}/test/img:t"), with_creds()).unwrap();
+    let root = tempfile::tempdir().unwrap();
+    manifest::unpack(&mut registry, &image, root.path(), &Limits::default()).unwrap();
+    check_unpacked(&image, root.path());
+    // The blob host got the config and the layer, and never the registry's token.
+    let seen = blob_auth.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(seen.iter().all(|a| a.is_empty()), "{seen:?}");
+
+    // Wrong token credentials: refused, named.
+    let e = pull(
+        &format!("127.0.0.1:{port}/test/img:t"),
+        RegistryOptions {
+            credentials: Some(cvm_agent::oci::registry::Credentials::new("bob", "nope")),
+            ..options()
+        },
+    )
+    .unwrap_err();
+    let text = chain(&e);
+    assert!(text.contains("token") && text.contains("DENIED"), "{text}");
+    assert!(!text.contains("nope"), "{text}");
+}
+
+#[test]
+fn lying_registry_is_refused() {
+    if !tools_present("lying_registry_is_refused") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = umoci_layout(tmp.path(), false);
+    let creds = || RegistryOptions {
+        credentials: Some(cvm_agent::oci::registry::Credentials::new("bob", "pw")),
+        ..options()
+    };
+    let (truth, _) = layout_manifest(&layout, "t").unwrap();
+    let digest = format!("sha256:{}", sha256_hex(&truth));
+
+    // A manifest that does not match the digest asked for: both digests named.
+    let (port, _) = fake_registry(
+        layout.clone(),
+        Lies {
+            manifest_by_digest: true,
+            ..Default::default()
+        },
+    );
+    let e = pull(&format!("127.0.0.1:{port}/test/img@{digest}"), creds()).unwrap_err();
+    let mut lie = truth.clone();
+    lie.push(b' ');
+    let text = e.to_string();
+    assert!(matches!(e, ManifestError::DigestMismatch { .. }), "{text}");
+    assert!(
+        text.contains(&digest) && text.contains(&sha256_hex(&lie)),
+        "{text}"
+    );
+
+    // A blob longer than its descriptor.
+    let (port, _) = fake_registry(
+        layout.clone(),
+        Lies {
+            long_blob: true,
+            ..Default::default()
+        },
+    );
+    let e = pull(&format!("127.0.0.1:{port}/test/img:t"), creds()).unwrap_err();
+    assert!(
+        chain(&e).contains("longer than its descriptor"),
+        "{}",
+        chain(&e)
+    );
 }

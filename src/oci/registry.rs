@@ -210,7 +210,7 @@ impl Registry {
     /// A manifest by tag or digest: its Content-Type and body (at most `max` bytes).
     fn get_manifest(&mut self, reference: &str, max: usize) -> Result<Document, RegistryError> {
         let url = self.url("manifests", reference);
-        let what = format!("{}: manifest {reference}", self.describe());
+        let what = format!("manifest {reference}");
         let (resp, _) = self.get(&what, &url, Some(ACCEPT))?;
         let media_type = Some(resp.content_type().to_string());
         if let Some(len) = resp
@@ -481,7 +481,7 @@ impl Fetch for Registry {
         size: u64,
     ) -> Result<Box<dyn Read + '_>, RegistryError> {
         let url = self.url("blobs", &digest.to_string());
-        let what = format!("{}: blob {digest}", self.describe());
+        let what = format!("blob {digest}");
         let (resp, _) = self.get(&what, &url, None)?;
         if let Some(len) = resp
             .header("content-length")
