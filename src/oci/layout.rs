@@ -296,7 +296,7 @@ impl Fetch for Layout {
             dir: self.path.clone(),
             selector: self.selector.clone(),
         };
-        format!("{:?}", reference.to_string())
+        format!("layout image {:?}", reference.to_string())
     }
 
     fn root(&mut self, max: usize) -> Result<Root, LayoutError> {

@@ -918,7 +918,14 @@ pub(crate) mod tests {
         mem.blobs.get_mut(&key).unwrap()[600] ^= 1;
         mem.blobs.get_mut(&key).unwrap().push(0);
         let dir = tempfile::tempdir().unwrap();
-        assert!(unpack(&mut mem, &img, dir.path(), &Limits::default()).is_err());
+        let e = unpack(&mut mem, &img, dir.path(), &Limits::default()).unwrap_err();
+        let mut chain = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            chain.push_str(&format!(": {s}"));
+            source = s.source();
+        }
+        assert!(chain.contains("longer than its descriptor"), "{chain}");
         // The config.
         let key = img.config_digest.to_string();
         mem.blobs.get_mut(&key).unwrap()[0] = b' ';
