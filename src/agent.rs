@@ -1056,7 +1056,8 @@ impl Agent {
             }
             false => None,
         };
-        let who = workload::spec::identity(plan.user.as_deref(), &root).in_stage(Stage::Workload)?;
+        let who =
+            workload::spec::identity(plan.user.as_deref(), &root).in_stage(Stage::Workload)?;
         let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
         let memory = workload::spec::memory_limit(
             config.memory_mib,
@@ -1080,7 +1081,11 @@ impl Agent {
             who.uid,
             who.gid,
             memory >> 20,
-            if plan.log_redirect { "yes" } else { "no (discarded)" }
+            if plan.log_redirect {
+                "yes"
+            } else {
+                "no (discarded)"
+            }
         );
         let running = workload::run::start(Path::new(BUNDLE_DIR), &spec, plan.log_redirect)
             .in_stage(Stage::Workload)?;
@@ -1105,7 +1110,10 @@ impl Agent {
         let status = match self.pid1.wait_for(pid) {
             pid1::ChildEvent::Exited(status) => status,
             pid1::ChildEvent::PowerOff(sig) => {
-                info!("{sig}: stopping the workload (SIGTERM, then SIGKILL after {} s)", STOP_GRACE.as_secs());
+                info!(
+                    "{sig}: stopping the workload (SIGTERM, then SIGKILL after {} s)",
+                    STOP_GRACE.as_secs()
+                );
                 let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
                 let deadline = Instant::now() + STOP_GRACE;
                 loop {

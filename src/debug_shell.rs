@@ -30,7 +30,10 @@ pub fn spawn(root: &Path) -> Result<Pid, ShellError> {
     let mut cmd = Command::new(&shell);
     cmd.arg("-i")
         .env_clear()
-        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
         .env("HOME", "/root")
         .env("TERM", "vt100")
         .env("PS1", "cvm-debug# ");

@@ -3,13 +3,15 @@
 //! One test per binary: it blocks signals process-wide.
 
 use cvm_agent::pid1::{ChildEvent, Pid1, Request};
-use nix::sys::wait::WaitStatus;
 use nix::sys::pthread::{pthread_kill, pthread_self};
 use nix::sys::signal::Signal;
+use nix::sys::wait::WaitStatus;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 #[test]
+// The children are reaped by Pid1 (the point of the test), not by std's wait().
+#[allow(clippy::zombie_processes)]
 fn reaps_children_and_orphans_and_turns_sigterm_into_power_off() {
     nix::sys::prctl::set_child_subreaper(true).expect("PR_SET_CHILD_SUBREAPER");
     let mut pid1 = Pid1::signals().expect("block signals, signalfd");

@@ -79,8 +79,8 @@ pub struct KbsClient {
 }
 
 /// ureq's resolver: IP literals as they are, names through our stub resolver.
-struct Resolver {
-    dns: Vec<std::net::Ipv4Addr>,
+pub(crate) struct Resolver {
+    pub(crate) dns: Vec<std::net::Ipv4Addr>,
 }
 
 impl ureq::Resolver for Resolver {
@@ -371,7 +371,7 @@ fn session_cookie(set_cookie: &[String]) -> Result<Option<String>, String> {
     Ok(None)
 }
 
-fn is_tls_failure(t: &ureq::Transport) -> bool {
+pub(crate) fn is_tls_failure(t: &ureq::Transport) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(t);
     while let Some(e) = source {
         if e.downcast_ref::<rustls::Error>().is_some() {
@@ -389,7 +389,7 @@ fn is_tls_failure(t: &ureq::Transport) -> bool {
     false
 }
 
-fn chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
     while let Some(c) = src {

@@ -134,11 +134,10 @@ pub fn pull(
                 dns: transport.dns.to_vec(),
                 credentials,
             };
-            let mut source =
-                Registry::new(r, options).map_err(|source| ImageError::Registry {
-                    image: reference.to_string(),
-                    source,
-                })?;
+            let mut source = Registry::new(r, options).map_err(|source| ImageError::Registry {
+                image: reference.to_string(),
+                source,
+            })?;
             let image = manifest::resolve(&mut source)?;
             let summary = manifest::unpack(&mut source, &image, root, limits)?;
             Ok(Pulled {
