@@ -31,7 +31,7 @@ initrd: build
 	$(CVMCTL) initrd --agent $(TRIVIAL) --spec tests/initrd-trivial -o $(OUT)/trivial-initrd.img
 
 rootfs: build
-	scripts/mkroot.sh $(OUT)/root-tree
+	CVMCTL=$(CVMCTL) scripts/mkroot.sh $(OUT)/root-tree
 	$(CVMCTL) rootfs $(OUT)/root-tree -o $(OUT)/rootfs.img
 
 images: initrd rootfs

@@ -5,6 +5,11 @@
 #   qemu/boot.sh --kernel K --initrd I [--append "..."] [--disk FILE[:ro]]... [--timeout SEC]
 #                [--console FILE] [--tpm-state DIR] [--no-tpm] [--no-net] [--fw-cfg NAME=FILE]
 #                [--guestfwd PORT|GUESTPORT:HOSTPORT] [--memory MB] [--monitor SOCKET] [--quiet]
+#                [--serial-socket SOCKET] [--allow-reboot]
+#
+# --serial-socket: the console is also a unix socket (server) a test can type into (the debug
+# shell); the console file still gets everything. --allow-reboot: a guest reboot (a restart
+# policy) boots again instead of ending QEMU; the last result line counts.
 #
 # Exit codes: the result line's exit_code; 124 on timeout; 125 for usage/setup errors;
 # 126 when the VM ended without a result line.
@@ -13,7 +18,7 @@
 set -euo pipefail
 
 kernel="" initrd="" append="" timeout=120 console="" tpm_state="" tpm=1 net=1 memory=512 quiet=0
-monitor=""
+monitor="" serial_socket="" reboot=0
 disks=() fwcfg=() fwds=()
 die() { echo "boot.sh: error: $*" >&2; exit 125; }
 while [ $# -gt 0 ]; do
@@ -32,7 +37,9 @@ while [ $# -gt 0 ]; do
     --memory) memory=$2; shift 2 ;;
     --monitor) monitor=$2; shift 2 ;;
     --quiet) quiet=1; shift ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    --serial-socket) serial_socket=$2; shift 2 ;;
+    --allow-reboot) reboot=1; shift ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) die "unknown argument $1" ;;
   esac
 done
@@ -53,11 +60,17 @@ trap 'exit 130' INT TERM
 [ -n "$console" ] || console="$work/console.log"
 : > "$console"
 
-args=(-machine q35 -m "$memory" -smp 1 -nographic -no-reboot -no-user-config -nodefaults
+if [ -n "$serial_socket" ]; then
+  serial=(-chardev "socket,id=ser0,path=$serial_socket,server=on,wait=off,logfile=$console,logappend=on")
+else
+  serial=(-chardev "file,id=ser0,path=$console")
+fi
+args=(-machine q35 -m "$memory" -smp 1 -nographic -no-user-config -nodefaults
       -display none
-      -chardev "file,id=ser0,path=$console" -serial chardev:ser0
+      "${serial[@]}" -serial chardev:ser0
       -kernel "$kernel" -initrd "$initrd"
       -append "console=ttyS0 panic=-1 loglevel=4 $append")
+[ "$reboot" = 1 ] || args+=(-no-reboot)
 # A human monitor on a unix socket lets tests press keys (ctrl-alt-delete) or quit.
 if [ -n "$monitor" ]; then args+=(-monitor "unix:$monitor,server=on,wait=off"); else args+=(-monitor none); fi
 if [ "${CVM_KVM:-0}" = 1 ]; then args+=(-accel kvm -cpu host); else args+=(-accel tcg -cpu max); fi

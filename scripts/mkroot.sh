@@ -18,6 +18,10 @@ for applet in sh ls cat echo mount umount dmesg ps sleep sync poweroff; do
   ln -sf busybox "$out/bin/$applet"
 done
 
+# The workload images, as an OCI image layout in the verified root (launch.toml: image =
+# "oci:/usr/share/cvm-agent/images:demo").
+scripts/mkimages.sh "$out/usr/share/cvm-agent/images"
+
 # mkfs.ext4 for the state disk's first boot: Debian's mke2fs with the shared libraries it needs
 # and the dynamic loader (the verified root is an ordinary Linux root; only the agent is static).
 mke2fs=/sbin/mke2fs

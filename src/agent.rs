@@ -1003,16 +1003,17 @@ impl Agent {
         .in_stage(Stage::Workload)?;
         drop(auth);
         let s = &pulled.summary;
+        let mib = |b: u64| b as f64 / 1048576.0;
         info!(
-            "{} → {}: {} layers, {} MiB of files ({} entries) from {} MiB of blobs in {} ms ({:.1} MiB/s){}",
+            "{} → {}: {} layer(s), {:.1} MiB of files ({} entries) from {:.1} MiB of blobs in {} ms ({:.1} MiB/s of files){}",
             pulled.image.source,
             pulled.image.digest,
             s.layers,
-            s.bytes >> 20,
+            mib(s.bytes),
             s.entries,
-            s.blob_bytes >> 20,
+            mib(s.blob_bytes),
             s.ms,
-            (s.blob_bytes as f64 / 1048576.0) / (s.ms.max(1) as f64 / 1000.0),
+            mib(s.bytes) / (s.ms.max(1) as f64 / 1000.0),
             pulled
                 .round_trips
                 .map(|n| format!(", {n} HTTP round trips"))

@@ -137,7 +137,16 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
-        let level = *event.metadata().level();
+        let mut level = *event.metadata().level();
+        // The container runtime's own chatter (cgroup controllers it skips, no seccomp) is
+        // debug detail for us; its errors stay errors. It also logs from inside the container
+        // before exec, where a console line would land in the workload's output.
+        let target = event.metadata().target();
+        if (target.starts_with("libcontainer") || target.starts_with("libcgroups"))
+            && level != Level::ERROR
+        {
+            level = Level::DEBUG;
+        }
         let stage = ctx
             .event_scope(event)
             .and_then(|scope| scope.from_root().next())
