@@ -161,9 +161,64 @@ pub struct MeasureArgs {
     /// The overrides the agent records.
     #[arg(long)]
     pub overrides: Option<String>,
+    /// The verified root's tree on the host: the init-data's `oci:` workload image is resolved
+    /// inside it and every workload fact (digest, restart policy, final args and env, overrides)
+    /// is predicted with the agent's own launch-policy code.
+    #[arg(long, conflicts_with_all = ["workload_image", "workload_digest", "restart", "args", "env", "overrides"])]
+    pub image_root: Option<PathBuf>,
     /// PCR banks to predict, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "sha256", value_parser = parse_bank)]
     pub banks: Vec<HashAlg>,
+}
+
+/// The workload facts of `initdata`'s launch.toml, with its `oci:` image read from `root`.
+fn workload_facts(
+    initdata: Option<&InitData>,
+    root: &std::path::Path,
+    mode: Mode,
+    facts: &mut Facts,
+) -> Result<(), MeasureError> {
+    use crate::oci::reference::{ImageRef, LayoutRef};
+    use crate::workload::{image, policy};
+    let bad = |what: String| MeasureError::Usage(format!("--image-root: {what}"));
+    let launch = initdata
+        .ok_or_else(|| bad("needs --initdata".into()))?
+        .launch()?
+        .ok_or_else(|| bad("the init-data has no launch.toml".into()))?;
+    let workload = launch
+        .workload
+        .as_ref()
+        .ok_or_else(|| bad("launch.toml has no [workload]".into()))?;
+    let reference = ImageRef::parse(&workload.image).map_err(|e| bad(e.to_string()))?;
+    let ImageRef::Layout(layout) = reference else {
+        return Err(bad(format!(
+            "{} is a registry image: give the workload facts with their own flags",
+            workload.image
+        )));
+    };
+    let on_host = LayoutRef {
+        dir: root.join(layout.dir.strip_prefix("/").unwrap_or(&layout.dir)),
+        selector: layout.selector.clone(),
+    };
+    let mut source = crate::oci::layout::Layout::open(&on_host)
+        .map_err(|e| bad(crate::stage::error_chain(&e)))?;
+    let resolved = crate::oci::manifest::resolve(&mut source)
+        .map_err(|e| bad(crate::stage::error_chain(&e)))?;
+    let state_mount = launch.state.as_ref().map(|s| s.mount.as_str());
+    let plan = policy::plan(
+        &image::image_config(&resolved.config),
+        workload,
+        state_mount,
+        mode,
+    )
+    .map_err(|e| bad(e.to_string()))?;
+    facts.workload_image = Some(workload.image.clone());
+    facts.workload_digest = Some(resolved.digest.to_string());
+    facts.restart_policy = Some(plan.restart);
+    facts.args = Some(plan.args);
+    facts.env = Some(plan.env);
+    facts.overrides = Some(plan.overrides);
+    Ok(())
 }
 
 /// Runs `cvmctl measure`: the prediction as pretty JSON, plus, with `--initdata`, the values
@@ -192,7 +247,7 @@ pub fn measure_command(args: &MeasureArgs) -> Result<String, MeasureError> {
         }
         None => args.image_version.clone(),
     };
-    let facts = Facts {
+    let mut facts = Facts {
         mode: args.mode,
         roothash: args.roothash.clone(),
         image_version,
@@ -213,6 +268,9 @@ pub fn measure_command(args: &MeasureArgs) -> Result<String, MeasureError> {
             .transpose()?,
         overrides: args.overrides.clone(),
     };
+    if let Some(root) = &args.image_root {
+        workload_facts(initdata.as_ref(), root, args.mode, &mut facts)?;
+    }
     let prediction = predict(&facts, &args.banks)?;
     let mut out = json!({"pcrs": prediction.pcrs.to_json(), "log": prediction.log.to_json()});
     if let Some(initdata) = &initdata {
