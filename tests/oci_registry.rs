@@ -8,7 +8,7 @@ use std::fs;
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,90 +18,14 @@ use cvm_agent::oci::reference::ImageRef;
 use cvm_agent::oci::registry::{Registry, RegistryError, RegistryOptions, parse_auth_json};
 use cvm_agent::oci::unpack::Limits;
 
-const TOOLS: [&str; 4] = [
-    "/usr/bin/docker-registry",
-    "/usr/bin/umoci",
-    "/usr/bin/skopeo",
-    "/usr/bin/htpasswd",
-];
+mod common;
+
+use common::registry::{HTPASSWD, REGISTRY, SKOPEO, push, run, start_registry};
+
+const TOOLS: [&str; 4] = [REGISTRY, "/usr/bin/umoci", SKOPEO, HTPASSWD];
 
 fn tools_present(test: &str) -> bool {
-    for t in TOOLS {
-        if !Path::new(t).exists() {
-            eprintln!("SKIP {test}: {t} is not installed");
-            return false;
-        }
-    }
-    true
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A running registry; killed (by its own pid) on drop.
-struct Reg {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Reg {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_registry(htpasswd: Option<(&str, &str)>) -> Reg {
-    let dir = tempfile::tempdir().unwrap();
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut config = format!(
-        "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
-        dir.path().join("store").display()
-    );
-    if let Some((user, pass)) = htpasswd {
-        let file = dir.path().join("htpasswd");
-        let line = run(Command::new("htpasswd").args(["-Bbn", user, pass]));
-        fs::write(&file, line).unwrap();
-        config.push_str(&format!(
-            "auth:\n  htpasswd:\n    realm: test-realm\n    path: {}\n",
-            file.display()
-        ));
-    }
-    let config_path = dir.path().join("config.yml");
-    fs::write(&config_path, config).unwrap();
-    let child = Command::new("/usr/bin/docker-registry")
-        .arg("serve")
-        .arg(&config_path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let reg = Reg {
-        child,
-        port,
-        _dir: dir,
-    };
-    let start = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "the registry did not listen"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    reg
+    common::registry::tools_present(test, &TOOLS)
 }
 
 /// The files the test image holds.
@@ -221,22 +145,6 @@ fn add_index(layout: &Path, name: &str, entries: &[(&str, &str)]) {
         serde_json::to_vec(&index).unwrap(),
     )
     .unwrap();
-}
-
-fn push(layout: &Path, tag: &str, dest: &str, format: Option<&str>, creds: Option<&str>) {
-    let mut cmd = Command::new("skopeo");
-    cmd.args(["copy", "--quiet", "--dest-tls-verify=false"]);
-    if let Some(f) = format {
-        cmd.args(["--format", f]);
-    } else {
-        cmd.arg("--all");
-    }
-    if let Some(c) = creds {
-        cmd.args(["--dest-creds", c]);
-    }
-    cmd.arg(format!("oci:{}:{tag}", layout.display()))
-        .arg(format!("docker://{dest}"));
-    run(&mut cmd);
 }
 
 fn options() -> RegistryOptions {

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod kbs;
+pub mod registry;
 pub mod swtpm;
 
 use std::path::{Path, PathBuf};
