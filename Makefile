@@ -55,6 +55,7 @@ bench: images
 	$(CVMCTL) bench rootfs --size-mib 100
 	$(CVMCTL) bench state --size-mib 1024
 	$(CVMCTL) bench unpack --size-mib 100
+	OUT=$(OUT) KERNEL=$(KERNEL) CVMCTL=$(CVMCTL) scripts/bench-volume.sh
 
 clean:
 	cargo clean

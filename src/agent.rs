@@ -48,6 +48,19 @@ const BUNDLE_DIR: &str = "/run/cvm-agent/bundle";
 /// How long a workload gets to exit after SIGTERM when the VM is asked to power off.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
+/// The agent's resident set and its peak, in KiB (`VmRSS`, `VmHWM`); zeros when unreadable.
+fn own_memory() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
 /// Errors of the agent's own glue between stages.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -1108,6 +1121,7 @@ impl Agent {
         let span = logging::stage_span(Stage::Workload);
         let _entered = span.enter();
         let pid = started.running.pid;
+        let rss_running = own_memory();
         let status = match self.pid1.wait_for(pid) {
             pid1::ChildEvent::Exited(status) => status,
             pid1::ChildEvent::PowerOff(sig) => {
@@ -1131,6 +1145,12 @@ impl Agent {
         let ran = started.started.elapsed();
         let lines = started.running.finish();
         let exit = workload::run::Exit::from_status(status);
+        let (rss, peak) = rss_running;
+        info!(
+            "agent memory while the workload ran: RSS {:.1} MiB (peak since boot {:.1} MiB)",
+            rss as f64 / 1024.0,
+            peak as f64 / 1024.0
+        );
         info!(
             "workload exited: {} after {} ms ({lines} console lines)",
             match exit {
