@@ -481,11 +481,7 @@ fn kbs(wire: WireKbs) -> Result<Kbs, InitDataError> {
     let pin = wire
         .pin
         .as_deref()
-        .map(|pin| {
-            hex::decode(pin)
-                .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
-                .ok_or_else(|| err("kbs.pin must be 64 hex digits (SHA-256 of the key's SPKI)"))
-        })
+        .map(|p| parse_pin("kbs.pin", p))
         .transpose()?;
     if is_http && (wire.cert.is_some() || pin.is_some()) {
         return Err(err(
@@ -668,6 +664,16 @@ fn workload(wire: WireWorkload) -> Result<Workload, InitDataError> {
     })
 }
 
+fn parse_pin(field: &str, pin: &str) -> Result<[u8; 32], InitDataError> {
+    hex::decode(pin)
+        .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+        .ok_or_else(|| {
+            err(format!(
+                "{field} must be 64 hex digits (SHA-256 of the key's SPKI)"
+            ))
+        })
+}
+
 fn registry(wire: WireRegistry) -> Result<Registry, InitDataError> {
     if let Some(cert) = &wire.cert
         && (cert.len() > MAX_CERT_LEN
@@ -679,13 +685,7 @@ fn registry(wire: WireRegistry) -> Result<Registry, InitDataError> {
     let pin = wire
         .pin
         .as_deref()
-        .map(|pin| {
-            hex::decode(pin)
-                .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
-                .ok_or_else(|| {
-                    err("workload.registry.pin must be 64 hex digits (SHA-256 of the key's SPKI)")
-                })
-        })
+        .map(|p| parse_pin("workload.registry.pin", p))
         .transpose()?;
     if wire.insecure_http && (wire.cert.is_some() || pin.is_some()) {
         return Err(err(

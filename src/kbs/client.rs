@@ -10,14 +10,13 @@
 
 use std::io::Read as _;
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::protocol::{self, API_PREFIX, Attestation, Challenge, KbsError, SESSION_COOKIE, Tee};
 use crate::initdata::launch::{Kbs, ResourceUri};
+use crate::net::retry::{self, GaveUp};
 use crate::net::{dns, tls};
 
-const FIRST_BACKOFF: Duration = Duration::from_millis(250);
-const MAX_BACKOFF: Duration = Duration::from_secs(8);
 /// Connecting is quick or never: a bounded connect keeps retries coming inside the deadline.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const DNS_TIMEOUT: Duration = Duration::from_secs(5);
@@ -55,12 +54,7 @@ pub enum ClientError {
     },
 }
 
-/// One attempt's outcome when it failed.
-enum Failure {
-    /// Worth another attempt after a pause.
-    Transient(String),
-    Fatal(ClientError),
-}
+type Failure = retry::Failure<ClientError>;
 
 /// An answer with a 2xx status.
 struct Answer {
@@ -209,40 +203,20 @@ impl KbsClient {
         what: &str,
         mut attempt: impl FnMut(&mut Self, Duration) -> Result<T, Failure>,
     ) -> Result<T, ClientError> {
-        let started = Instant::now();
-        let end = started + self.deadline;
-        let mut backoff = FIRST_BACKOFF;
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
-            let left = end.saturating_duration_since(Instant::now());
-            let last = match attempt(self, left) {
-                Ok(v) => return Ok(v),
-                Err(Failure::Fatal(ClientError::Kbs { what: w, source })) => {
-                    return Err(ClientError::Kbs {
-                        what: format!("{what}: {w}"),
-                        source,
-                    });
-                }
-                Err(Failure::Fatal(e)) => return Err(e),
-                Err(Failure::Transient(why)) => why,
-            };
-            let now = Instant::now();
-            if now + backoff >= end {
-                return Err(ClientError::Deadline {
-                    what: what.to_string(),
-                    deadline: self.deadline,
-                    attempts,
-                    last,
-                });
-            }
-            tracing::info!(
-                "{what}: attempt {attempts} failed ({last}); retrying in {} ms",
-                backoff.as_millis()
-            );
-            std::thread::sleep(backoff);
-            backoff = (backoff * 2).min(MAX_BACKOFF);
-        }
+        let deadline = self.deadline;
+        retry::run(what, deadline, |left| attempt(self, left)).map_err(|gave_up| match gave_up {
+            GaveUp::Fatal(ClientError::Kbs { what: w, source }) => ClientError::Kbs {
+                what: format!("{what}: {w}"),
+                source,
+            },
+            GaveUp::Fatal(e) => e,
+            GaveUp::Deadline { attempts, last } => ClientError::Deadline {
+                what: what.to_string(),
+                deadline,
+                attempts,
+                last,
+            },
+        })
     }
 
     /// One request; 2xx is an `Answer`, 4xx a fatal KBS error, the rest transient.

@@ -11,6 +11,7 @@
 mod dhcp;
 pub mod dns;
 mod netlink;
+pub mod retry;
 pub mod tls;
 
 use netlink::Netlink;

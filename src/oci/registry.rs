@@ -28,10 +28,9 @@ use super::digest::Sha256Digest;
 use super::manifest::{ACCEPT, Document, Fetch, Root};
 use super::reference::{DOCKER_HUB, RegistryRef};
 use crate::kbs::client::{Resolver, chain, is_tls_failure};
+use crate::net::retry::{self, GaveUp};
 use crate::net::tls;
 
-const FIRST_BACKOFF: Duration = Duration::from_millis(250);
-const MAX_BACKOFF: Duration = Duration::from_secs(8);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A registry error body, a token answer.
 const MAX_ERROR_BODY: usize = 64 << 10;
@@ -137,10 +136,7 @@ pub struct AuthFileError {
     pub reason: String,
 }
 
-enum Failure {
-    Transient(String),
-    Fatal(RegistryError),
-}
+type Failure = retry::Failure<RegistryError>;
 
 enum Auth {
     Anonymous,
@@ -245,31 +241,19 @@ impl Registry {
     ) -> Result<(ureq::Response, Duration), RegistryError> {
         let deadline = self.options.deadline;
         let end = Instant::now() + deadline;
-        let mut backoff = FIRST_BACKOFF;
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
-            let left = end.saturating_duration_since(Instant::now());
-            let last = match self.attempt(what, url, accept, left) {
-                Ok(resp) => return Ok((resp, end.saturating_duration_since(Instant::now()))),
-                Err(Failure::Fatal(e)) => return Err(e),
-                Err(Failure::Transient(why)) => why,
-            };
-            if Instant::now() + backoff >= end {
-                return Err(RegistryError::Deadline {
-                    what: what.to_string(),
-                    deadline,
-                    attempts,
-                    last,
-                });
-            }
-            tracing::info!(
-                "{what}: attempt {attempts} failed ({last}); retrying in {} ms",
-                backoff.as_millis()
-            );
-            std::thread::sleep(backoff);
-            backoff = (backoff * 2).min(MAX_BACKOFF);
-        }
+        retry::run(what, deadline, |left| {
+            self.attempt(what, url, accept, left)
+                .map(|resp| (resp, end.saturating_duration_since(Instant::now())))
+        })
+        .map_err(|gave_up| match gave_up {
+            GaveUp::Fatal(e) => e,
+            GaveUp::Deadline { attempts, last } => RegistryError::Deadline {
+                what: what.to_string(),
+                deadline,
+                attempts,
+                last,
+            },
+        })
     }
 
     /// One attempt: the request, and at most one round of auth on a 401.

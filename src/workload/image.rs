@@ -111,8 +111,7 @@ pub fn pull(
                 image: reference.to_string(),
                 source,
             })?;
-            let image = manifest::resolve(&mut source)?;
-            let summary = manifest::unpack(&mut source, &image, root, limits)?;
+            let (image, summary) = resolve_and_unpack(&mut source, root, limits)?;
             Ok(Pulled {
                 image,
                 summary,
@@ -138,8 +137,7 @@ pub fn pull(
                 image: reference.to_string(),
                 source,
             })?;
-            let image = manifest::resolve(&mut source)?;
-            let summary = manifest::unpack(&mut source, &image, root, limits)?;
+            let (image, summary) = resolve_and_unpack(&mut source, root, limits)?;
             Ok(Pulled {
                 image,
                 summary,
@@ -147,6 +145,16 @@ pub fn pull(
             })
         }
     }
+}
+
+fn resolve_and_unpack<F: manifest::Fetch>(
+    source: &mut F,
+    root: &Path,
+    limits: &Limits,
+) -> Result<(ResolvedImage, UnpackSummary), ImageError> {
+    let image = manifest::resolve(source)?;
+    let summary = manifest::unpack(source, &image, root, limits)?;
+    Ok((image, summary))
 }
 
 /// The image config as the launch policy reads it.
