@@ -20,7 +20,7 @@ use cvm_agent::oci::unpack::Limits;
 
 mod common;
 
-use common::registry::{HTPASSWD, REGISTRY, SKOPEO, push, run, start_registry};
+use common::registry::{HTPASSWD, REGISTRY, SKOPEO, push, run, start_registry, start_registry_tls};
 
 const TOOLS: [&str; 4] = [REGISTRY, "/usr/bin/umoci", SKOPEO, HTPASSWD];
 
@@ -818,5 +818,75 @@ fn lying_registry_is_refused() {
         chain(&e).contains("longer than its descriptor"),
         "{}",
         chain(&e)
+    );
+}
+
+/// A self-signed certificate for 127.0.0.1: (certificate PEM, key PEM, SPKI SHA-256).
+fn self_signed() -> (String, String, [u8; 32]) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params
+        .subject_alt_names
+        .push(rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap()));
+    let cert = params.self_signed(&key).unwrap();
+    let pin = cvm_agent::net::tls::spki_sha256(cert.der()).unwrap();
+    (cert.pem(), key.serialize_pem(), pin)
+}
+
+#[test]
+fn registry_over_tls_with_an_anchor_or_a_pin_and_nothing_else() {
+    if !tools_present("registry_over_tls_with_an_anchor_or_a_pin_and_nothing_else") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = umoci_layout(tmp.path(), false);
+    let (cert, key, pin) = self_signed();
+    let reg = start_registry_tls(None, Some((&cert, &key)));
+    let name = format!("127.0.0.1:{}/test/tls", reg.port);
+    // skopeo pushes over TLS without verifying (it does not know our test certificate).
+    push(&layout, "t", &format!("{name}:t"), Some("oci"), None);
+    let tls = |cert_pem: Option<String>, pin: Option<[u8; 32]>| RegistryOptions {
+        cert_pem,
+        pin,
+        insecure_http: false,
+        deadline: Duration::from_secs(10),
+        ..Default::default()
+    };
+    // The certificate as the only anchor, the pin alone, both: all pull and unpack.
+    for (what, options) in [
+        ("anchor", tls(Some(cert.clone()), None)),
+        ("pin", tls(None, Some(pin))),
+        ("anchor and pin", tls(Some(cert.clone()), Some(pin))),
+    ] {
+        let (image, mut registry) =
+            pull(&format!("{name}:t"), options).unwrap_or_else(|e| panic!("{what}: {}", chain(&e)));
+        let root = tempfile::tempdir().unwrap();
+        manifest::unpack(&mut registry, &image, root.path(), &Limits::default())
+            .unwrap_or_else(|e| panic!("{what}: {}", chain(&e)));
+        check_unpacked(&image, root.path());
+    }
+    // No anchor (the compiled-in web roots) or a wrong pin: refused at once (a TLS failure is
+    // not retried), naming the certificate.
+    let mut wrong = pin;
+    wrong[0] ^= 1;
+    for (what, options) in [
+        ("web roots", tls(None, None)),
+        ("wrong pin", tls(None, Some(wrong))),
+    ] {
+        let started = Instant::now();
+        let e = pull(&format!("{name}:t"), options).unwrap_err();
+        let text = chain(&e);
+        assert!(
+            text.to_lowercase().contains("certificate") || text.contains("TLS"),
+            "{what}: {text}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{what}: retried: {text}"
+        );
+    }
+    assert!(
+        pull(&format!("{name}:t"), options()).is_err(),
+        "plain http to a TLS registry"
     );
 }

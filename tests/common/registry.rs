@@ -50,6 +50,11 @@ impl Drop for Reg {
 
 /// A registry on a free 127.0.0.1 port, with htpasswd Basic auth for `(user, password)`.
 pub fn start_registry(htpasswd: Option<(&str, &str)>) -> Reg {
+    start_registry_tls(htpasswd, None)
+}
+
+/// The same, serving HTTPS with `(certificate PEM, key PEM)` when given.
+pub fn start_registry_tls(htpasswd: Option<(&str, &str)>, tls: Option<(&str, &str)>) -> Reg {
     let dir = tempfile::tempdir().unwrap();
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -67,6 +72,16 @@ pub fn start_registry(htpasswd: Option<(&str, &str)>) -> Reg {
         config.push_str(&format!(
             "auth:\n  htpasswd:\n    realm: test-realm\n    path: {}\n",
             file.display()
+        ));
+    }
+    if let Some((cert, key)) = tls {
+        let (c, k) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        fs::write(&c, cert).unwrap();
+        fs::write(&k, key).unwrap();
+        config.push_str(&format!(
+            "  tls:\n    certificate: {}\n    key: {}\n",
+            c.display(),
+            k.display()
         ));
     }
     let config_path = dir.path().join("config.yml");
