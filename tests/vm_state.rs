@@ -312,6 +312,36 @@ fn integrity_formats_wipes_reopens_and_detects_tampering() {
         }
     }
 
+    drop(run);
+
+    // The same volume under a launch.toml without integrity: refused, not opened as plain
+    // aes-xts, nothing written.
+    let plain = kbs_with_key(&key, initdata(Some("serial:cvm-disk1")));
+    let before = sha256_file(&disk);
+    let b = boot_with_disk(&plain, &disk);
+    assert_refused_unchanged(&b, &disk, &before, &["integrity = false", "hmac(sha256)"]);
+    drop(plain);
+
+    // A header the host wrote (`cvmctl state format --integrity`): the guest finds the
+    // zeroed dm-integrity superblock, initializes, wipes and makes the filesystem.
+    let other = tempfile::tempdir().unwrap();
+    let host_disk = blank_disk(other.path(), false);
+    run_ok(
+        Command::new(env!("CARGO_BIN_EXE_cvmctl"))
+            .args(["state", "format", "--integrity", "--key-file"])
+            .arg(&keyfile)
+            .arg(&host_disk),
+    );
+    let run = kbs_with_key(
+        &key,
+        initdata_with(Some("serial:cvm-disk1"), "integrity = true\n"),
+    );
+    let b = boot_with_disk(&run, &host_disk);
+    assert_eq!(b.code, 0, "{}", b.show());
+    assert!(b.has("dm-integrity initialized"), "{}", b.show());
+    assert!(b.has("boot 1 of this volume"), "{}", b.show());
+    drop(run);
+
     // The host changes one byte in every 4 KiB block past the dm-integrity superblock and
     // journal (2 MiB into the data area): sectors and tags no longer match, so reading the
     // filesystem fails in the guest. The boot stops; nothing is formatted.
@@ -322,9 +352,19 @@ fn integrity_formats_wipes_reopens_and_detects_tampering() {
         at += 4096;
     }
     std::fs::write(&disk, &tampered).unwrap();
+    let run = kbs_with_key(
+        &key,
+        initdata_with(Some("serial:cvm-disk1"), "integrity = true\n"),
+    );
     let b = boot_with_disk(&run, &disk);
     b.assert_one_error("cvm-agent: error: state: ");
     eprintln!("tampered: {}", b.errors()[0]);
+    for l in b.console.lines().filter(|l| l.contains("AEAD")).take(3) {
+        eprintln!("tampered, kernel: {l}");
+    }
+    assert!(b.errors()[0].contains("Input/output error"), "{}", b.show());
+    // dm-crypt checked the HMAC and refused the sectors.
+    assert!(b.has("INTEGRITY AEAD ERROR"), "{}", b.show());
     assert!(!b.has("formatted now"), "{}", b.show());
     assert!(!b.has("cvm-agent: result"), "{}", b.show());
     assert!(b.powered_off(), "{}", b.show());
