@@ -11,11 +11,14 @@
 //!
 //! What we write is one fixed shape: one `luks2` keyslot (AF `luks1`, 4000 stripes, SHA-256;
 //! area `raw`, aes-xts-plain64, 512-bit key; KDF PBKDF2-SHA256 or Argon2id), one `crypt`
-//! segment and one `pbkdf2` SHA-256 digest over a random 512-bit volume key.
+//! segment and one `pbkdf2` SHA-256 digest over a random 512-bit volume key. With integrity
+//! (`FormatOptions::integrity`) the segment also carries cryptsetup's `hmac(sha256)` integrity
+//! object and the volume key is 768 bits: the XTS key, then the HMAC-SHA256 key.
 //!
 //! What we read is that shape as cryptsetup may have left it after an operator's recovery work:
 //! several keyslots (PBKDF2-SHA256, Argon2i or Argon2id, up to 32), any ids, tokens, config
-//! flags. Anything else — another cipher, dm-integrity, a reencryption in progress (mandatory
+//! flags. Anything else — another cipher, another integrity than `hmac(sha256)` without journal
+//! crypto, a reencryption in progress (mandatory
 //! requirements), unbound keys, several segments — is refused with an error that names it.
 //!
 //! Why strict: the host writes the disk. The volume key digest check is what makes a key
