@@ -887,17 +887,16 @@ impl Agent {
         let mapped = activated.mapped;
         let uuid = unlocked.header.uuid().to_string();
         // A fresh dm-integrity device (LUKS2 formatted now, or a host-formatted header seen
-        // for the first time) has no valid tags yet: wipe it once, then make the filesystem.
-        let formatted = unlocked.formatted || activated.fresh_integrity;
+        // for the first time) was wiped by activate: it needs the filesystem too.
+        let formatted = unlocked.formatted || activated.wiped.is_some();
         drop(unlocked);
         let mut wipe_ms = 0;
-        if activated.fresh_integrity {
-            let t = Instant::now();
-            let bytes = state::wipe(&mapped.path).in_stage(Stage::State)?;
-            wipe_ms = t.elapsed().as_millis();
+        if let Some(w) = &activated.wiped {
+            wipe_ms = w.ms;
             info!(
-                "dm-integrity initialized: {} MiB written through dm-crypt in {wipe_ms} ms",
-                bytes >> 20
+                "dm-integrity initialized: {} MiB written through dm-crypt (no journal) in {} ms",
+                w.bytes >> 20,
+                w.ms
             );
         }
         if let Some(dif) = &activated.integrity {

@@ -243,28 +243,61 @@ pub fn unlock(device: &BlockDev, key: &[u8], integrity: bool) -> Result<Unlocked
 
 /// The dm-crypt device for the volume. The table carries the volume key, so it is loaded with
 /// DM_SECURE_DATA.
-/// The state volume as mapped: the dm-crypt device, and whether a dm-integrity device under it
-/// was initialized just now (its sectors then have no valid tags until [`wipe`]).
+/// The state volume as mapped: the dm-crypt device, the dm-integrity device under it, and
+/// what the initialization of a fresh dm-integrity device took.
 pub struct Activated {
     pub mapped: dm::Mapped,
     pub integrity: Option<dm::Mapped>,
-    pub fresh_integrity: bool,
+    pub wiped: Option<Wiped>,
 }
 
+/// A fresh dm-integrity device written once through dm-crypt.
+pub struct Wiped {
+    pub bytes: u64,
+    pub ms: u128,
+}
+
+/// Maps the volume. With integrity and a zeroed dm-integrity superblock (fresh format, or a
+/// header the host wrote), the kernel formats dm-integrity, and the volume is first mapped
+/// without the journal and written once in full (so every sector has a valid tag: what
+/// cryptsetup does at luksFormat), then unmapped and mapped for use, with the journal.
 pub fn activate(unlocked: &Unlocked) -> Result<Activated, StateError> {
+    let wiped = if unlocked.header.segment().integrity.is_some() {
+        let fresh = integrity_superblock(unlocked)?.is_none();
+        if fresh {
+            let t = Instant::now();
+            let wipe_map = activate_with(unlocked, false)?;
+            let bytes = wipe(&wipe_map.mapped.path);
+            dm::remove(MAPPER_NAME);
+            dm::remove(INTEGRITY_NAME);
+            Some(Wiped {
+                bytes: bytes?,
+                ms: t.elapsed().as_millis(),
+            })
+        } else {
+            None
+        }
+    } else {
+        None
+    };
+    let mut activated = activate_with(unlocked, true)?;
+    activated.wiped = wiped;
+    Ok(activated)
+}
+
+fn activate_with(unlocked: &Unlocked, journal: bool) -> Result<Activated, StateError> {
     let segment = unlocked.header.segment();
     let hex_uuid = unlocked.header.uuid().replace('-', "");
     // cryptsetup's DM UUID forms, so tools recognise the mappings.
     let uuid = format!("CRYPT-LUKS2-{hex_uuid}-{MAPPER_NAME}");
-    let (sectors, lower, integrity, fresh) = if segment.integrity.is_some() {
-        let (dif, sectors, fresh) = activate_integrity(unlocked, &hex_uuid)?;
-        (sectors, dif.devno.clone(), Some(dif), fresh)
+    let (sectors, lower, integrity) = if segment.integrity.is_some() {
+        let (dif, sectors) = activate_integrity(unlocked, &hex_uuid, journal)?;
+        (sectors, dif.devno.clone(), Some(dif))
     } else {
         (
             segment.data_size(unlocked.device.size) / 512,
             unlocked.device.devno.clone(),
             None,
-            false,
         )
     };
     let params = segment.dm_crypt_params(&unlocked.volume_key, &lower);
@@ -285,7 +318,7 @@ pub fn activate(unlocked: &Unlocked) -> Result<Activated, StateError> {
     Ok(Activated {
         mapped,
         integrity,
-        fresh_integrity: fresh,
+        wiped: None,
     })
 }
 
@@ -341,26 +374,26 @@ fn integrity_superblock(unlocked: &Unlocked) -> Result<Option<u64>, StateError> 
 #[repr(C, align(4096))]
 struct AlignedBlock([u8; 4096]);
 
-/// The dm-integrity device under dm-crypt, its length in sectors, and whether it was formatted
-/// just now. A zeroed superblock is formatted by the kernel on a first, one-block activation
-/// (as cryptsetup does); the real device then maps the `provided_data_sectors` the superblock
-/// records.
+/// The dm-integrity device under dm-crypt and its length in sectors. A zeroed superblock is
+/// formatted by the kernel on a first, one-block activation (as cryptsetup does); the real
+/// device then maps the `provided_data_sectors` the superblock records.
 fn activate_integrity(
     unlocked: &Unlocked,
     hex_uuid: &str,
-) -> Result<(dm::Mapped, u64, bool), StateError> {
+    journal: bool,
+) -> Result<(dm::Mapped, u64), StateError> {
     let segment = unlocked.header.segment();
     let uuid = format!("CRYPT-SUBDEV-{hex_uuid}-{INTEGRITY_NAME}");
-    let params = segment.dm_integrity_params(&unlocked.device.devno);
-    let mut fresh = false;
+    let params = segment.dm_integrity_params(&unlocked.device.devno, journal);
     let provided = match integrity_superblock(unlocked)? {
         Some(p) => p,
         None => {
-            fresh = true;
+            // Formatted with the journal, as cryptsetup formats: the superblock then has
+            // journal sections for every later activation with the journal.
             let probe = dm::Target {
                 sectors: u64::from(segment.sector_size / 512),
                 kind: "integrity",
-                params: Zeroizing::new(params.clone()),
+                params: Zeroizing::new(segment.dm_integrity_params(&unlocked.device.devno, true)),
             };
             dm::create(INTEGRITY_NAME, &uuid, &probe, false, false)?;
             dm::remove(INTEGRITY_NAME);
@@ -377,7 +410,7 @@ fn activate_integrity(
         params: Zeroizing::new(params),
     };
     let mapped = dm::create(INTEGRITY_NAME, &uuid, &target, false, false)?;
-    Ok((mapped, provided, fresh))
+    Ok((mapped, provided))
 }
 
 /// Writes zeros once through dm-crypt over the whole volume, so that every sector of a fresh

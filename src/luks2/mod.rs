@@ -290,12 +290,14 @@ impl Segment {
     /// The dm-integrity table parameters (no key) for this segment on `device`, as cryptsetup
     /// builds them for LUKS2 authenticated encryption: the integrity device starts at the data
     /// offset, keeps [`INTEGRITY_TAG_SIZE`] bytes of tag per sector that dm-crypt supplies
-    /// (no internal hash), journal mode `J` (cryptsetup's default), block size = sector size.
+    /// (no internal hash), block size = sector size; journal mode `J` (cryptsetup's default),
+    /// or `D` (direct, no journal) for the initial wipe, as cryptsetup wipes.
     /// The target length is the superblock's `provided_data_sectors`.
-    pub fn dm_integrity_params(&self, device: &str) -> String {
+    pub fn dm_integrity_params(&self, device: &str, journal: bool) -> String {
         format!(
-            "{device} {} {INTEGRITY_TAG_SIZE} J 2 block_size:{} fix_padding",
+            "{device} {} {INTEGRITY_TAG_SIZE} {} 2 block_size:{} fix_padding",
             self.offset / 512,
+            if journal { 'J' } else { 'D' },
             self.sector_size
         )
     }

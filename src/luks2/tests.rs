@@ -764,8 +764,12 @@ fn integrity_format_open_round_trip() {
     assert_eq!(v["keyslots"]["0"]["area"]["key_size"], 64);
 
     assert_eq!(
-        s.dm_integrity_params("254:0"),
+        s.dm_integrity_params("254:0", true),
         "254:0 32768 32 J 2 block_size:4096 fix_padding"
+    );
+    assert_eq!(
+        s.dm_integrity_params("254:0", false),
+        "254:0 32768 32 D 2 block_size:4096 fix_padding"
     );
     let params = s.dm_crypt_params(&vk, "253:0");
     let cipher = "capi:authenc(hmac(sha256),xts(aes))-plain64 ";
