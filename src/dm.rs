@@ -111,3 +111,10 @@ pub fn create(
         devno: format!("{}:{}", dev.major, dev.minor),
     })
 }
+
+/// Removes a device by name, best effort (cleanup paths; nothing to report to).
+pub fn remove(name: &str) {
+    if let (Ok(dm), Ok(dm_name)) = (DM::new(), DmName::new(name)) {
+        let _ = dm.device_remove(&DevId::Name(dm_name), DmOptions::default());
+    }
+}

@@ -33,6 +33,12 @@ use crate::luks2::{self, Luks2Error};
 pub const VAR_PARTITION_TYPE: &str = "4d21b016-b534-45c2-a9fb-5c16e091fd2d";
 /// The dm-crypt device's name.
 pub const MAPPER_NAME: &str = "cvm-state";
+/// The dm-integrity device under [`MAPPER_NAME`] with integrity (cryptsetup's `_dif` suffix).
+pub const INTEGRITY_NAME: &str = "cvm-state_dif";
+/// dm-integrity superblock magic.
+const INTEGRITY_MAGIC: &[u8; 8] = b"integrt\0";
+/// Wipe chunk for a fresh integrity volume.
+const WIPE_CHUNK: usize = 1 << 20;
 /// Where the opened volume is mounted.
 pub const STATE_DIR: &str = "/run/cvm-agent/state";
 /// The agent's own bookkeeping inside the volume.
@@ -84,6 +90,29 @@ pub enum StateError {
     Mount(nix::errno::Errno),
     #[error("state bookkeeping {}: {why}", .path.display())]
     Bookkeeping { path: PathBuf, why: String },
+    #[error(
+        "launch.toml asks for integrity = {want} but the LUKS2 volume on {} has {have}; \
+         refusing to open it differently from what was asked",
+        .path.display()
+    )]
+    IntegrityMismatch {
+        path: PathBuf,
+        want: bool,
+        have: String,
+    },
+    #[error("dm-integrity superblock on {} at byte {offset}: {why}", .path.display())]
+    IntegritySuperblock {
+        path: PathBuf,
+        offset: u64,
+        why: String,
+    },
+    #[error("cannot wipe the fresh integrity volume {} at byte {offset}", .path.display())]
+    Wipe {
+        path: PathBuf,
+        offset: u64,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// The device to use, waiting up to `wait` for it to appear.
@@ -148,14 +177,14 @@ fn matches(d: &BlockDev, spec: Option<&StateDevice>) -> bool {
 /// The unlocked volume.
 pub struct Unlocked {
     pub header: luks2::Header,
-    pub volume_key: Zeroizing<[u8; luks2::KEY_SIZE]>,
+    pub volume_key: luks2::VolumeKey,
     /// This boot created the LUKS2 volume (so mkfs may run).
     pub formatted: bool,
     pub device: BlockDev,
 }
 
 /// Open the LUKS2 volume on `device` with `key`, formatting it first when it is blank.
-pub fn unlock(device: &BlockDev, key: &[u8]) -> Result<Unlocked, StateError> {
+pub fn unlock(device: &BlockDev, key: &[u8], integrity: bool) -> Result<Unlocked, StateError> {
     let path = device.path.clone();
     let luks = |source| StateError::Luks {
         path: path.clone(),
@@ -182,7 +211,11 @@ pub fn unlock(device: &BlockDev, key: &[u8]) -> Result<Unlocked, StateError> {
                 })?;
             // Whole 4 KiB sectors: the tail of an odd-sized disk stays unused.
             let size = size - size % u64::from(luks2::SECTOR_SIZE);
-            luks2::format(&mut file, size, key, &luks2::FormatOptions::default()).map_err(luks)?;
+            let opts = luks2::FormatOptions {
+                integrity,
+                ..luks2::FormatOptions::default()
+            };
+            luks2::format(&mut file, size, key, &opts).map_err(luks)?;
             file.sync_all().map_err(|source| StateError::Open {
                 path: path.clone(),
                 source,
@@ -192,6 +225,14 @@ pub fn unlock(device: &BlockDev, key: &[u8]) -> Result<Unlocked, StateError> {
     };
     // Also right after formatting: what we open is what is on the disk, validated.
     let (header, volume_key) = luks2::open(&mut file, key).map_err(luks)?;
+    let have = header.segment().integrity.clone();
+    if have.is_some() != integrity {
+        return Err(StateError::IntegrityMismatch {
+            path,
+            want: integrity,
+            have: have.unwrap_or_else(|| "no integrity".into()),
+        });
+    }
     Ok(Unlocked {
         header,
         volume_key,
@@ -202,21 +243,217 @@ pub fn unlock(device: &BlockDev, key: &[u8]) -> Result<Unlocked, StateError> {
 
 /// The dm-crypt device for the volume. The table carries the volume key, so it is loaded with
 /// DM_SECURE_DATA.
-pub fn activate(unlocked: &Unlocked) -> Result<dm::Mapped, StateError> {
+/// The state volume as mapped: the dm-crypt device, the dm-integrity device under it, and
+/// what the initialization of a fresh dm-integrity device took.
+pub struct Activated {
+    pub mapped: dm::Mapped,
+    pub integrity: Option<dm::Mapped>,
+    pub wiped: Option<Wiped>,
+}
+
+/// A fresh dm-integrity device written once through dm-crypt.
+pub struct Wiped {
+    pub bytes: u64,
+    pub ms: u128,
+}
+
+/// Maps the volume. With integrity and a zeroed dm-integrity superblock (fresh format, or a
+/// header the host wrote), the kernel formats dm-integrity, and the volume is first mapped
+/// without the journal and written once in full (so every sector has a valid tag: what
+/// cryptsetup does at luksFormat), then unmapped and mapped for use, with the journal.
+pub fn activate(unlocked: &Unlocked) -> Result<Activated, StateError> {
+    let wiped = if unlocked.header.segment().integrity.is_some() {
+        let fresh = integrity_superblock(unlocked)?.is_none();
+        if fresh {
+            let t = Instant::now();
+            let wipe_map = activate_with(unlocked, false)?;
+            let bytes = wipe(&wipe_map.mapped.path);
+            dm::remove(MAPPER_NAME);
+            dm::remove(INTEGRITY_NAME);
+            Some(Wiped {
+                bytes: bytes?,
+                ms: t.elapsed().as_millis(),
+            })
+        } else {
+            None
+        }
+    } else {
+        None
+    };
+    let mut activated = activate_with(unlocked, true)?;
+    activated.wiped = wiped;
+    Ok(activated)
+}
+
+fn activate_with(unlocked: &Unlocked, journal: bool) -> Result<Activated, StateError> {
     let segment = unlocked.header.segment();
-    let sectors = segment.data_size(unlocked.device.size) / 512;
-    let params = segment.dm_crypt_params(&unlocked.volume_key, &unlocked.device.devno);
-    // cryptsetup's DM UUID form, so tools recognise the mapping.
-    let uuid = format!(
-        "CRYPT-LUKS2-{}-{MAPPER_NAME}",
-        unlocked.header.uuid().replace('-', "")
-    );
+    let hex_uuid = unlocked.header.uuid().replace('-', "");
+    // cryptsetup's DM UUID forms, so tools recognise the mappings.
+    let uuid = format!("CRYPT-LUKS2-{hex_uuid}-{MAPPER_NAME}");
+    let (sectors, lower, integrity) = if segment.integrity.is_some() {
+        let (dif, sectors) = activate_integrity(unlocked, &hex_uuid, journal)?;
+        (sectors, dif.devno.clone(), Some(dif))
+    } else {
+        (
+            segment.data_size(unlocked.device.size) / 512,
+            unlocked.device.devno.clone(),
+            None,
+        )
+    };
+    let params = segment.dm_crypt_params(&unlocked.volume_key, &lower);
     let target = dm::Target {
         sectors,
         kind: "crypt",
         params: Zeroizing::new(params.to_string()),
     };
-    Ok(dm::create(MAPPER_NAME, &uuid, &target, false, true)?)
+    let mapped = match dm::create(MAPPER_NAME, &uuid, &target, false, true) {
+        Ok(m) => m,
+        Err(e) => {
+            if integrity.is_some() {
+                dm::remove(INTEGRITY_NAME);
+            }
+            return Err(e.into());
+        }
+    };
+    Ok(Activated {
+        mapped,
+        integrity,
+        wiped: None,
+    })
+}
+
+/// What the dm-integrity superblock at the data offset says: `None` when it is all zeros
+/// (the kernel formats it on activation), else `provided_data_sectors`.
+fn integrity_superblock(unlocked: &Unlocked) -> Result<Option<u64>, StateError> {
+    let path = &unlocked.device.path;
+    let offset = unlocked.header.segment().offset;
+    let bad = |why: String| StateError::IntegritySuperblock {
+        path: path.clone(),
+        offset,
+        why,
+    };
+    // O_DIRECT: the page cache may still hold what was there before the kernel formatted it.
+    let mut f = OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_CLOEXEC | nix::libc::O_DIRECT)
+        .open(path)
+        .map_err(|source| StateError::Open {
+            path: path.clone(),
+            source,
+        })?;
+    let mut buf = Box::new(AlignedBlock([0u8; 4096]));
+    f.seek(SeekFrom::Start(offset))
+        .and_then(|_| f.read_exact(&mut buf.0))
+        .map_err(|e| bad(e.to_string()))?;
+    let sb = &buf.0;
+    if sb.iter().all(|&b| b == 0) {
+        return Ok(None);
+    }
+    if &sb[..8] != INTEGRITY_MAGIC {
+        return Err(bad("bad magic".into()));
+    }
+    let tag = u16::from_le_bytes([sb[10], sb[11]]);
+    let mut provided = [0u8; 8];
+    provided.copy_from_slice(&sb[16..24]);
+    let provided = u64::from_le_bytes(provided);
+    let log2_spb = sb[28];
+    let want_spb = (unlocked.header.segment().sector_size / 512).trailing_zeros() as u8;
+    if u32::from(tag) != luks2::INTEGRITY_TAG_SIZE || log2_spb != want_spb {
+        return Err(bad(format!(
+            "tag size {tag}, 2^{log2_spb} sectors per block (want {}, 2^{want_spb})",
+            luks2::INTEGRITY_TAG_SIZE
+        )));
+    }
+    let provided = provided - provided % (1u64 << want_spb);
+    if provided == 0 || provided > unlocked.device.size / 512 {
+        return Err(bad(format!("{provided} provided data sectors")));
+    }
+    Ok(Some(provided))
+}
+
+#[repr(C, align(4096))]
+struct AlignedBlock([u8; 4096]);
+
+/// The dm-integrity device under dm-crypt and its length in sectors. A zeroed superblock is
+/// formatted by the kernel on a first, one-block activation (as cryptsetup does); the real
+/// device then maps the `provided_data_sectors` the superblock records.
+fn activate_integrity(
+    unlocked: &Unlocked,
+    hex_uuid: &str,
+    journal: bool,
+) -> Result<(dm::Mapped, u64), StateError> {
+    let segment = unlocked.header.segment();
+    let uuid = format!("CRYPT-SUBDEV-{hex_uuid}-{INTEGRITY_NAME}");
+    let params = segment.dm_integrity_params(&unlocked.device.devno, journal);
+    let provided = match integrity_superblock(unlocked)? {
+        Some(p) => p,
+        None => {
+            // Formatted with the journal, as cryptsetup formats: the superblock then has
+            // journal sections for every later activation with the journal.
+            let probe = dm::Target {
+                sectors: u64::from(segment.sector_size / 512),
+                kind: "integrity",
+                params: Zeroizing::new(segment.dm_integrity_params(&unlocked.device.devno, true)),
+            };
+            dm::create(INTEGRITY_NAME, &uuid, &probe, false, false)?;
+            dm::remove(INTEGRITY_NAME);
+            integrity_superblock(unlocked)?.ok_or_else(|| StateError::IntegritySuperblock {
+                path: unlocked.device.path.clone(),
+                offset: segment.offset,
+                why: "still zero after the kernel's format".into(),
+            })?
+        }
+    };
+    let target = dm::Target {
+        sectors: provided,
+        kind: "integrity",
+        params: Zeroizing::new(params),
+    };
+    let mapped = dm::create(INTEGRITY_NAME, &uuid, &target, false, false)?;
+    Ok((mapped, provided))
+}
+
+/// Writes zeros once through dm-crypt over the whole volume, so that every sector of a fresh
+/// dm-integrity device carries a valid tag (cryptsetup does the same at format). Logs
+/// progress every tenth. Returns the bytes written.
+pub fn wipe(dev: &Path) -> Result<u64, StateError> {
+    let err = |offset: u64| {
+        let path = dev.to_path_buf();
+        move |source| StateError::Wipe {
+            path,
+            offset,
+            source,
+        }
+    };
+    let mut f = OpenOptions::new()
+        .write(true)
+        .custom_flags(nix::libc::O_CLOEXEC)
+        .open(dev)
+        .map_err(err(0))?;
+    let size = f.seek(SeekFrom::End(0)).map_err(err(0))?;
+    f.seek(SeekFrom::Start(0)).map_err(err(0))?;
+    let zeros = vec![0u8; WIPE_CHUNK];
+    let started = Instant::now();
+    let mut at = 0u64;
+    let step = (size / 10).max(1);
+    let mut next_report = step;
+    while at < size {
+        let n = (size - at).min(WIPE_CHUNK as u64) as usize;
+        f.write_all(&zeros[..n]).map_err(err(at))?;
+        at += n as u64;
+        if at >= next_report && at < size {
+            f.sync_data().map_err(err(at))?;
+            tracing::info!(
+                "wiping the fresh integrity volume: {} of {} MiB ({} s)",
+                at >> 20,
+                size >> 20,
+                started.elapsed().as_secs()
+            );
+            next_report += step;
+        }
+    }
+    f.sync_all().map_err(err(at))?;
+    Ok(size)
 }
 
 /// Whether `dev` starts with an ext4 (or ext2/3) superblock.

@@ -84,6 +84,10 @@ enum State {
         /// Format even if the disk is not blank.
         #[arg(long)]
         force: bool,
+        /// Authenticated encryption, as `cryptsetup luksFormat --integrity hmac-sha256`
+        /// (launch.toml `[state] integrity = true`); the guest initializes dm-integrity.
+        #[arg(long)]
+        integrity: bool,
     },
     /// Validate the header and check the key; exit 0 only if both hold.
     Check {
@@ -248,6 +252,7 @@ fn state(what: State) -> Result<(), String> {
             pbkdf,
             label,
             force,
+            integrity,
         } => {
             let kdf = match pbkdf.as_str() {
                 "pbkdf2" => luks2::FormatOptions::default().kdf,
@@ -271,6 +276,7 @@ fn state(what: State) -> Result<(), String> {
             let opts = luks2::FormatOptions {
                 kdf,
                 label,
+                integrity,
                 ..luks2::FormatOptions::default()
             };
             let h = luks2::format(&mut dev, size, &key, &opts).map_err(|e| error_chain(&e))?;
@@ -307,6 +313,7 @@ fn print_header(h: &cvm_agent::luks2::Header, device_size: u64) {
     println!("seqid: {}", h.seqid());
     println!("header size: {}", h.hdr_size());
     println!("cipher: {}", s.cipher);
+    println!("integrity: {}", s.integrity.as_deref().unwrap_or("none"));
     println!("sector size: {}", s.sector_size);
     println!("data offset: {}", s.offset);
     println!(

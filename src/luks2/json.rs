@@ -5,8 +5,8 @@
 //!
 //! Fields are exactly what cryptsetup 2.6 writes for a `luks2` keyslot, a `crypt` segment and a
 //! `pbkdf2` digest, plus the optional ones it may add later to such a header and that we must
-//! therefore read: keyslot `priority`, segment `flags` and `integrity` (refused by the
-//! validator, but recognised), config `flags` and `requirements`, and any `tokens` (ignored
+//! therefore read: keyslot `priority`, segment `flags` and `integrity` (only cryptsetup's
+//! `hmac(sha256)` object passes the validator), config `flags` and `requirements`, and any `tokens` (ignored
 //! beyond their shape: they only help cryptsetup find a passphrase).
 //!
 //! cryptsetup writes 64-bit numbers as decimal strings (JSON numbers lose precision past 2^53)

@@ -11,11 +11,14 @@
 //!
 //! What we write is one fixed shape: one `luks2` keyslot (AF `luks1`, 4000 stripes, SHA-256;
 //! area `raw`, aes-xts-plain64, 512-bit key; KDF PBKDF2-SHA256 or Argon2id), one `crypt`
-//! segment and one `pbkdf2` SHA-256 digest over a random 512-bit volume key.
+//! segment and one `pbkdf2` SHA-256 digest over a random 512-bit volume key. With integrity
+//! (`FormatOptions::integrity`) the segment also carries cryptsetup's `hmac(sha256)` integrity
+//! object and the volume key is 768 bits: the XTS key, then the HMAC-SHA256 key.
 //!
 //! What we read is that shape as cryptsetup may have left it after an operator's recovery work:
 //! several keyslots (PBKDF2-SHA256, Argon2i or Argon2id, up to 32), any ids, tokens, config
-//! flags. Anything else — another cipher, dm-integrity, a reencryption in progress (mandatory
+//! flags. Anything else — another cipher, another integrity than `hmac(sha256)` without journal
+//! crypto, a reencryption in progress (mandatory
 //! requirements), unbound keys, several segments — is refused with an error that names it.
 //!
 //! Why strict: the host writes the disk. The volume key digest check is what makes a key
@@ -55,8 +58,20 @@ pub const DATA_OFFSET: u64 = 16 << 20;
 pub const SECTOR_SIZE: u32 = 4096;
 /// The only cipher we accept, for keyslots and the segment.
 pub const CIPHER: &str = "aes-xts-plain64";
-/// Volume key and keyslot key size (AES-256-XTS).
+/// Keyslot area key size, and the volume key size without integrity (AES-256-XTS).
 pub const KEY_SIZE: usize = XTS_KEY_SIZE;
+/// The only segment integrity we accept (`cryptsetup --integrity hmac-sha256`): dm-crypt
+/// authenticates every sector with HMAC-SHA256 and stores the tag through dm-integrity.
+pub const INTEGRITY: &str = "hmac(sha256)";
+/// HMAC-SHA256 key size: with integrity the volume key is the XTS key followed by this key,
+/// the order dm-crypt splits it in (the last `key_mac_size` bytes are the MAC key).
+pub const INTEGRITY_KEY_SIZE: usize = 32;
+/// Bytes of integrity tag per sector (the HMAC-SHA256; plain64 IVs need no stored IV).
+pub const INTEGRITY_TAG_SIZE: u32 = 32;
+/// The largest volume key we handle.
+pub const MAX_KEY_SIZE: usize = KEY_SIZE + INTEGRITY_KEY_SIZE;
+/// A volume key: [`KEY_SIZE`] bytes, or [`MAX_KEY_SIZE`] with integrity.
+pub type VolumeKey = Zeroizing<Vec<u8>>;
 /// AF stripes; cryptsetup always writes 4000.
 pub const STRIPES: u32 = 4000;
 /// At most this many keyslots (cryptsetup's `LUKS2_KEYSLOTS_MAX`).
@@ -70,6 +85,8 @@ pub const MIN_PBKDF2_ITERATIONS: u32 = 1000;
 pub const MAX_ARGON2_MEMORY_KIB: u32 = 4 << 20;
 pub const MAX_ARGON2_TIME: u32 = 1000;
 pub const MAX_ARGON2_CPUS: u32 = 16;
+/// How much of the data area `format` zeroes for a fresh dm-integrity superblock.
+pub const INTEGRITY_SB_WIPE: u64 = 64 << 10;
 /// How much `probe` looks at.
 pub const PROBE_SIZE: usize = 1 << 20;
 
@@ -217,6 +234,8 @@ pub struct FormatOptions {
     pub label: String,
     /// Iterations of the volume key digest.
     pub digest_iterations: u32,
+    /// Authenticated encryption: segment integrity [`INTEGRITY`], a 96-byte volume key.
+    pub integrity: bool,
 }
 
 impl Default for FormatOptions {
@@ -227,6 +246,7 @@ impl Default for FormatOptions {
             },
             label: String::new(),
             digest_iterations: MIN_PBKDF2_ITERATIONS,
+            integrity: false,
         }
     }
 }
@@ -244,6 +264,8 @@ pub struct Segment {
     pub cipher: String,
     /// IV of the first data sector (dm-crypt's `iv_offset`), in 512-byte units.
     pub iv_tweak: u64,
+    /// `Some(INTEGRITY)` for authenticated encryption over dm-integrity.
+    pub integrity: Option<String>,
 }
 
 impl Segment {
@@ -256,11 +278,43 @@ impl Segment {
         })
     }
 
+    /// The volume key size this segment needs.
+    pub fn key_size(&self) -> usize {
+        if self.integrity.is_some() {
+            MAX_KEY_SIZE
+        } else {
+            KEY_SIZE
+        }
+    }
+
+    /// The dm-integrity table parameters (no key) for this segment on `device`, as cryptsetup
+    /// builds them for LUKS2 authenticated encryption: the integrity device starts at the data
+    /// offset, keeps [`INTEGRITY_TAG_SIZE`] bytes of tag per sector that dm-crypt supplies
+    /// (no internal hash), block size = sector size; journal mode `J` (cryptsetup's default),
+    /// or `D` (direct, no journal) for the initial wipe, as cryptsetup wipes.
+    /// The target length is the superblock's `provided_data_sectors`.
+    pub fn dm_integrity_params(&self, device: &str, journal: bool) -> String {
+        format!(
+            "{device} {} {INTEGRITY_TAG_SIZE} {} 2 block_size:{} fix_padding",
+            self.offset / 512,
+            if journal { 'J' } else { 'D' },
+            self.sector_size
+        )
+    }
+
     /// The dm-crypt table parameters for this segment on `device` (a path or `major:minor`),
-    /// as cryptsetup builds them. The target length is `data_size / 512` sectors. Secret.
-    pub fn dm_crypt_params(&self, key: &[u8; KEY_SIZE], device: &str) -> Zeroizing<String> {
-        let mut s = Zeroizing::new(String::with_capacity(256));
-        s.push_str(&self.cipher);
+    /// as cryptsetup builds them. The target length is `data_size / 512` sectors. With
+    /// integrity `device` is the dm-integrity device (see [`Segment::dm_integrity_params`]),
+    /// which already starts at the data offset, and the cipher is the kernel crypto API's
+    /// authenc; dm-crypt itself packs the key (XTS key ‖ HMAC key) into authenc's format.
+    /// Secret.
+    pub fn dm_crypt_params(&self, key: &[u8], device: &str) -> Zeroizing<String> {
+        let mut s = Zeroizing::new(String::with_capacity(320));
+        if self.integrity.is_some() {
+            s.push_str("capi:authenc(hmac(sha256),xts(aes))-plain64");
+        } else {
+            s.push_str(&self.cipher);
+        }
         s.push(' ');
         // Pushed digit by digit: no temporary String holds key material.
         const DIGITS: &[u8; 16] = b"0123456789abcdef";
@@ -268,14 +322,21 @@ impl Segment {
             s.push(char::from(DIGITS[usize::from(b >> 4)]));
             s.push(char::from(DIGITS[usize::from(b & 0xf)]));
         }
-        s.push_str(&format!(
-            " {} {} {}",
-            self.iv_tweak,
-            device,
+        let offset = if self.integrity.is_some() {
+            0
+        } else {
             self.offset / 512
-        ));
+        };
+        s.push_str(&format!(" {} {} {}", self.iv_tweak, device, offset));
+        let mut opts = Vec::new();
+        if self.integrity.is_some() {
+            opts.push(format!("integrity:{INTEGRITY_TAG_SIZE}:aead"));
+        }
         if self.sector_size != 512 {
-            s.push_str(&format!(" 1 sector_size:{}", self.sector_size));
+            opts.push(format!("sector_size:{}", self.sector_size));
+        }
+        if !opts.is_empty() {
+            s.push_str(&format!(" {} {}", opts.len(), opts.join(" ")));
         }
         s
     }
@@ -283,13 +344,25 @@ impl Segment {
     /// Encrypts (or decrypts) `data`, which starts `at` bytes into the segment, as dm-crypt
     /// does for this segment (host tools and tests; the guest leaves this to the kernel).
     /// `at` and `data.len()` must be multiples of the sector size.
+    /// Not for integrity segments: their sectors sit between dm-integrity's tags.
     pub fn crypt(
         &self,
-        key: &[u8; KEY_SIZE],
+        key: &[u8],
         at: u64,
         data: &mut [u8],
         encrypt: bool,
     ) -> Result<(), Luks2Error> {
+        if self.integrity.is_some() {
+            return Err(unsupported(
+                "host-side data access to an integrity segment".into(),
+            ));
+        }
+        let key: &[u8; KEY_SIZE] = key.try_into().map_err(|_| {
+            Luks2Error::Layout(format!(
+                "volume key of {} bytes (need {KEY_SIZE})",
+                key.len()
+            ))
+        })?;
         let sector = u64::from(self.sector_size);
         if !matches!(self.sector_size, 512 | 1024 | 2048 | 4096)
             || !at.is_multiple_of(sector)
@@ -374,7 +447,10 @@ impl Header {
     }
 
     /// Whether `candidate` is this header's volume key (PBKDF2 digest, constant-time compare).
-    pub fn check_volume_key(&self, candidate: &[u8; KEY_SIZE]) -> bool {
+    pub fn check_volume_key(&self, candidate: &[u8]) -> bool {
+        if candidate.len() != self.segment.key_size() {
+            return false;
+        }
         let mut d = Zeroizing::new(vec![0u8; self.digest.len()]);
         crypto::pbkdf2_sha256(candidate, &self.digest_salt, self.digest_iterations, &mut d);
         bool::from(d.ct_eq(&self.digest))
@@ -583,9 +659,31 @@ fn check_pbkdf2(
     Ok(it)
 }
 
-/// Bytes of AF material of one keyslot, and the same rounded up to whole 512-byte sectors
-/// (what is encrypted on disk).
-const AF_SIZE: u64 = KEY_SIZE as u64 * STRIPES as u64;
+/// Bytes of AF material of one keyslot for a volume key of `key_size` bytes (a multiple of
+/// 512 for both key sizes, so whole sectors are encrypted on disk).
+const fn af_size(key_size: usize) -> u64 {
+    key_size as u64 * STRIPES as u64
+}
+
+/// The checked segment integrity object: exactly cryptsetup's
+/// `{"type": "hmac(sha256)", "journal_encryption": "none", "journal_integrity": "none"}`.
+fn check_integrity(v: &serde_json::Value) -> Result<String, Luks2Error> {
+    let refuse = || {
+        unsupported(format!(
+            "segment integrity {v} (only {INTEGRITY} without journal crypto)"
+        ))
+    };
+    let o = v.as_object().ok_or_else(refuse)?;
+    let field = |k: &str| o.get(k).and_then(|x| x.as_str());
+    if o.len() != 3
+        || field("type") != Some(INTEGRITY)
+        || field("journal_encryption") != Some("none")
+        || field("journal_integrity") != Some("none")
+    {
+        return Err(refuse());
+    }
+    Ok(INTEGRITY.to_string())
+}
 
 /// Checks the metadata's values and layout against the binary header and the device size.
 fn validate(
@@ -630,6 +728,13 @@ fn validate(
         return Err(unsupported(format!("mandatory requirements {m:?}")));
     }
 
+    // The volume key size follows the segment (validated below; a bad one is refused there).
+    let vk_size = match meta.segments.0.values().next() {
+        Some(s) if s.integrity.is_some() => MAX_KEY_SIZE,
+        _ => KEY_SIZE,
+    };
+    let af_bytes = af_size(vk_size);
+
     // Keyslots.
     if meta.keyslots.0.len() > MAX_KEYSLOTS {
         return Err(Luks2Error::Json(format!(
@@ -648,9 +753,9 @@ fn validate(
         if k.kind != "luks2" {
             return Err(unsupported(format!("{what} type {:?}", k.kind)));
         }
-        if k.key_size as usize != KEY_SIZE || k.area.key_size as usize != KEY_SIZE {
+        if k.key_size as usize != vk_size || k.area.key_size as usize != KEY_SIZE {
             return Err(unsupported(format!(
-                "{what} key size {}/{} bytes (only {KEY_SIZE})",
+                "{what} key size {}/{} bytes (only {vk_size}/{KEY_SIZE})",
                 k.key_size, k.area.key_size
             )));
         }
@@ -709,9 +814,9 @@ fn validate(
             return Err(Luks2Error::Json(format!("{what} priority {priority}")));
         }
         let (off, sz) = (k.area.offset.0, k.area.size.0);
-        if !off.is_multiple_of(4096) || !sz.is_multiple_of(4096) || sz < AF_SIZE {
+        if !off.is_multiple_of(4096) || !sz.is_multiple_of(4096) || sz < af_bytes {
             return Err(layout(format!(
-                "{what} area {off}+{sz} unaligned or smaller than its {AF_SIZE} bytes"
+                "{what} area {off}+{sz} unaligned or smaller than its {af_bytes} bytes"
             )));
         }
         if off < ks_start || off.checked_add(sz).is_none_or(|e| e > ks_end) {
@@ -761,9 +866,7 @@ fn validate(
             s.encryption
         )));
     }
-    if s.integrity.is_some() {
-        return Err(unsupported("segment integrity".into()));
-    }
+    let integrity = s.integrity.as_ref().map(check_integrity).transpose()?;
     if let Some(f) = s.flags.as_ref().filter(|f| !f.is_empty()) {
         return Err(unsupported(format!("segment flags {f:?}")));
     }
@@ -881,6 +984,7 @@ fn validate(
             sector_size: s.sector_size,
             cipher: CIPHER.to_string(),
             iv_tweak: s.iv_tweak.0,
+            integrity,
         },
         flags,
         tokens: meta.tokens.0.len(),
@@ -893,10 +997,7 @@ fn validate(
 /// Validates the header, then unlocks: every keyslot the digest binds, high priority first,
 /// priority "ignore" skipped (as cryptsetup does when no slot is named), until one yields the
 /// volume key. A key that opens none is [`Luks2Error::WrongKey`].
-pub fn open(
-    dev: &mut (impl Read + Seek),
-    key: &[u8],
-) -> Result<(Header, Zeroizing<[u8; KEY_SIZE]>), Luks2Error> {
+pub fn open(dev: &mut (impl Read + Seek), key: &[u8]) -> Result<(Header, VolumeKey), Luks2Error> {
     let header = read_header(dev)?;
     let mut order: Vec<&Keyslot> = header.keyslots.iter().filter(|k| k.priority > 0).collect();
     order.sort_by_key(|k| std::cmp::Reverse(k.priority));
@@ -904,7 +1005,7 @@ pub fn open(
         return Err(Luks2Error::NoUsableKeyslot);
     }
     for slot in order {
-        let vk = unlock_keyslot(dev, slot, key)?;
+        let vk = unlock_keyslot(dev, slot, header.segment.key_size(), key)?;
         if header.check_volume_key(&vk) {
             return Ok((header, vk));
         }
@@ -916,15 +1017,13 @@ pub fn open(
 fn unlock_keyslot(
     dev: &mut (impl Read + Seek),
     slot: &Keyslot,
+    vk_size: usize,
     key: &[u8],
-) -> Result<Zeroizing<[u8; KEY_SIZE]>, Luks2Error> {
+) -> Result<VolumeKey, Luks2Error> {
     let area_key = slot.kdf.derive(key, &slot.salt)?;
-    let mut material = Zeroizing::new(read_at(dev, slot.area_offset, AF_SIZE as usize)?);
+    let mut material = Zeroizing::new(read_at(dev, slot.area_offset, af_size(vk_size) as usize)?);
     Xts::new(&area_key).crypt_sectors(512, 0, &mut material, false);
-    let merged = crypto::af_merge(&material, KEY_SIZE, STRIPES as usize);
-    let mut vk = Zeroizing::new([0u8; KEY_SIZE]);
-    vk.copy_from_slice(&merged);
-    Ok(vk)
+    Ok(crypto::af_merge(&material, vk_size, STRIPES as usize))
 }
 
 /// Creates a LUKS2 volume on the first `size` bytes of `dev` (see the module comment for the
@@ -948,9 +1047,15 @@ pub fn format(
     }
     let keyslots_size = DATA_OFFSET - 2 * HDR_SIZE;
     let area_offset = 2 * HDR_SIZE;
-    let area_size = AF_SIZE.div_ceil(4096) * 4096;
+    let vk_size = if opts.integrity {
+        MAX_KEY_SIZE
+    } else {
+        KEY_SIZE
+    };
+    let af_bytes = af_size(vk_size);
+    let area_size = af_bytes.div_ceil(4096) * 4096;
 
-    let mut vk = Zeroizing::new([0u8; KEY_SIZE]);
+    let mut vk = Zeroizing::new(vec![0u8; vk_size]);
     random(&mut vk[..])?;
     let mut uuid = [0u8; 16];
     random(&mut uuid)?;
@@ -966,7 +1071,7 @@ pub fn format(
     random(&mut salts[1])?;
 
     let area_key = opts.kdf.derive(key, &kdf_salt)?;
-    let mut stripes_random = Zeroizing::new(vec![0u8; (AF_SIZE - KEY_SIZE as u64) as usize]);
+    let mut stripes_random = Zeroizing::new(vec![0u8; (af_bytes - vk_size as u64) as usize]);
     random(&mut stripes_random)?;
     let mut material = crypto::af_split(&vk[..], STRIPES as usize, &stripes_random);
     Xts::new(&area_key).crypt_sectors(512, 0, &mut material, true);
@@ -1011,7 +1116,7 @@ pub fn format(
         0,
         json::Keyslot {
             kind: "luks2".into(),
-            key_size: KEY_SIZE as u32,
+            key_size: vk_size as u32,
             af: json::Af {
                 kind: "luks1".into(),
                 stripes: STRIPES,
@@ -1037,7 +1142,13 @@ pub fn format(
             iv_tweak: U64Str(0),
             encryption: CIPHER.into(),
             sector_size: SECTOR_SIZE,
-            integrity: None,
+            integrity: opts.integrity.then(|| {
+                serde_json::json!({
+                    "type": INTEGRITY,
+                    "journal_encryption": "none",
+                    "journal_integrity": "none",
+                })
+            }),
             flags: None,
         },
     );
@@ -1084,6 +1195,15 @@ pub fn format(
         at += n as u64;
     }
     write_at(dev, area_offset, &material)?;
+    if opts.integrity {
+        // A zeroed dm-integrity superblock: the kernel formats it on first activation (and
+        // the guest then wipes the data once through dm-crypt, so every sector has a tag).
+        write_at(
+            dev,
+            DATA_OFFSET,
+            &zeros[..INTEGRITY_SB_WIPE.min(size - DATA_OFFSET) as usize],
+        )?;
+    }
     write_at(dev, HDR_SIZE, &secondary)?;
     write_at(dev, 0, &primary)?;
     dev.flush()

@@ -726,3 +726,164 @@ fn pbkdf2_base() -> &'static Sparse {
     static BASE: std::sync::OnceLock<Sparse> = std::sync::OnceLock::new();
     BASE.get_or_init(pbkdf2_disk)
 }
+
+// ---------------------------------------------------------------- integrity
+
+fn integrity_disk() -> (Sparse, Header) {
+    formatted(&FormatOptions {
+        integrity: true,
+        ..FormatOptions::default()
+    })
+}
+
+#[test]
+fn integrity_format_open_round_trip() {
+    let (mut dev, h) = integrity_disk();
+    let (h2, vk) = open(&mut dev, KEY).unwrap();
+    assert_eq!(h, h2);
+    assert_eq!(vk.len(), MAX_KEY_SIZE);
+    assert!(h2.check_volume_key(&vk));
+    // A prefix of the right key is not the key.
+    assert!(!h2.check_volume_key(&vk[..KEY_SIZE]));
+    let s = h2.segment();
+    assert_eq!(s.integrity.as_deref(), Some("hmac(sha256)"));
+    assert_eq!(s.key_size(), 96);
+    assert_eq!((s.offset, s.sector_size, s.size), (DATA_OFFSET, 4096, None));
+    // 96 * 4000 bytes of AF material in whole 4 KiB blocks.
+    assert_eq!(h2.keyslots()[0].area_size, 385024);
+    assert!(dev.head[32768 + 385024..].iter().all(|&c| c == 0));
+    // The JSON says what cryptsetup writes: keyslot key 96 bytes, area key 64.
+    let end = dev.head[4096..].iter().position(|&c| c == 0).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&dev.head[4096..4096 + end]).unwrap();
+    assert_eq!(
+        v["segments"]["0"]["integrity"],
+        serde_json::json!({"type": "hmac(sha256)", "journal_encryption": "none",
+            "journal_integrity": "none"})
+    );
+    assert_eq!(v["keyslots"]["0"]["key_size"], 96);
+    assert_eq!(v["keyslots"]["0"]["area"]["key_size"], 64);
+
+    assert_eq!(
+        s.dm_integrity_params("254:0", true),
+        "254:0 32768 32 J 2 block_size:4096 fix_padding"
+    );
+    assert_eq!(
+        s.dm_integrity_params("254:0", false),
+        "254:0 32768 32 D 2 block_size:4096 fix_padding"
+    );
+    let params = s.dm_crypt_params(&vk, "253:0");
+    let cipher = "capi:authenc(hmac(sha256),xts(aes))-plain64 ";
+    assert!(params.starts_with(cipher), "{}", &params[..50]);
+    // The whole key, XTS key first, then the HMAC key: dm-crypt splits off the last 32 bytes.
+    assert_eq!(
+        params[cipher.len()..cipher.len() + 192],
+        crate::hex::encode(&vk[..])
+    );
+    assert!(params.ends_with(" 0 253:0 0 2 integrity:32:aead sector_size:4096"));
+    // Host-side data access makes no sense between dm-integrity's tags.
+    let mut buf = [0u8; 4096];
+    assert!(s.crypt(&vk, 0, &mut buf, true).is_err());
+    assert!(matches!(
+        open_err_key(&mut dev, b"wrong key"),
+        Luks2Error::WrongKey
+    ));
+}
+
+#[test]
+fn integrity_format_zeroes_the_integrity_superblock() {
+    let mut dev = Cursor::new(vec![0xa5u8; (DATA_OFFSET + (1 << 20)) as usize]);
+    let size = dev.get_ref().len() as u64;
+    format(
+        &mut dev,
+        size,
+        KEY,
+        &FormatOptions {
+            integrity: true,
+            ..FormatOptions::default()
+        },
+    )
+    .unwrap();
+    let d = dev.into_inner();
+    let at = DATA_OFFSET as usize;
+    assert!(
+        d[at..at + INTEGRITY_SB_WIPE as usize]
+            .iter()
+            .all(|&c| c == 0)
+    );
+    assert_eq!(d[at + INTEGRITY_SB_WIPE as usize], 0xa5);
+    // Without integrity the data area is left alone.
+    let mut dev = Cursor::new(vec![0xa5u8; size as usize]);
+    format(&mut dev, size, KEY, &FormatOptions::default()).unwrap();
+    assert_eq!(dev.into_inner()[at], 0xa5);
+}
+
+#[test]
+fn integrity_strictness() {
+    let cases: Vec<Case> = vec![
+        (
+            "hmac(sha512)",
+            Box::new(|v| v["segments"]["0"]["integrity"]["type"] = "hmac(sha512)".into()),
+        ),
+        (
+            "aead",
+            Box::new(|v| v["segments"]["0"]["integrity"]["type"] = "aead".into()),
+        ),
+        (
+            "journal encryption",
+            Box::new(|v| v["segments"]["0"]["integrity"]["journal_encryption"] = "ctr(aes)".into()),
+        ),
+        (
+            "journal integrity",
+            Box::new(|v| {
+                v["segments"]["0"]["integrity"]["journal_integrity"] = "hmac(sha256)".into()
+            }),
+        ),
+        (
+            "missing journal field",
+            Box::new(|v| {
+                v["segments"]["0"]["integrity"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("journal_integrity");
+            }),
+        ),
+        (
+            "extra field",
+            Box::new(|v| v["segments"]["0"]["integrity"]["key_size"] = 32.into()),
+        ),
+        (
+            "integrity as a string",
+            Box::new(|v| v["segments"]["0"]["integrity"] = "hmac(sha256)".into()),
+        ),
+        (
+            "integrity dropped (keyslot key is 96 bytes)",
+            Box::new(|v| {
+                v["segments"]["0"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("integrity");
+            }),
+        ),
+        (
+            "keyslot key 64 bytes with integrity",
+            Box::new(|v| v["keyslots"]["0"]["key_size"] = 64.into()),
+        ),
+        (
+            "area key 96 bytes",
+            Box::new(|v| v["keyslots"]["0"]["area"]["key_size"] = 96.into()),
+        ),
+    ];
+    for (name, f) in cases {
+        let mut dev = integrity_disk().0;
+        rewrite(&mut dev, &*f);
+        let e = open_err(&mut dev);
+        assert!(matches!(e, Luks2Error::Unsupported(_)), "{name}: {e}");
+    }
+    // The exact cryptsetup object on a disk without a 96-byte key is refused too.
+    let mut dev = pbkdf2_disk();
+    rewrite(&mut dev, &|v| {
+        v["segments"]["0"]["integrity"] = serde_json::json!({"type": "hmac(sha256)",
+            "journal_encryption": "none", "journal_integrity": "none"})
+    });
+    assert!(matches!(open_err(&mut dev), Luks2Error::Unsupported(_)));
+}
