@@ -471,12 +471,12 @@ mod tests {
         ] {
             assert!(deny.names().iter().any(|n| n == name), "{name}");
         }
-        let clone_rules = rules.iter().filter(|r| r.names() == ["clone"]).count();
+        let clone_rules = rules.iter().filter(|r| *r.names() == ["clone"]).count();
         assert_eq!(clone_rules, CLONE_NAMESPACE_FLAGS.len());
         assert!(
             rules
                 .iter()
-                .any(|r| r.names() == ["clone3"] && r.errno_ret() == Some(38))
+                .any(|r| *r.names() == ["clone3"] && r.errno_ret() == Some(38))
         );
     }
 
