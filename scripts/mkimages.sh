@@ -15,7 +15,7 @@ tree=$(mktemp -d)
 trap 'rm -rf "$tree"' EXIT
 mkdir -p "$tree"/{bin,etc,tmp,var/lib,run,proc,sys,dev}
 cp "$busybox" "$tree/bin/busybox"
-for applet in sh cat echo ls sha256sum cut tr tail head wc grep mv sync sleep id env true false printf mkdir test [ expr dd rm awk; do
+for applet in sh cat echo ls sha256sum cut tr tail head wc grep mv sync sleep id env true false printf mkdir test [ expr dd rm awk unshare; do
   ln -sf busybox "$tree/bin/$applet"
 done
 printf 'root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/tmp:/bin/sh\n' > "$tree/etc/passwd"

@@ -259,3 +259,33 @@ fn restart_on_failure_reboots_and_the_next_boot_runs_again() {
     );
     assert_eq!(b.code, 0, "{}", b.show());
 }
+
+#[test]
+#[ignore = "boots a VM: run through `make test`"]
+fn the_seccomp_filter_refuses_a_denied_syscall_and_allows_the_rest() {
+    // unshare(CLONE_NEWUSER) needs no capability (an unprivileged user namespace), so only the
+    // seccomp filter refuses it; the shell, echo and exit around it are allowed syscalls.
+    let data = initdata(
+        "[workload]\nimage = \"oci:/usr/share/cvm-agent/images:hello\"\n\
+         args = [\"/bin/sh\", \"-c\", \"unshare -U true 2>&1 && echo unshare-allowed || echo unshare-denied; echo still-running\"]\n",
+    );
+    let b = boot_with(&data, "", &[]);
+    assert_eq!(b.code, 0, "{}", b.show());
+    assert!(b.errors().is_empty(), "{}", b.show());
+    let lines = b.lines("workload: ");
+    assert!(lines.contains(&"workload: unshare-denied"), "{}", b.show());
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("unshare") && l.contains("Operation not permitted")),
+        "EPERM, not another failure\n{}",
+        b.show()
+    );
+    assert_eq!(
+        lines.last().copied(),
+        Some("workload: still-running"),
+        "{}",
+        b.show()
+    );
+    assert!(b.powered_off(), "{}", b.show());
+}

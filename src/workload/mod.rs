@@ -3,9 +3,10 @@
 //! the result measured and sealed by the agent, then run under youki's `libcontainer`
 //! ([`spec`], [`run`]).
 //!
-//! Not yet: a seccomp profile. libcontainer applies one only with its `libseccomp` feature,
-//! which links libseccomp; the workload runs with namespaces, a cgroup, a reduced capability
-//! set and no_new_privs, but without a syscall filter.
+//! The workload runs with namespaces, a cgroup, a reduced capability set, no_new_privs and a
+//! seccomp filter: default allow with a deny list (EPERM) of syscalls a confidential workload
+//! never needs ([`spec::SECCOMP_DENY`]). libcontainer applies it through its `libseccomp`
+//! feature, with libseccomp linked statically (`.cargo/config.toml`).
 
 pub mod image;
 pub mod policy;
