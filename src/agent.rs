@@ -651,10 +651,12 @@ impl Agent {
             info!("not needed (no launch.toml)");
             return Ok(());
         };
-        let registry_image = launch
-            .workload
-            .as_ref()
-            .is_some_and(|w| !w.image.starts_with("oci:"));
+        let registry_image = launch.workload.as_ref().is_some_and(|w| {
+            matches!(
+                crate::oci::reference::ImageRef::parse(&w.image),
+                Ok(crate::oci::reference::ImageRef::Registry(_))
+            )
+        });
         if launch.kbs.is_none() && launch.network.is_none() && !registry_image {
             info!("not needed (no KBS, no registry image and no [network] in launch.toml)");
             return Ok(());

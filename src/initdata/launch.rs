@@ -20,7 +20,7 @@
 //! [workload.registry]                  # optional, for registry images
 //! insecure_http = false                # plain http (content is still verified by digest)
 //! cert = "..."                         # optional PEM anchor; pin = "<64 hex>" optional
-//! timeout = 600                        # seconds for the whole pull
+//! timeout = 600                        # seconds for each manifest or layer, retries included
 //!
 //! [[secrets]]
 //! name = "db-password"
@@ -132,7 +132,8 @@ pub struct Registry {
     pub insecure_http: bool,
     pub cert: Option<String>,
     pub pin: Option<[u8; 32]>,
-    /// The whole pull (manifests and every layer), retries included.
+    /// Each fetch (a manifest, the config, a layer), retries included: what the registry client
+    /// applies per document or blob.
     pub timeout: std::time::Duration,
 }
 
