@@ -753,10 +753,22 @@ impl Agent {
                     &jwk,
                     protocol::NO_ADDITIONAL_EVIDENCE,
                 );
-                let report_data =
-                    protocol::report_data_with(hash, &runtime_data).map_err(AttestError::Kbs)?;
+                let digest =
+                    protocol::runtime_data_digest(hash, &runtime_data).map_err(AttestError::Kbs)?;
+                // Public values (a hash of the nonce and the public TEE key), logged so that a
+                // refusal can be compared with what the KBS expected.
+                if let Ok(bound) = evidence::report_data_for(kind, &digest) {
+                    info!(
+                        "runtime data {}: {}; {} report data ({} bytes): {}",
+                        hash.name(),
+                        crate::hex::encode(&digest),
+                        kind.as_str(),
+                        bound.len(),
+                        crate::hex::encode(&bound)
+                    );
+                }
                 let evidence =
-                    evidence::collect(kind, Path::new("/"), tpm.as_deref_mut(), &report_data, log)
+                    evidence::collect(kind, Path::new("/"), tpm.as_deref_mut(), &digest, log)
                         .map_err(AttestError::Evidence)?;
                 evidence_ms += t.elapsed().as_millis();
                 Ok::<_, AttestError>(protocol::attestation(
@@ -809,9 +821,8 @@ impl Agent {
             let body = session
                 .client
                 .resource(&secret.uri)
-                .map_err(|source| SecretsError::Fetch {
-                    name: secret.name.clone(),
-                    source,
+                .map_err(|source| {
+                    SecretsError::fetch(&secret.name, &secret.uri.to_string(), source)
                 })
                 .in_stage(Stage::Secrets)?;
             let value = jwe::decrypt(&session.key, &body)
@@ -829,13 +840,12 @@ impl Agent {
                     },
                 ));
             }
-            let fingerprint = secrets::fingerprint(&value);
             match &secret.target {
                 SecretTarget::File(path) => {
                     let written = secrets::write_file(Path::new("/"), path, &value)
                         .in_stage(Stage::Secrets)?;
                     info!(
-                        "{}: {} bytes, sha256 {fingerprint}, written to {path} ({})",
+                        "{}: {} bytes, written to {path} ({})",
                         secrets::describe(secret),
                         value.len(),
                         secrets::file_facts(&written)
@@ -843,7 +853,7 @@ impl Agent {
                 }
                 SecretTarget::Use(usage) => {
                     info!(
-                        "{}: {} bytes, sha256 {fingerprint}, kept in memory as the {}",
+                        "{}: {} bytes, kept in memory as the {}",
                         secrets::describe(secret),
                         value.len(),
                         usage.name()
@@ -979,25 +989,27 @@ impl Agent {
         self.write_measure_log(stage)?;
         self.check_pcrs_against_log(stage)?;
         info!("launch separator extended; measurements sealed");
-        if let Some(nonce) = self.cmdline.test_quote.clone() {
+        // The parser already refuses the hook in production; checked again where it acts.
+        if let Some(nonce) = self.cmdline.test_quote.clone()
+            && self.cmdline.mode == crate::cmdline::Mode::Debug
+        {
             self.print_test_evidence(stage, &nonce)?;
         }
         Ok(())
     }
 
-    /// `cvm.test_quote=`: the evidence the attest stage would send for this nonce as report
-    /// data, printed with the event log so a host test can verify both.
+    /// `cvm.test_quote=` (debug only): the evidence the attest stage would send for this value
+    /// as the runtime-data digest, printed with the event log so a host test can verify both.
     fn print_test_evidence(&mut self, stage: Stage, nonce: &[u8]) -> Result<(), StageError> {
         use base64::Engine as _;
         let Some(kind) = self.tee else {
             return Ok(());
         };
-        let report_data = evidence::pad_report_data(nonce);
         let value = evidence::collect(
             kind,
             Path::new("/"),
             self.tpm.as_mut(),
-            &report_data,
+            nonce,
             self.measurer.as_ref().map(Measurer::log),
         )
         .in_stage(stage)?;

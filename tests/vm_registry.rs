@@ -47,6 +47,11 @@ fn workload(image: &str, extra: &str) -> String {
 /// A production boot (verified root, swtpm) with `initdata` by fw_cfg; `fwds` are
 /// (guest port, host port) pairs on 10.0.2.100.
 fn boot_with(initdata: &[u8], fwds: &[(u16, u16)]) -> Boot {
+    boot_with_extra(initdata, fwds, &[])
+}
+
+/// [`boot_with`] plus more boot.sh arguments (the KBS's vTPM).
+fn boot_with_extra(initdata: &[u8], fwds: &[(u16, u16)], more: &[String]) -> Boot {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("initdata.toml");
     std::fs::write(&file, initdata).unwrap();
@@ -58,6 +63,7 @@ fn boot_with(initdata: &[u8], fwds: &[(u16, u16)]) -> Boot {
     for (guest, host) in fwds {
         extra.extend(["--guestfwd".into(), format!("{guest}:{host}")]);
     }
+    extra.extend(more.iter().cloned());
     boot(&format!("{hash} cvm.initdata=fw_cfg"), &extra)
 }
 
@@ -185,7 +191,11 @@ fn auth_registry_with_credentials_from_the_kbs() {
         resources: vec![(AUTH_PATH.to_string(), auth_json.into_bytes())],
         ..Default::default()
     });
-    let b = boot_with(&data, &[(8080, kbs.port), (5000, reg.port)]);
+    let b = boot_with_extra(
+        &data,
+        &[(8080, kbs.port), (5000, reg.port)],
+        &kbs.tpm_args(),
+    );
     assert_eq!(b.code, 5, "{}\n--- kbs ---\n{}", b.show(), kbs.log());
     assert!(b.errors().is_empty(), "{}", b.show());
     assert!(

@@ -85,11 +85,10 @@ fn boot_with_disk(run: &Run, disk: &Path) -> Boot {
     let file = dir.path().join("initdata.toml");
     std::fs::write(&file, &run.data).unwrap();
     let (hash, mut extra) = verified_root();
-    // One vTPM per disk, as one VM keeps its vTPM: the KBS trusts its AK on first use.
-    let tpm = disk.parent().unwrap().join("tpm");
+    // The vTPM the KBS provisioned and trusts, kept across this run's boots as a VM keeps its
+    // vTPM.
+    extra.extend(run.kbs.tpm_args());
     extra.extend([
-        "--tpm-state".into(),
-        tpm.to_str().unwrap().to_string(),
         "--disk".into(),
         disk.to_str().unwrap().to_string(),
         "--fw-cfg".into(),

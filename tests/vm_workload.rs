@@ -8,7 +8,7 @@ use common::*;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// An init-data document whose launch.toml is `launch`.
 fn initdata(launch: &str) -> Vec<u8> {
@@ -129,18 +129,6 @@ fn launch_policy_allows_the_cmd_override_and_refuses_an_env_override() {
     assert!(b.powered_off(), "{}", b.show());
 }
 
-/// Waits until `needle` is in the console file.
-fn wait_for(console: &Path, needle: &str, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if std::fs::read_to_string(console).is_ok_and(|c| c.contains(needle)) {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    false
-}
-
 #[test]
 #[ignore = "boots a VM: run through `make test`"]
 fn debug_stays_up_after_the_workload_with_a_shell_on_the_console() {
@@ -227,7 +215,7 @@ fn restart_on_failure_reboots_and_the_next_boot_runs_again() {
             "--disk".into(),
             disk.display().to_string(),
             "--tpm-state".into(),
-            dir.path().join("tpm").display().to_string(),
+            kbs.tpm_state.display().to_string(),
             "--guestfwd".into(),
             format!("8080:{}", kbs.port),
             "--allow-reboot".into(),

@@ -50,6 +50,9 @@ enum Command {
     /// Run the dev KBS (Trustee KBS protocol 0.4.0) for local tests and demos, on a loopback
     /// address only.
     Kbs(cvm_agent::devkbs::KbsArgs),
+    /// Provision the AK of a swtpm vTPM (its state directory) before the VM's first boot, as a
+    /// cloud provisions its vTPMs; prints the AK's SHA-256 (a KBS policy's trusted_aks entry).
+    TpmAk(cvm_agent::swtpm::TpmAkArgs),
     /// The LUKS2 state disk, with the same library code as the guest.
     State {
         #[command(subcommand)]
@@ -154,6 +157,7 @@ fn main() -> ExitCode {
             };
         }
         Command::Kbs(args) => cvm_agent::devkbs::run(&args).map_err(|e| error_chain(&e)),
+        Command::TpmAk(args) => cvm_agent::swtpm::run(&args).map_err(|e| error_chain(&e)),
         Command::State { what } => state(what),
         Command::Image {
             what: Image::Build(args),

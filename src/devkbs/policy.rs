@@ -2,8 +2,10 @@
 //! evidence's claims must have, and which TPM attestation keys are trusted.
 //!
 //! Every field is optional and defaults to the refusing side: only `tpm`, no debug, init-data
-//! required, and no trusted AK (so a `tpm` attestation is refused until the operator lists AKs
-//! or says `trust_on_first_use = true`).
+//! required, and no trusted AK (so a `tpm` attestation is refused until the operator lists the
+//! vTPM's AK in `trusted_aks`, as Trustee's `tpm` verifier refuses every AK not in its
+//! `trusted_ak_keys_dir`). There is no trust on first use: the first quote a KBS sees may come
+//! from a TPM the host runs, and trusting it would let the host sign whatever PCRs it likes.
 
 use crate::measure::EventLog;
 use kbs_types::Tee;
@@ -42,6 +44,7 @@ struct Wire {
     initdata_digest: Option<String>,
     require_initdata: Option<bool>,
     trusted_aks: Option<Vec<String>>,
+    /// Removed; read only to refuse it with a clear message.
     trust_on_first_use: Option<bool>,
     reference: Option<PathBuf>,
 }
@@ -58,7 +61,6 @@ pub struct Policy {
     pub require_initdata: bool,
     /// SHA-256 of AK SPKI DER, lower-case hex.
     pub trusted_aks: Vec<String>,
-    pub trust_on_first_use: bool,
     /// The reference event log (`log` of a `cvmctl measure` output).
     pub reference: Option<EventLog>,
 }
@@ -73,7 +75,6 @@ impl Default for Policy {
             initdata_digest: None,
             require_initdata: true,
             trusted_aks: Vec::new(),
-            trust_on_first_use: false,
             reference: None,
         }
     }
@@ -147,6 +148,13 @@ impl Policy {
 
     pub fn parse(text: &str, base: &Path) -> Result<Policy, PolicyError> {
         let wire: Wire = toml::from_str(text).map_err(|e| PolicyError::Syntax(e.to_string()))?;
+        if wire.trust_on_first_use.is_some() {
+            return Err(PolicyError::Syntax(
+                "trust_on_first_use is gone: Trustee trusts only the AKs it lists, so list the \
+                 vTPM's AK in trusted_aks (`cvmctl tpm-ak` provisions one and prints its SHA-256)"
+                    .into(),
+            ));
+        }
         let default = Policy::default();
         let tee = match wire.tee {
             None => default.tee,
@@ -186,7 +194,6 @@ impl Policy {
             },
             require_initdata: wire.require_initdata.unwrap_or(default.require_initdata),
             trusted_aks,
-            trust_on_first_use: wire.trust_on_first_use.unwrap_or(false),
             reference,
         })
     }
@@ -222,7 +229,7 @@ mod tests {
         let p = Policy::parse("", Path::new(".")).unwrap();
         assert_eq!(p, Policy::default());
         assert_eq!(p.tee, vec![Tee::Tpm]);
-        assert!(!p.allow_debug && p.require_initdata && !p.trust_on_first_use);
+        assert!(!p.allow_debug && p.require_initdata);
         assert!(p.trusted_aks.is_empty());
     }
 
@@ -231,14 +238,14 @@ mod tests {
         let text = format!(
             "tee = [\"tpm\", \"snp\", \"az-tdx-vtpm\"]\nallow_debug = true\nroothash = \"{}\"\n\
              image_version = \"cvm-demo 1\"\ninitdata_digest = \"{}\"\nrequire_initdata = false\n\
-             trusted_aks = [\"{}\"]\ntrust_on_first_use = true\n",
+             trusted_aks = [\"{}\"]\n",
             "AB".repeat(32),
             "cd".repeat(48),
             "01".repeat(32)
         );
         let p = Policy::parse(&text, Path::new(".")).unwrap();
         assert_eq!(p.tee, vec![Tee::Tpm, Tee::Snp, Tee::AzTdxVtpm]);
-        assert!(p.allow_debug && !p.require_initdata && p.trust_on_first_use);
+        assert!(p.allow_debug && !p.require_initdata);
         assert_eq!(p.roothash.as_deref(), Some("ab".repeat(32).as_str()));
         assert_eq!(p.initdata_digest.as_deref(), Some("cd".repeat(48).as_str()));
         assert_eq!(p.trusted_aks, vec!["01".repeat(32)]);
@@ -256,6 +263,8 @@ mod tests {
             "roothash = \"abcd\"",
             "initdata_digest = \"00\"",
             "trusted_aks = [\"00\"]",
+            "trust_on_first_use = true",
+            "trust_on_first_use = false",
             "reference = \"/nonexistent/reference.json\"",
         ] {
             assert!(Policy::parse(bad, Path::new(".")).is_err(), "{bad}");

@@ -9,6 +9,7 @@
 use crate::devkbs::policy::{Policy, tee_name};
 use crate::hex;
 use crate::initdata::InitData;
+use crate::kbs::protocol;
 use crate::measure::{EventKind, EventLog, PCR_AGENT};
 use crate::stage::error_chain as chain;
 use crate::tee::azure::{AzSnpVtpmEvidence, AzTdxVtpmEvidence, AzVerified, HwReport};
@@ -20,11 +21,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use kbs_types::Tee;
 use serde_json::{Map, Value, json};
-use std::path::PathBuf;
-use std::sync::Mutex;
 
-/// The file in `--state` holding the AKs trusted on first use, one SHA-256 hex per line.
-pub const TRUSTED_AKS_FILE: &str = "trusted-aks";
 /// Largest base64 member of SNP/TDX evidence accepted.
 const MAX_B64: usize = 256 << 10;
 
@@ -42,10 +39,15 @@ pub enum VerifyError {
         "{0} does not match the report data of this session's runtime data (wrong nonce or TEE key)"
     )]
     ReportData(&'static str),
-    #[error("AK not trusted (sha256 {0})")]
+    #[error("the AK (sha256 {0}) is not in the policy's trusted_aks")]
     AkNotTrusted(String),
-    #[error("cannot record the trusted AK: {0}")]
-    AkStore(String),
+    #[error(
+        "the TPM quote's nonce is {0} bytes: Trustee (v0.16 and later) expects exactly the first \
+         32 bytes of the runtime-data digest, not the 64-byte padded form"
+    )]
+    TpmNonceForm(usize),
+    #[error("runtime data: {0}")]
+    RuntimeData(String),
     #[error("the policy requires init-data and the request has none")]
     InitDataMissing,
     #[error("init-data: {0}")]
@@ -81,79 +83,26 @@ pub struct Verified {
     pub claims: Map<String, Value>,
 }
 
-/// The trusted AKs: the policy's list, plus, with trust on first use, the first one seen
-/// (kept in `state/trusted-aks` when there is a state directory, otherwise in memory).
+/// The trusted AKs: exactly the policy's list (SHA-256 of each AK's DER SPKI), as Trustee's
+/// `tpm` verifier holds them.
 #[derive(Debug)]
 pub struct AkStore {
     listed: Vec<String>,
-    tofu: bool,
-    file: Option<PathBuf>,
-    memory: Mutex<Vec<String>>,
 }
 
 impl AkStore {
-    pub fn new(policy: &Policy, state: Option<PathBuf>) -> AkStore {
+    pub fn new(policy: &Policy) -> AkStore {
         AkStore {
             listed: policy.trusted_aks.clone(),
-            tofu: policy.trust_on_first_use,
-            file: state.map(|d| d.join(TRUSTED_AKS_FILE)),
-            memory: Mutex::new(Vec::new()),
         }
     }
 
-    fn recorded(&self) -> Result<Vec<String>, VerifyError> {
-        let memory = self.memory.lock().map(|m| m.clone()).unwrap_or_default();
-        let Some(file) = &self.file else {
-            return Ok(memory);
-        };
-        match std::fs::read_to_string(file) {
-            Ok(text) => Ok(text
-                .lines()
-                .map(|l| l.trim().to_ascii_lowercase())
-                .filter(|l| !l.is_empty())
-                .collect()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-            Err(e) => Err(VerifyError::AkStore(format!("{}: {e}", file.display()))),
-        }
-    }
-
-    /// Ok(true) when `ak` was trusted just now, on first use.
-    pub fn check(&self, ak: &str) -> Result<bool, VerifyError> {
+    pub fn check(&self, ak: &str) -> Result<(), VerifyError> {
         if self.listed.iter().any(|l| l == ak) {
-            return Ok(false);
+            Ok(())
+        } else {
+            Err(VerifyError::AkNotTrusted(ak.into()))
         }
-        if !self.tofu {
-            return Err(VerifyError::AkNotTrusted(ak.into()));
-        }
-        // One check-and-record at a time, so two first attestations cannot both win.
-        let mut memory = self
-            .memory
-            .lock()
-            .map_err(|_| VerifyError::AkStore("lock poisoned".into()))?;
-        let recorded = match &self.file {
-            None => memory.clone(),
-            Some(_) => {
-                drop(memory);
-                let r = self.recorded()?;
-                memory = self
-                    .memory
-                    .lock()
-                    .map_err(|_| VerifyError::AkStore("lock poisoned".into()))?;
-                r
-            }
-        };
-        if recorded.iter().any(|r| r == ak) {
-            return Ok(false);
-        }
-        if !recorded.is_empty() {
-            return Err(VerifyError::AkNotTrusted(ak.into()));
-        }
-        if let Some(file) = &self.file {
-            std::fs::write(file, format!("{ak}\n"))
-                .map_err(|e| VerifyError::AkStore(format!("{}: {e}", file.display())))?;
-        }
-        memory.push(ak.into());
-        Ok(true)
     }
 }
 
@@ -162,11 +111,12 @@ pub fn parse_init_data(body: &str) -> Result<InitData, VerifyError> {
     InitData::parse(body.as_bytes()).map_err(|e| VerifyError::InitData(chain(&e)))
 }
 
-/// Verifies `evidence` of `tee` against `report_data` and the policy.
+/// Verifies `evidence` of `tee` against the runtime-data `digest` (in the form each TEE's
+/// verifier compares, [`protocol::tee_report_data`]) and the policy.
 pub fn verify(
     tee: Tee,
     evidence: &Value,
-    report_data: &[u8; 64],
+    digest: &[u8],
     init_data: Option<&InitData>,
     policy: &Policy,
     aks: &AkStore,
@@ -177,6 +127,9 @@ pub fn verify(
     if init_data.is_none() && policy.require_initdata {
         return Err(VerifyError::InitDataMissing);
     }
+    let report_data =
+        protocol::tee_report_data(tee, digest).map_err(|e| VerifyError::RuntimeData(chain(&e)))?;
+    let report_data = report_data.as_slice();
     let mut v = match tee {
         Tee::Tpm => verify_tpm(evidence, report_data, init_data, policy, aks)?,
         Tee::Snp => verify_snp(evidence, report_data, init_data)?,
@@ -245,19 +198,23 @@ fn check_policy(v: &Verified, policy: &Policy) -> Result<(), VerifyError> {
 
 fn verify_tpm(
     evidence: &Value,
-    report_data: &[u8; 64],
+    report_data: &[u8],
     init_data: Option<&InitData>,
     policy: &Policy,
     aks: &AkStore,
 ) -> Result<Verified, VerifyError> {
     let ev = TpmEvidence::from_json(evidence.to_string().as_bytes())
         .map_err(|e| malformed("tpm", &e))?;
+    // Trustee's order: the AK must be trusted before anything signed with it is looked at.
+    let ak = hex::encode(&ev.ak_sha256());
+    aks.check(&ak)?;
     let attest = ev.verify().map_err(|e| signature("tpm", &e))?;
-    if attest.extra_data != report_data[..] {
+    if attest.extra_data != report_data {
+        if attest.extra_data.len() != report_data.len() {
+            return Err(VerifyError::TpmNonceForm(attest.extra_data.len()));
+        }
         return Err(VerifyError::ReportData("the TPM quote's nonce"));
     }
-    let ak = hex::encode(&ev.ak_sha256());
-    let first_use = aks.check(&ak)?;
     let pcrs = &ev.tpm_quote.pcrs;
     if let Some(init) = init_data
         && pcrs[8] != init.pcr8_expected()
@@ -320,7 +277,6 @@ fn verify_tpm(
         .collect();
     v.claims.insert("pcrs".into(), Value::Object(pcr_claims));
     v.claims.insert("ak".into(), json!(ak));
-    v.claims.insert("ak-first-use".into(), json!(first_use));
     Ok(v)
 }
 
@@ -400,7 +356,7 @@ fn b64_member(
 
 fn verify_snp(
     evidence: &Value,
-    report_data: &[u8; 64],
+    report_data: &[u8],
     init_data: Option<&InitData>,
 ) -> Result<Verified, VerifyError> {
     let raw = b64_member("snp", evidence, "attestation_report")?.ok_or_else(|| {
@@ -427,7 +383,7 @@ fn verify_snp(
         })?;
     let vek = EndorsementKey::from_der(&vek_der.data).map_err(|e| signature("snp", &e))?;
     snp::verify_report_builtin(&report, &vek).map_err(|e| signature("snp", &e))?;
-    if report.report_data != *report_data {
+    if report.report_data[..] != *report_data {
         return Err(VerifyError::ReportData("the SNP REPORT_DATA"));
     }
     if let Some(init) = init_data
@@ -454,7 +410,7 @@ fn verify_snp(
 
 fn verify_tdx(
     evidence: &Value,
-    report_data: &[u8; 64],
+    report_data: &[u8],
     init_data: Option<&InitData>,
 ) -> Result<Verified, VerifyError> {
     let raw = b64_member("tdx", evidence, "quote")?.ok_or_else(|| VerifyError::Malformed {
@@ -466,7 +422,7 @@ fn verify_tdx(
     // collateral, which the dev KBS does not fetch.
     quote.verify().map_err(|e| signature("tdx", &e))?;
     let body = &quote.body;
-    if body.report_data != *report_data {
+    if body.report_data[..] != *report_data {
         return Err(VerifyError::ReportData("the TDX REPORTDATA"));
     }
     if let Some(init) = init_data
@@ -491,18 +447,12 @@ fn verify_tdx(
 fn verify_azure(
     tee: &'static str,
     verified: &AzVerified,
-    report_data: &[u8; 64],
+    report_data: &[u8],
     init_data: Option<&InitData>,
 ) -> Result<Verified, VerifyError> {
-    // The Azure attesters quote the report-data hash itself (48 bytes for SHA-384), not the
-    // zero-padded 64 bytes; compare the padded forms.
-    let nonce = &verified.attest.extra_data;
-    let mut padded = [0u8; 64];
-    if nonce.len() > 64 {
-        return Err(VerifyError::ReportData("the vTPM quote's nonce"));
-    }
-    padded[..nonce.len()].copy_from_slice(nonce);
-    if padded != *report_data {
+    // The Azure attesters quote the digest itself (48 bytes for SHA-384), and Trustee's
+    // `verify_nonce` compares exactly: a zero-padded nonce is refused.
+    if verified.attest.extra_data != report_data {
         return Err(VerifyError::ReportData("the vTPM quote's nonce"));
     }
     if let Some(init) = init_data
@@ -553,11 +503,17 @@ mod tests {
         std::fs::read(&p).unwrap_or_else(|e| panic!("{p}: {e}"))
     }
 
+    /// SHA-256 of the fixture's AK, as an operator would list it.
+    fn fixture_ak() -> String {
+        let json = fixture("tpm/tpm_evidence.json");
+        hex::encode(&TpmEvidence::from_json(&json).unwrap().ak_sha256())
+    }
+
     fn open_policy() -> Policy {
         Policy {
             tee: vec![Tee::Tpm, Tee::Snp, Tee::Tdx, Tee::AzSnpVtpm, Tee::AzTdxVtpm],
             require_initdata: false,
-            trust_on_first_use: true,
+            trusted_aks: vec![fixture_ak()],
             ..Policy::default()
         }
     }
@@ -567,27 +523,56 @@ mod tests {
         verify(
             tee,
             evidence,
-            &[0x5a; 64],
+            &[0x5a; 48],
             None,
             &policy,
-            &AkStore::new(&policy, None),
+            &AkStore::new(&policy),
         )
     }
 
-    /// Real evidence from real hardware passes every signature check and fails exactly at the
-    /// nonce (it was made for another KBS session).
+    /// Real evidence from a real vTPM passes every signature check and fails exactly at the
+    /// nonce. `tpm_evidence.json` is the OLD form (before Trustee v0.16): its quote carries a
+    /// 64-byte padded nonce, which today's Trustee refuses whatever the session — as we do.
     #[test]
-    fn real_tpm_evidence_verifies_up_to_the_nonce() {
+    fn real_tpm_evidence_of_the_old_form_is_refused_at_the_nonce() {
         let json = fixture("tpm/tpm_evidence.json");
-        TpmEvidence::from_json(&json).unwrap().verify().unwrap();
+        let attest = TpmEvidence::from_json(&json).unwrap().verify().unwrap();
+        assert_eq!(
+            attest.extra_data.len(),
+            64,
+            "the fixture's old 64-byte form"
+        );
         let ev: Value = serde_json::from_slice(&json).unwrap();
         let err = run(Tee::Tpm, &ev).unwrap_err();
-        assert!(matches!(err, VerifyError::ReportData(_)), "{err}");
-        assert_eq!(
-            err.to_string(),
-            "the TPM quote's nonce does not match the report data of this session's runtime \
-             data (wrong nonce or TEE key)"
-        );
+        assert!(matches!(err, VerifyError::TpmNonceForm(64)), "{err}");
+        // Even for the session it was made for (its own first 48 bytes as the digest): the
+        // 64-byte form is not Trustee's.
+        let policy = open_policy();
+        let err = verify(
+            Tee::Tpm,
+            &ev,
+            &attest.extra_data[..48],
+            None,
+            &policy,
+            &AkStore::new(&policy),
+        )
+        .unwrap_err();
+        assert!(matches!(err, VerifyError::TpmNonceForm(64)), "{err}");
+        // An AK the policy does not list is refused before its quote is looked at.
+        let untrusted = Policy {
+            trusted_aks: vec!["00".repeat(32)],
+            ..open_policy()
+        };
+        let err = verify(
+            Tee::Tpm,
+            &ev,
+            &[0x5a; 48],
+            None,
+            &untrusted,
+            &AkStore::new(&untrusted),
+        )
+        .unwrap_err();
+        assert!(matches!(err, VerifyError::AkNotTrusted(_)), "{err}");
         // A changed PCR value fails before the nonce.
         let mut bad = ev.clone();
         bad["tpm_quote"]["pcrs"][0] = Value::from("11".repeat(32));
@@ -658,46 +643,32 @@ mod tests {
 
         // A TEE the policy does not list, and one the dev KBS cannot verify.
         let policy = Policy::default();
-        let aks = AkStore::new(&policy, None);
-        let err = verify(Tee::Snp, &snp, &[0; 64], None, &policy, &aks).unwrap_err();
+        let aks = AkStore::new(&policy);
+        let err = verify(Tee::Snp, &snp, &[0; 48], None, &policy, &aks).unwrap_err();
         assert_eq!(err.to_string(), "TEE snp is not allowed by policy");
         let mut policy = open_policy();
         policy.tee.push(Tee::Sgx);
-        let err = verify(Tee::Sgx, &snp, &[0; 64], None, &policy, &aks).unwrap_err();
+        let err = verify(Tee::Sgx, &snp, &[0; 48], None, &policy, &aks).unwrap_err();
         assert!(matches!(err, VerifyError::Unsupported(_)), "{err}");
     }
 
     #[test]
-    fn ak_store() {
+    fn ak_store_is_the_policy_list() {
         let listed = "aa".repeat(32);
         let policy = Policy {
             trusted_aks: vec![listed.clone()],
             ..Policy::default()
         };
-        let store = AkStore::new(&policy, None);
-        assert!(!store.check(&listed).unwrap());
+        let store = AkStore::new(&policy);
+        store.check(&listed).unwrap();
         assert!(matches!(
             store.check(&"bb".repeat(32)),
             Err(VerifyError::AkNotTrusted(_))
         ));
-
-        let dir = tempfile::tempdir().unwrap();
-        let policy = Policy {
-            trust_on_first_use: true,
-            ..Policy::default()
-        };
-        let store = AkStore::new(&policy, Some(dir.path().to_path_buf()));
-        assert!(store.check(&"01".repeat(32)).unwrap(), "first use");
-        assert!(!store.check(&"01".repeat(32)).unwrap());
-        assert!(store.check(&"02".repeat(32)).is_err());
-        // Persisted: a new store (a restarted KBS) remembers.
-        let again = AkStore::new(&policy, Some(dir.path().to_path_buf()));
-        assert!(!again.check(&"01".repeat(32)).unwrap());
-        assert!(again.check(&"02".repeat(32)).is_err());
-        assert_eq!(
-            std::fs::read_to_string(dir.path().join(TRUSTED_AKS_FILE)).unwrap(),
-            format!("{}\n", "01".repeat(32))
-        );
+        // No list, no AK: nothing is trusted on first use.
+        let store = AkStore::new(&Policy::default());
+        assert!(store.check(&listed).is_err());
+        assert!(store.check(&listed).is_err());
     }
 
     #[test]

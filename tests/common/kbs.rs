@@ -1,6 +1,7 @@
 //! The dev KBS (`cvmctl kbs`, this build's binary) for VM tests: started on 127.0.0.1:0 with a
 //! policy and resources in a temporary directory; the guest reaches it as 10.0.2.100:8080.
 
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -14,6 +15,11 @@ pub struct Kbs {
     child: Child,
     pub port: u16,
     pub dir: tempfile::TempDir,
+    /// The swtpm state the guest must boot with (`--tpm-state`): its AK is the policy's only
+    /// trusted one.
+    pub tpm_state: PathBuf,
+    /// SHA-256 (hex) of that AK.
+    pub ak: String,
     /// SHA-256 of the TLS key's SPKI, when serving TLS.
     pub pin: Option<String>,
 }
@@ -30,6 +36,11 @@ impl Kbs {
         std::fs::read_to_string(self.dir.path().join("kbs.log")).unwrap_or_default()
     }
 
+    /// boot.sh arguments that give the guest the vTPM this KBS trusts.
+    pub fn tpm_args(&self) -> Vec<String> {
+        vec!["--tpm-state".into(), self.tpm_state.display().to_string()]
+    }
+
     pub fn secret(&self) -> Vec<u8> {
         std::fs::read(self.dir.path().join("resources").join(SECRET_PATH)).unwrap()
     }
@@ -44,6 +55,21 @@ pub struct Setup<'a> {
     pub reference_for: Option<&'a [u8]>,
     /// More resources: (repo/type/tag, bytes).
     pub resources: Vec<(String, Vec<u8>)>,
+    /// Where the guest's vTPM state lives (default: inside the KBS's directory). Its AK is
+    /// provisioned before the KBS starts and prepended to the policy as `trusted_aks`, unless
+    /// the policy lists AKs itself.
+    pub tpm_state: Option<PathBuf>,
+}
+
+/// Provisions the AK of the swtpm state in `dir` with `cvmctl tpm-ak`; its SHA-256 hex.
+pub fn provision_tpm(dir: &Path) -> String {
+    let out = run_ok(
+        Command::new(env!("CARGO_BIN_EXE_cvmctl"))
+            .arg("tpm-ak")
+            .arg("--tpm-state")
+            .arg(dir),
+    );
+    String::from_utf8(out).unwrap().trim().to_string()
 }
 
 pub fn hex(b: &[u8]) -> String {
@@ -70,7 +96,7 @@ pub fn image_version() -> String {
 pub fn strict_policy(initdata: &[u8]) -> String {
     format!(
         "tee = [\"tpm\"]\nallow_debug = false\nroothash = \"{}\"\nimage_version = \"{}\"\n\
-         initdata_digest = \"{}\"\nrequire_initdata = true\ntrust_on_first_use = true\n",
+         initdata_digest = \"{}\"\nrequire_initdata = true\n",
         roothash(),
         image_version(),
         hex(&Sha256::digest(initdata))
@@ -89,7 +115,18 @@ pub fn start_kbs(setup: &Setup) -> Kbs {
         std::fs::create_dir_all(file.parent().unwrap()).unwrap();
         std::fs::write(file, bytes).unwrap();
     }
-    std::fs::write(dir.path().join("policy.toml"), &setup.policy).unwrap();
+    let tpm_state = setup
+        .tpm_state
+        .clone()
+        .unwrap_or_else(|| dir.path().join("tpm"));
+    let ak = provision_tpm(&tpm_state);
+    // First, so that it stays a top-level key whatever tables the policy has.
+    let policy = if setup.policy.contains("trusted_aks") {
+        setup.policy.clone()
+    } else {
+        format!("trusted_aks = [\"{ak}\"]\n{}", setup.policy)
+    };
+    std::fs::write(dir.path().join("policy.toml"), policy).unwrap();
     if let Some(initdata) = setup.reference_for {
         let file = dir.path().join("reference-initdata.toml");
         std::fs::write(&file, initdata).unwrap();
@@ -103,7 +140,6 @@ pub fn start_kbs(setup: &Setup) -> Kbs {
         );
         std::fs::write(dir.path().join("reference.json"), reference).unwrap();
     }
-    std::fs::create_dir_all(dir.path().join("state")).unwrap();
     let ready = dir.path().join("kbs.addr");
     let log = std::fs::File::create(dir.path().join("kbs.log")).unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_cvmctl"));
@@ -113,8 +149,6 @@ pub fn start_kbs(setup: &Setup) -> Kbs {
         .arg(dir.path().join("policy.toml"))
         .arg("--resources")
         .arg(dir.path().join("resources"))
-        .arg("--state")
-        .arg(dir.path().join("state"))
         .arg("--ready-file")
         .arg(&ready)
         .args(setup.extra)
@@ -151,6 +185,8 @@ pub fn start_kbs(setup: &Setup) -> Kbs {
         child,
         port,
         dir,
+        tpm_state,
+        ak,
         pin,
     }
 }
