@@ -514,13 +514,14 @@ impl Agent {
         };
         let pcr = event.pcr();
         let what = format!("{}={}", event.kind().name(), event.value());
-        // RTMRs are SHA-384 registers outside the TPM's banks, under the same digest rule.
-        let rtmr_digest = event.digest(HashAlg::Sha384).in_stage(stage)?;
+        // RTMRs are SHA-384 registers outside the TPM's banks, under the same digest rule;
+        // the verifier and `cvmctl measure --tee tdx` replay through the same function.
+        let rtmr_digest = crate::measure::rtmr::event_digest(&event);
         let digests = measurer.record(event).in_stage(stage)?;
         if let Some(tpm) = self.tpm.as_mut() {
             tpm.pcr_extend(pcr, &digests).in_stage(stage)?;
         }
-        if pcr == 15
+        if let Some(rtmr_digest) = rtmr_digest
             && let Some(rtmr2) = crate::measure::rtmr::rtmr2(Path::new("/sys"))
         {
             // The TD's RTMR2 gets the SHA-384 digest of the same event (a TD may have no vTPM
@@ -612,6 +613,22 @@ impl Agent {
             None => warn!("no TEE: {}", platform.reason),
         }
         self.tee = platform.kind;
+        if let Some(kind) = platform.kind
+            && let Some(register) = crate::tee::binding::register(kind)
+        {
+            // Any report data will do: only the launch-time register is read.
+            let report = crate::tee::tsm::tsm_report(&[0; 64]).in_stage(Stage::Measure)?;
+            crate::tee::binding::check(kind, &report.outblob, self.initdata.as_ref())
+                .in_stage(Stage::Measure)?;
+            info!(
+                "{register} {}",
+                if self.initdata.is_some() {
+                    "matches the init-data digest"
+                } else {
+                    "is all zeros (no init-data)"
+                }
+            );
+        }
         self.measure_event(Stage::Measure, Event::mode(self.mode))?;
         if let Some(hash) = self.cmdline.roothash.clone() {
             self.measure_event(

@@ -103,7 +103,7 @@ pub fn report_data_for(kind: TeeKind, digest: &[u8]) -> Result<Vec<u8>, Evidence
 }
 
 /// Evidence for `kind` bound to the runtime-data `digest`, as the KBS protocol's JSON value;
-/// `tpm` evidence carries `eventlog` (the agent's PCR 15 log so far) as `cel_eventlog`.
+/// `tpm` and `tdx` evidence carry `eventlog` (the agent's PCR 15 log so far) as `cel_eventlog`.
 pub fn collect<T: Transport>(
     kind: TeeKind,
     root: &Path,
@@ -132,23 +132,84 @@ pub fn collect<T: Transport>(
             serde_json::to_value(ev).map_err(EvidenceError::Json)
         }
         TeeKind::Tdx => {
-            let report =
-                tsm::tsm_report_in(root, &hw_report_data()?).map_err(EvidenceError::Tsm)?;
+            let report = tsm::tsm_report_in(&tsm_root(root), &hw_report_data()?)
+                .map_err(EvidenceError::Tsm)?;
             let ccel = std::fs::read(root.join("sys/firmware/acpi/tables/data/CCEL"))
                 .map_err(|e| EvidenceError::Ccel("/sys/firmware/acpi/tables/data/CCEL", e))?;
             Ok(serde_json::json!({
                 "quote": b64.encode(&report.outblob),
                 "cc_eventlog": b64.encode(ccel),
+                // The agent's records, which RTMR2 holds after the CCEL's part: the same
+                // member and form as in `tpm` evidence, so a verifier has one reader.
+                "cel_eventlog": eventlog.map(EventLog::to_json),
             }))
         }
         TeeKind::Snp => {
-            let report =
-                tsm::tsm_report_in(root, &hw_report_data()?).map_err(EvidenceError::Tsm)?;
+            let report = tsm::tsm_report_in(&tsm_root(root), &hw_report_data()?)
+                .map_err(EvidenceError::Tsm)?;
             Ok(serde_json::json!({
                 "attestation_report": b64.encode(&report.outblob),
                 "cert_chain": report.auxblob.as_ref().map(|a| b64.encode(a)),
             }))
         }
         TeeKind::AzSnpVtpm | TeeKind::AzTdxVtpm => Err(EvidenceError::Unsupported(kind)),
+    }
+}
+
+/// configfs-tsm's report directory under `root`.
+fn tsm_root(root: &Path) -> std::path::PathBuf {
+    root.join(tsm::TSM_REPORT_ROOT.trim_start_matches('/'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::measure::{Event, Measurer};
+    use crate::tpm::DeviceTransport;
+
+    /// A fake root with a configfs-tsm entry at its real place under `root` (a provider the
+    /// report-data check does not know, so the outblob is opaque) and a CCEL table.
+    fn fake_root(outblob: &[u8]) -> tempfile::TempDir {
+        let root = tempfile::tempdir().unwrap();
+        let entry = root.path().join(TSM_ROOT_REL).join(tsm::ENTRY_NAME);
+        std::fs::create_dir_all(&entry).unwrap();
+        std::fs::write(entry.join("provider"), "fake\n").unwrap();
+        std::fs::write(entry.join("generation"), "1\n").unwrap();
+        std::fs::write(entry.join("inblob"), "").unwrap();
+        std::fs::write(entry.join("outblob"), outblob).unwrap();
+        let acpi = root.path().join("sys/firmware/acpi/tables/data");
+        std::fs::create_dir_all(&acpi).unwrap();
+        std::fs::write(acpi.join("CCEL"), b"ccel").unwrap();
+        root
+    }
+
+    const TSM_ROOT_REL: &str = "sys/kernel/config/tsm/report";
+
+    #[test]
+    fn tdx_and_snp_evidence_come_from_configfs_tsm_and_tdx_carries_the_agent_log() {
+        let root = fake_root(b"quote");
+        let mut m = Measurer::new(&[HashAlg::Sha256]).unwrap();
+        m.record(Event::mode(crate::cmdline::Mode::Production))
+            .unwrap();
+        let value = collect(
+            TeeKind::Tdx,
+            root.path(),
+            None::<&mut Tpm<DeviceTransport>>,
+            &[0; 48],
+            Some(m.log()),
+        )
+        .unwrap();
+        assert_eq!(value["quote"], "cXVvdGU=");
+        assert_eq!(value["cc_eventlog"], "Y2NlbA==");
+        assert_eq!(value["cel_eventlog"], m.log().to_json());
+        let value = collect(
+            TeeKind::Snp,
+            root.path(),
+            None::<&mut Tpm<DeviceTransport>>,
+            &[0; 48],
+            None,
+        )
+        .unwrap();
+        assert_eq!(value["attestation_report"], "cXVvdGU=");
     }
 }

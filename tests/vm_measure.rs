@@ -75,6 +75,7 @@ fn measurements_match_prediction_replay_and_a_host_verified_quote() {
         "cvm-agent: test-evidence ",
     );
     assert!(seen, "{}", b.show());
+    assert!(b.powered_off(), "{}", b.show());
     let line = b
         .lines("cvm-agent: test-evidence ")
         .first()
