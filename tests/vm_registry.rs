@@ -134,6 +134,13 @@ fn pulls_by_tag_and_runs() {
     let result = b.result().unwrap();
     assert_eq!(result["exit_code"], 3, "{result}");
     assert!(b.powered_off(), "{}", b.show());
+    // Production allows an anonymous pull over http, and warns that a tag is the network's
+    // to resolve there.
+    assert!(
+        b.has("measure: warning: workload image \"10.0.2.100:5000/cvm/hello:1\" by tag over plain http"),
+        "{}",
+        b.show()
+    );
 }
 
 #[test]
@@ -158,6 +165,8 @@ fn wrong_digest_is_refused() {
     ));
     let b = boot_with(&data, &[(5000, reg.port)]);
     assert_refused(&b, &["manifest", &other, "MANIFEST_UNKNOWN"]);
+    // Pinned by digest: allowed over http in production without a warning.
+    assert!(!b.has("over plain http"), "{}", b.show());
 }
 
 #[test]
