@@ -398,7 +398,8 @@ fn data_offset(disk: &Path) -> usize {
 /// LUKS2 header still opens with the key, but the agent must not take the zeroed superblock
 /// for a fresh volume (wipe + mkfs under the same measured UUID would silently drop the data):
 /// the boot stops in the state stage, naming the device and the cause, and not one byte of
-/// the disk changes.
+/// the disk changes. The same for a superblock that is not zero but not valid; with the
+/// superblock restored the volume opens with its data.
 #[test]
 #[ignore = "boots a VM: run through `make test`"]
 fn a_zeroed_integrity_superblock_is_refused_not_reformatted() {
@@ -414,7 +415,8 @@ fn a_zeroed_integrity_superblock_is_refused_not_reformatted() {
     assert!(b.has("boot 1 of this volume"), "{}", b.show());
 
     let offset = data_offset(&disk);
-    let mut bytes = std::fs::read(&disk).unwrap();
+    let pristine = std::fs::read(&disk).unwrap();
+    let mut bytes = pristine.clone();
     assert_eq!(
         &bytes[offset..offset + 8],
         b"integrt\0",
@@ -440,6 +442,19 @@ fn a_zeroed_integrity_superblock_is_refused_not_reformatted() {
     eprintln!("zeroed superblock: {}", b.errors()[0]);
     assert!(!b.has("dm-integrity initialized"), "{}", b.show());
     assert!(!b.has("formatted now"), "{}", b.show());
+
+    // Not zero but not a superblock either: refused the same way, naming the cause.
+    bytes[offset..offset + 8].copy_from_slice(b"garbage!");
+    std::fs::write(&disk, &bytes).unwrap();
+    let before = sha256_file(&disk);
+    let b = boot_with_disk(&run, &disk);
+    assert_refused_unchanged(&b, &disk, &before, &["/dev/vdb", "bad magic"]);
+
+    // The superblock put back: the volume and its data were never touched.
+    std::fs::write(&disk, &pristine).unwrap();
+    let b = boot_with_disk(&run, &disk);
+    assert_eq!(b.code, 0, "{}", b.show());
+    assert!(b.has("boot 2 of this volume"), "{}", b.show());
 }
 
 fn new_file(path: &Path, len: u64) {
