@@ -2,7 +2,7 @@
 //!
 //! ```toml
 //! [kbs]
-//! url = "https://kbs.example:8080"     # http:// only with insecure_http = true
+//! url = "https://kbs.example:8080"     # http:// only with insecure_http = true, debug mode only
 //! cert = """-----BEGIN CERTIFICATE-----..."""   # optional PEM trust anchor
 //! pin = "<64 hex>"                     # optional SHA-256 of the server key's SPKI (DER)
 //! insecure_http = false
@@ -18,7 +18,7 @@
 //! memory_mib = 512                     # optional cgroup memory.max
 //! capabilities = ["CAP_NET_ADMIN"]     # optional additions (image policy)
 //! [workload.registry]                  # optional, for registry images
-//! insecure_http = false                # plain http (content is still verified by digest)
+//! insecure_http = false                # plain http: no registry-auth in production (check_for_mode)
 //! cert = "..."                         # optional PEM anchor; pin = "<64 hex>" optional
 //! timeout = 600                        # seconds for each manifest or layer, retries included
 //!
