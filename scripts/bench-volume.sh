@@ -16,6 +16,7 @@ trap '[ -n "$kbs_pid" ] && kill $kbs_pid 2>/dev/null; cp "$work/console.log" /tm
 mkdir -p "$work/resources/default/bench" "$work/kbs"
 head -c 32 /dev/urandom > "$work/resources/default/bench/state-key"
 truncate -s "${SIZE_MIB}M" "$work/state.img"
+pin=$("$CVMCTL" kbs-tls "$work/tls")
 cat > "$work/initdata.toml" <<TOML
 version = "0.1.0"
 algorithm = "sha256"
@@ -23,8 +24,8 @@ algorithm = "sha256"
 [data]
 "launch.toml" = '''
 [kbs]
-url = "http://10.0.2.100:8080"
-insecure_http = true
+url = "https://10.0.2.100:8080"
+pin = "$pin"
 
 [[secrets]]
 name = "state-key"
@@ -50,7 +51,8 @@ require_initdata = true
 trusted_aks = ["$ak"]
 TOML
 "$CVMCTL" kbs --listen 127.0.0.1:0 --policy "$work/policy.toml" --resources "$work/resources" \
-  --ready-file "$work/kbs.addr" 2> "$work/kbs.log" &
+  --ready-file "$work/kbs.addr" \
+  --tls-cert "$work/tls/kbs-cert.pem" --tls-key "$work/tls/kbs-key.pem" 2> "$work/kbs.log" &
 kbs_pid=$!
 for _ in $(seq 100); do [ -s "$work/kbs.addr" ] && break; sleep 0.1; done
 port=$(sed 's/.*://' "$work/kbs.addr")

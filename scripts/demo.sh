@@ -17,9 +17,13 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-out}
 KERNEL=${KERNEL:-.cache/kernel/vmlinuz}
 CVMCTL=${CVMCTL:-target/release/cvmctl}
-INITDATA=qemu/demo-initdata.toml
 state=$OUT/demo
 mkdir -p "$state/tpm" "$state/resources/default/demo"
+# The dev KBS's TLS key (kept, so the init-data stays the same between runs), pinned in the
+# init-data: production refuses a KBS over plain http.
+pin=$("$CVMCTL" kbs-tls "$state/tls")
+INITDATA=$state/initdata.toml
+sed "s/@KBS_PIN@/$pin/" qemu/demo-initdata.toml > "$INITDATA"
 
 secret=$state/resources/default/demo/secret
 [ -s "$secret" ] || head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$secret"
@@ -57,6 +61,7 @@ EOF
 rm -f "$state/kbs.addr"
 "$CVMCTL" kbs --listen 127.0.0.1:0 --policy "$state/policy.toml" \
   --resources "$state/resources" --ready-file "$state/kbs.addr" \
+  --tls-cert "$state/tls/kbs-cert.pem" --tls-key "$state/tls/kbs-key.pem" \
   2> "$state/kbs.log" &
 kbs_pid=$!
 trap 'kill $kbs_pid 2>/dev/null || true' EXIT

@@ -578,6 +578,12 @@ impl Agent {
             let parsed = InitData::parse(&raw).in_stage(Stage::Measure)?;
             // launch.toml is validated now, before anything is measured or fetched for it.
             let launch = parsed.launch().in_stage(Stage::Measure)?;
+            // What may travel in the clear depends on the mode: checked before any network.
+            if let Some(l) = &launch {
+                for w in l.check_for_mode(self.mode).in_stage(Stage::Measure)? {
+                    warn!("{w}");
+                }
+            }
             info!(
                 "init-data from {:?}: {} bytes, {} digest {}, documents: {}{}",
                 self.cmdline.initdata,
@@ -928,9 +934,9 @@ impl Agent {
         let open_ms = started.elapsed().as_millis();
         let mapped = activated.mapped;
         let uuid = unlocked.header.uuid().to_string();
-        // A fresh dm-integrity device (LUKS2 formatted now, or a host-formatted header seen
-        // for the first time) was wiped by activate: it needs the filesystem too.
-        let formatted = unlocked.formatted || activated.wiped.is_some();
+        // mkfs only on a volume whose LUKS2 header this boot wrote (activate wipes a fresh
+        // dm-integrity device only then, and refuses a zeroed superblock otherwise).
+        let formatted = unlocked.formatted;
         drop(unlocked);
         let mut wipe_ms = 0;
         if let Some(w) = &activated.wiped {

@@ -197,15 +197,17 @@ fn restart_on_failure_reboots_and_the_next_boot_runs_again() {
     let script = "n=$(cat /var/lib/app/runs 2>/dev/null || echo 0); n=$((n + 1)); \
                   echo $n > /var/lib/app/runs; sync; echo run $n; [ $n -ge 2 ]";
     let data = initdata(&format!(
-        "[kbs]\nurl = \"http://10.0.2.100:8080\"\ninsecure_http = true\ntimeout = 20\n\n\
+        "{}timeout = 20\n\n\
          [[secrets]]\nname = \"state-key\"\nuri = \"kbs:///default/state/key\"\nuse = \"state-key\"\n\n\
          [state]\ndevice = \"serial:cvm-disk1\"\nmount = \"/var/lib/app\"\n\n\
          [workload]\nimage = \"oci:/usr/share/cvm-agent/images:hello\"\nrestart = \"OnFailure\"\n\
-         args = [\"/bin/sh\", \"-c\", \"{script}\"]\n"
+         args = [\"/bin/sh\", \"-c\", \"{script}\"]\n",
+        kbs_section()
     ));
     let kbs = start_kbs(&Setup {
         policy: strict_policy(&data),
         resources: vec![("default/state/key".into(), key)],
+        tls: true,
         ..Default::default()
     });
     let b = boot_with(

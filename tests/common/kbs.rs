@@ -20,7 +20,7 @@ pub struct Kbs {
     pub tpm_state: PathBuf,
     /// SHA-256 (hex) of that AK.
     pub ak: String,
-    /// SHA-256 of the TLS key's SPKI, when serving TLS.
+    /// SHA-256 of the TLS key's SPKI, when serving TLS ([`tls_identity`]).
     pub pin: Option<String>,
 }
 
@@ -70,6 +70,32 @@ pub fn provision_tpm(dir: &Path) -> String {
             .arg(dir),
     );
     String::from_utf8(out).unwrap().trim().to_string()
+}
+
+/// One TLS key for the dev KBS per test process, so launch.toml can pin it before the KBS
+/// starts (the policy pins the init-data's digest, which covers the pin).
+pub struct TlsIdentity {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub pin: String,
+}
+
+pub fn tls_identity() -> &'static TlsIdentity {
+    static IDENTITY: std::sync::OnceLock<TlsIdentity> = std::sync::OnceLock::new();
+    IDENTITY.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap().keep();
+        let (cert, key, pin) = cvm_agent::devkbs::tls::self_signed(&dir).unwrap();
+        TlsIdentity { cert, key, pin }
+    })
+}
+
+/// launch.toml's `[kbs]` for the dev KBS at 10.0.2.100:8080 over TLS, its key pinned (start
+/// the KBS with `tls: true`). Production refuses a KBS over plain http.
+pub fn kbs_section() -> String {
+    format!(
+        "[kbs]\nurl = \"https://10.0.2.100:8080\"\npin = \"{}\"\n",
+        tls_identity().pin
+    )
 }
 
 pub fn hex(b: &[u8]) -> String {
@@ -155,9 +181,12 @@ pub fn start_kbs(setup: &Setup) -> Kbs {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log);
-    let tls_dir = dir.path().join("tls");
     if setup.tls {
-        cmd.arg("--tls-self-signed").arg(&tls_dir);
+        let id = tls_identity();
+        cmd.arg("--tls-cert")
+            .arg(&id.cert)
+            .arg("--tls-key")
+            .arg(&id.key);
     }
     let child = cmd.spawn().expect("run cvmctl kbs");
     let started = Instant::now();
@@ -174,13 +203,7 @@ pub fn start_kbs(setup: &Setup) -> Kbs {
         std::thread::sleep(Duration::from_millis(50));
     };
     let port = addr.trim().rsplit(':').next().unwrap().parse().unwrap();
-    let pin = setup.tls.then(|| {
-        let pem = std::fs::read_to_string(tls_dir.join("kbs-cert.pem")).unwrap();
-        let der = rustls::pki_types::pem::PemObject::from_pem_slice(pem.as_bytes())
-            .map(|c: rustls::pki_types::CertificateDer| c.to_vec())
-            .unwrap();
-        hex(&cvm_agent::net::tls::spki_sha256(&der).unwrap())
-    });
+    let pin = setup.tls.then(|| tls_identity().pin.clone());
     Kbs {
         child,
         port,
