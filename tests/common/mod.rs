@@ -164,17 +164,27 @@ pub fn boot_debug_until(append: &str, extra: &[String], needle: &str) -> (bool, 
     args.extend(["--serial-socket".into(), socket.display().to_string()]);
     let mut child = spawn(append, &args, &console, 180);
     let seen = wait_for(&console, needle, std::time::Duration::from_secs(150));
-    if seen
+    let shell = seen
         && wait_for(
             &console,
             "debug shell on the console",
             std::time::Duration::from_secs(30),
-        )
-    {
-        if let Ok(mut serial) = std::os::unix::net::UnixStream::connect(&socket) {
-            let _ = serial.write_all(b"poweroff -f\n");
+        );
+    // The connection stays open until QEMU is gone, so the typed line is read. busybox's line
+    // editor first asks the terminal for the cursor position and eats what answers it, so the
+    // line is typed again until the VM is gone.
+    let mut serial = shell
+        .then(|| std::os::unix::net::UnixStream::connect(&socket).ok())
+        .flatten();
+    for _ in 0..10 {
+        let Some(s) = serial.as_mut() else { break };
+        let _ = s.write_all(b"poweroff -f\n");
+        std::thread::sleep(std::time::Duration::from_secs(3));
+        if child.try_wait().ok().flatten().is_some() {
+            break;
         }
-    } else {
+    }
+    if child.try_wait().ok().flatten().is_none() {
         let _ = child.kill();
     }
     let status = child.wait().unwrap();
