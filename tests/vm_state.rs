@@ -257,6 +257,20 @@ fn found_by_dps_type_and_never_formats_what_it_did_not_create() {
     );
 }
 
+/// A blank disk with `integrity = true` in launch.toml, its KBS, and the first boot, which must
+/// succeed (it formats).
+fn first_integrity_boot(dir: &Path) -> (Run, PathBuf, Vec<u8>, Boot) {
+    let disk = blank_disk(dir, false);
+    let key = random_key();
+    let run = kbs_with_key(
+        &key,
+        initdata_with(Some("serial:cvm-disk1"), "integrity = true\n"),
+    );
+    let b = boot_with_disk(&run, &disk);
+    assert_eq!(b.code, 0, "{}\n--- kbs ---\n{}", b.show(), run.kbs.log());
+    (run, disk, key, b)
+}
+
 /// `integrity = true`: LUKS2 with hmac(sha256) over dm-integrity, as cryptsetup's
 /// `--integrity hmac-sha256`. The first boot formats, lets the kernel format dm-integrity,
 /// wipes the volume once through dm-crypt and makes the filesystem; the second reopens. Data
@@ -266,15 +280,7 @@ fn found_by_dps_type_and_never_formats_what_it_did_not_create() {
 #[ignore = "boots a VM: run through `make test`"]
 fn integrity_formats_wipes_reopens_and_detects_tampering() {
     let dir = tempfile::tempdir().unwrap();
-    let disk = blank_disk(dir.path(), false);
-    let key = random_key();
-    let run = kbs_with_key(
-        &key,
-        initdata_with(Some("serial:cvm-disk1"), "integrity = true\n"),
-    );
-
-    let b = boot_with_disk(&run, &disk);
-    assert_eq!(b.code, 0, "{}\n--- kbs ---\n{}", b.show(), run.kbs.log());
+    let (run, disk, key, b) = first_integrity_boot(dir.path());
     assert!(b.has("dm-integrity initialized"), "{}", b.show());
     assert!(
         b.has("(integrity hmac(sha256)) formatted now"),
@@ -403,14 +409,7 @@ fn data_offset(disk: &Path) -> usize {
 #[ignore = "boots a VM: run through `make test`"]
 fn a_zeroed_integrity_superblock_is_refused_not_reformatted() {
     let dir = tempfile::tempdir().unwrap();
-    let disk = blank_disk(dir.path(), false);
-    let key = random_key();
-    let run = kbs_with_key(
-        &key,
-        initdata_with(Some("serial:cvm-disk1"), "integrity = true\n"),
-    );
-    let b = boot_with_disk(&run, &disk);
-    assert_eq!(b.code, 0, "{}\n--- kbs ---\n{}", b.show(), run.kbs.log());
+    let (run, disk, _key, b) = first_integrity_boot(dir.path());
     assert!(b.has("boot 1 of this volume"), "{}", b.show());
 
     let offset = data_offset(&disk);

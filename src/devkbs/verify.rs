@@ -267,8 +267,22 @@ fn verify_tpm(
             )));
         }
     }
+    let mut v = claims_from_log(&log, policy)?;
+    let pcr_claims: Map<String, Value> = pcrs
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (i.to_string(), json!(hex::encode(p))))
+        .collect();
+    v.claims.insert("pcrs".into(), Value::Object(pcr_claims));
+    v.claims.insert("ak".into(), json!(ak));
+    Ok(v)
+}
+
+/// What a verified (replayed) agent log claims: mode (and so debug), root hash, image version;
+/// with a reference in the policy, the log must be its start ([`check_prefix`]).
+fn claims_from_log(log: &EventLog, policy: &Policy) -> Result<Verified, VerifyError> {
     if let Some(reference) = &policy.reference {
-        check_prefix(&log, reference)?;
+        check_prefix(log, reference)?;
     }
     let mut v = Verified::default();
     for record in log.records() {
@@ -288,13 +302,6 @@ fn verify_tpm(
             ));
         }
     }
-    let pcr_claims: Map<String, Value> = pcrs
-        .iter()
-        .enumerate()
-        .map(|(i, p)| (i.to_string(), json!(hex::encode(p))))
-        .collect();
-    v.claims.insert("pcrs".into(), Value::Object(pcr_claims));
-    v.claims.insert("ak".into(), json!(ak));
     Ok(v)
 }
 
@@ -526,27 +533,7 @@ fn tdx_agent_log(
             hex::encode(quoted_rtmr2)
         )));
     }
-    if let Some(reference) = &policy.reference {
-        check_prefix(&log, reference)?;
-    }
-    let mut v = Verified::default();
-    for record in log.records() {
-        match record.agent_event() {
-            Some((EventKind::Mode, s)) => v.mode = Some(s.into()),
-            Some((EventKind::RootHash, s)) => v.roothash = Some(s.into()),
-            Some((EventKind::ImageVersion, s)) => v.image_version = Some(s.into()),
-            _ => {}
-        }
-    }
-    match v.mode.as_deref() {
-        Some("production") => {}
-        Some("debug") => v.debug = true,
-        _ => {
-            return Err(VerifyError::EventLog(
-                "no mode event in the log (it is the agent's first measurement)".into(),
-            ));
-        }
-    }
+    let v = claims_from_log(&log, policy)?;
     Ok(v)
 }
 
