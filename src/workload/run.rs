@@ -42,6 +42,8 @@ pub enum RunError {
     Start(#[source] libcontainer::error::LibcontainerError),
     #[error("the container has no process id after start")]
     NoPid,
+    #[error(transparent)]
+    Dev(#[from] super::dev::DevError),
 }
 
 /// A started workload.
@@ -141,6 +143,8 @@ pub fn start(
         .with_detach(true)
         .build()
         .map_err(RunError::Create)?;
+    let init = container.pid().ok_or(RunError::NoPid)?;
+    super::dev::seal_dev(Pid::from_raw(init.as_raw()))?;
     container.start().map_err(RunError::Start)?;
     let pid = Pid::from_raw(container.pid().ok_or(RunError::NoPid)?.as_raw());
     // Only now a thread: forking (inside build) in a multi-threaded process is what not to do.
