@@ -204,8 +204,10 @@ pub fn seccomp(caps: &[&str]) -> Value {
         syscalls.push(json!({"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": ENOSYS}));
     }
     // libcontainer 0.7 reads SCMP_CMP_MASKED_EQ as `(arg & valueTwo) == value` (the mask in
-    // `valueTwo`), the reverse of runc's `(arg & value) == valueTwo`; written runc's way these
-    // rules would never match. The unit test loads the filter and makes the nodes to pin it.
+    // `valueTwo`), the reverse of runc's `(arg & value) == valueTwo`. Written runc's way, each
+    // rule would only test that the type's bits are set (libseccomp masks the datum too), which
+    // also matches invalid types such as S_IFLNK; the unit test loads the filter and pins the
+    // exact reading.
     for (name, index) in MKNOD_MODE_ARG {
         for kind in MKNOD_DENY {
             syscalls.push(json!({
@@ -772,13 +774,17 @@ mod tests {
                 at("sock", SFlag::S_IFSOCK),
                 raw("fifo2", 0x1_0000_0000 | 0o010600),
                 at("reg", SFlag::S_IFREG),
+                // Not a type mknod makes: the kernel's EINVAL, so the rule compares all of
+                // S_IFMT (S_IFLNK shares S_IFCHR's bit).
+                raw("lnk", 0o120600),
             ]
         })
         .join()
         .unwrap();
         let refused = Err(Errno::from_raw(MARK));
         assert_eq!(results[..4], [refused; 4]);
-        assert_eq!(results[4..], [Ok(()); 4]);
+        assert_eq!(results[4..8], [Ok(()); 4]);
+        assert_eq!(results[8], Err(Errno::EINVAL));
     }
 
     /// `read_account_file` on a fresh root with `etc` prepared by `setup`, on a thread so a
