@@ -555,7 +555,8 @@ mod tests {
             .as_ref()
             .unwrap();
         assert_eq!(ns.len(), 4, "no network namespace: host network");
-        // No device is passed through: /dev is a fresh tmpfs and the device cgroup denies all.
+        // No device is passed through: /dev is a fresh tmpfs, and the device cgroup denies
+        // all but libcgroups' own defaults (see the libcontainer dependency in Cargo.toml).
         assert!(spec.linux().as_ref().unwrap().devices().is_none());
 
         use oci_spec::runtime::{Arch, LinuxSeccompAction};
