@@ -16,6 +16,7 @@ trap '[ -n "$kbs_pid" ] && kill $kbs_pid 2>/dev/null; cp "$work/console.log" /tm
 mkdir -p "$work/resources/default/bench" "$work/kbs"
 head -c 32 /dev/urandom > "$work/resources/default/bench/state-key"
 truncate -s "${SIZE_MIB}M" "$work/state.img"
+pin=$("$CVMCTL" kbs-tls "$work/tls")
 cat > "$work/initdata.toml" <<TOML
 version = "0.1.0"
 algorithm = "sha256"
@@ -23,8 +24,8 @@ algorithm = "sha256"
 [data]
 "launch.toml" = '''
 [kbs]
-url = "http://10.0.2.100:8080"
-insecure_http = true
+url = "https://10.0.2.100:8080"
+pin = "$pin"
 
 [[secrets]]
 name = "state-key"
@@ -41,21 +42,23 @@ args = ["/bin/sh", "-c", "t0=\$(cut -d' ' -f1 /proc/uptime); dd if=/dev/zero of=
 '''
 TOML
 digest=$(sha256sum "$work/initdata.toml" | cut -d' ' -f1)
+ak=$("$CVMCTL" tpm-ak --tpm-state "$work/tpm")
 cat > "$work/policy.toml" <<TOML
 tee = ["tpm"]
 allow_debug = false
 initdata_digest = "$digest"
 require_initdata = true
-trust_on_first_use = true
+trusted_aks = ["$ak"]
 TOML
 "$CVMCTL" kbs --listen 127.0.0.1:0 --policy "$work/policy.toml" --resources "$work/resources" \
-  --state "$work/kbs" --ready-file "$work/kbs.addr" 2> "$work/kbs.log" &
+  --ready-file "$work/kbs.addr" \
+  --tls-cert "$work/tls/kbs-cert.pem" --tls-key "$work/tls/kbs-key.pem" 2> "$work/kbs.log" &
 kbs_pid=$!
 for _ in $(seq 100); do [ -s "$work/kbs.addr" ] && break; sleep 0.1; done
 port=$(sed 's/.*://' "$work/kbs.addr")
 roothash=$(cat "$OUT/rootfs.img.roothash")
 qemu/boot.sh --kernel "$KERNEL" --initrd "$OUT/initrd.img" --disk "$OUT/rootfs.img:ro" --disk "$work/state.img" \
-  --fw-cfg "opt/cvm/initdata=$work/initdata.toml" --guestfwd "8080:$port" --memory 1024 \
+  --fw-cfg "opt/cvm/initdata=$work/initdata.toml" --guestfwd "8080:$port" --tpm-state "$work/tpm" --memory 1024 \
   --append "roothash=$roothash cvm.initdata=fw_cfg" --timeout 600 --quiet --console "$work/console.log" || {
   cat "$work/console.log"; echo "bench volume: the boot failed" >&2; exit 1; }
 echo "bench volume: ${SIZE_MIB} MiB LUKS2 state disk (aes-xts-plain64, 4 KiB sectors), QEMU TCG, dd of ${DD_MIB} MiB"

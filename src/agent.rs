@@ -514,13 +514,14 @@ impl Agent {
         };
         let pcr = event.pcr();
         let what = format!("{}={}", event.kind().name(), event.value());
-        // RTMRs are SHA-384 registers outside the TPM's banks, under the same digest rule.
-        let rtmr_digest = event.digest(HashAlg::Sha384).in_stage(stage)?;
+        // RTMRs are SHA-384 registers outside the TPM's banks, under the same digest rule;
+        // the verifier and `cvmctl measure --tee tdx` replay through the same function.
+        let rtmr_digest = crate::measure::rtmr::event_digest(&event);
         let digests = measurer.record(event).in_stage(stage)?;
         if let Some(tpm) = self.tpm.as_mut() {
             tpm.pcr_extend(pcr, &digests).in_stage(stage)?;
         }
-        if pcr == 15
+        if let Some(rtmr_digest) = rtmr_digest
             && let Some(rtmr2) = crate::measure::rtmr::rtmr2(Path::new("/sys"))
         {
             // The TD's RTMR2 gets the SHA-384 digest of the same event (a TD may have no vTPM
@@ -577,6 +578,12 @@ impl Agent {
             let parsed = InitData::parse(&raw).in_stage(Stage::Measure)?;
             // launch.toml is validated now, before anything is measured or fetched for it.
             let launch = parsed.launch().in_stage(Stage::Measure)?;
+            // What may travel in the clear depends on the mode: checked before any network.
+            if let Some(l) = &launch {
+                for w in l.check_for_mode(self.mode).in_stage(Stage::Measure)? {
+                    warn!("{w}");
+                }
+            }
             info!(
                 "init-data from {:?}: {} bytes, {} digest {}, documents: {}{}",
                 self.cmdline.initdata,
@@ -612,6 +619,22 @@ impl Agent {
             None => warn!("no TEE: {}", platform.reason),
         }
         self.tee = platform.kind;
+        if let Some(kind) = platform.kind
+            && let Some(register) = crate::tee::binding::register(kind)
+        {
+            // Any report data will do: only the launch-time register is read.
+            let report = crate::tee::tsm::tsm_report(&[0; 64]).in_stage(Stage::Measure)?;
+            crate::tee::binding::check(kind, &report.outblob, self.initdata.as_ref())
+                .in_stage(Stage::Measure)?;
+            info!(
+                "{register} {}",
+                if self.initdata.is_some() {
+                    "matches the init-data digest"
+                } else {
+                    "is all zeros (no init-data)"
+                }
+            );
+        }
         self.measure_event(Stage::Measure, Event::mode(self.mode))?;
         if let Some(hash) = self.cmdline.roothash.clone() {
             self.measure_event(
@@ -753,10 +776,22 @@ impl Agent {
                     &jwk,
                     protocol::NO_ADDITIONAL_EVIDENCE,
                 );
-                let report_data =
-                    protocol::report_data_with(hash, &runtime_data).map_err(AttestError::Kbs)?;
+                let digest =
+                    protocol::runtime_data_digest(hash, &runtime_data).map_err(AttestError::Kbs)?;
+                // Public values (a hash of the nonce and the public TEE key), logged so that a
+                // refusal can be compared with what the KBS expected.
+                if let Ok(bound) = evidence::report_data_for(kind, &digest) {
+                    info!(
+                        "runtime data {}: {}; {} report data ({} bytes): {}",
+                        hash.name(),
+                        crate::hex::encode(&digest),
+                        kind.as_str(),
+                        bound.len(),
+                        crate::hex::encode(&bound)
+                    );
+                }
                 let evidence =
-                    evidence::collect(kind, Path::new("/"), tpm.as_deref_mut(), &report_data, log)
+                    evidence::collect(kind, Path::new("/"), tpm.as_deref_mut(), &digest, log)
                         .map_err(AttestError::Evidence)?;
                 evidence_ms += t.elapsed().as_millis();
                 Ok::<_, AttestError>(protocol::attestation(
@@ -809,9 +844,8 @@ impl Agent {
             let body = session
                 .client
                 .resource(&secret.uri)
-                .map_err(|source| SecretsError::Fetch {
-                    name: secret.name.clone(),
-                    source,
+                .map_err(|source| {
+                    SecretsError::fetch(&secret.name, &secret.uri.to_string(), source)
                 })
                 .in_stage(Stage::Secrets)?;
             let value = jwe::decrypt(&session.key, &body)
@@ -829,13 +863,12 @@ impl Agent {
                     },
                 ));
             }
-            let fingerprint = secrets::fingerprint(&value);
             match &secret.target {
                 SecretTarget::File(path) => {
                     let written = secrets::write_file(Path::new("/"), path, &value)
                         .in_stage(Stage::Secrets)?;
                     info!(
-                        "{}: {} bytes, sha256 {fingerprint}, written to {path} ({})",
+                        "{}: {} bytes, written to {path} ({})",
                         secrets::describe(secret),
                         value.len(),
                         secrets::file_facts(&written)
@@ -843,7 +876,7 @@ impl Agent {
                 }
                 SecretTarget::Use(usage) => {
                     info!(
-                        "{}: {} bytes, sha256 {fingerprint}, kept in memory as the {}",
+                        "{}: {} bytes, kept in memory as the {}",
                         secrets::describe(secret),
                         value.len(),
                         usage.name()
@@ -901,9 +934,9 @@ impl Agent {
         let open_ms = started.elapsed().as_millis();
         let mapped = activated.mapped;
         let uuid = unlocked.header.uuid().to_string();
-        // A fresh dm-integrity device (LUKS2 formatted now, or a host-formatted header seen
-        // for the first time) was wiped by activate: it needs the filesystem too.
-        let formatted = unlocked.formatted || activated.wiped.is_some();
+        // mkfs only on a volume whose LUKS2 header this boot wrote (activate wipes a fresh
+        // dm-integrity device only then, and refuses a zeroed superblock otherwise).
+        let formatted = unlocked.formatted;
         drop(unlocked);
         let mut wipe_ms = 0;
         if let Some(w) = &activated.wiped {
@@ -979,25 +1012,27 @@ impl Agent {
         self.write_measure_log(stage)?;
         self.check_pcrs_against_log(stage)?;
         info!("launch separator extended; measurements sealed");
-        if let Some(nonce) = self.cmdline.test_quote.clone() {
+        // The parser already refuses the hook in production; checked again where it acts.
+        if let Some(nonce) = self.cmdline.test_quote.clone()
+            && self.cmdline.mode == crate::cmdline::Mode::Debug
+        {
             self.print_test_evidence(stage, &nonce)?;
         }
         Ok(())
     }
 
-    /// `cvm.test_quote=`: the evidence the attest stage would send for this nonce as report
-    /// data, printed with the event log so a host test can verify both.
+    /// `cvm.test_quote=` (debug only): the evidence the attest stage would send for this value
+    /// as the runtime-data digest, printed with the event log so a host test can verify both.
     fn print_test_evidence(&mut self, stage: Stage, nonce: &[u8]) -> Result<(), StageError> {
         use base64::Engine as _;
         let Some(kind) = self.tee else {
             return Ok(());
         };
-        let report_data = evidence::pad_report_data(nonce);
         let value = evidence::collect(
             kind,
             Path::new("/"),
             self.tpm.as_mut(),
-            &report_data,
+            nonce,
             self.measurer.as_ref().map(Measurer::log),
         )
         .in_stage(stage)?;

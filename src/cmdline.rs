@@ -35,6 +35,8 @@ pub enum CmdlineError {
         value: String,
         why: String,
     },
+    #[error("option {0} is a debug-mode test hook; production refuses it")]
+    DebugOnly(&'static str),
 }
 
 /// Production fails closed and powers off; debug keeps the VM up after the workload or an error.
@@ -125,9 +127,11 @@ pub struct Cmdline {
     /// stop, which the host can cause anyway, so this grants nothing; it is measured with the
     /// rest of the command line.
     pub test_panic: Option<Stage>,
-    /// Test hook: quote the PCRs with this nonce at the end and print the evidence, so a host
-    /// test can verify a quote taken in the guest. Evidence is public by design; this reveals
-    /// nothing a verifier does not see.
+    /// Test hook, debug mode only: quote the PCRs with this value as the runtime-data digest at
+    /// the end and print the evidence, so a host test can verify a quote taken in the guest.
+    /// In production it would hand the host evidence over report data of its choice — a
+    /// KBS nonce and TEE key of the host's, relayed to a real KBS — so [`parse`] refuses it
+    /// there; a debug boot is refused by every production policy anyway.
     pub test_quote: Option<Vec<u8>>,
     /// What follows `--`: the kernel hands it to init as arguments.
     pub init_args: Vec<String>,
@@ -317,6 +321,10 @@ pub fn parse(line: &str) -> Result<Cmdline, CmdlineError> {
             }
             _ => return Err(CmdlineError::UnknownKey(key.clone())),
         }
+    }
+    // After the loop: `cvm.mode=` may come after the hook.
+    if out.mode == Mode::Production && out.test_quote.is_some() {
+        return Err(CmdlineError::DebugOnly("cvm.test_quote"));
     }
     Ok(out)
 }
@@ -585,11 +593,25 @@ mod tests {
             "systemd.verity_root_options=salt",
             "systemd.verity_root_options=panic-on-corruption,panic-on-corruption",
             "cvm.test_panic=nowhere",
-            "cvm.test_quote=zz",
-            &format!("cvm.test_quote={}", "00".repeat(65)),
+            "cvm.mode=debug cvm.test_quote=zz",
+            &format!("cvm.mode=debug cvm.test_quote={}", "00".repeat(65)),
+            // A production boot (the default) must not quote report data the host chose.
+            "cvm.test_quote=00",
+            "cvm.test_quote=00 cvm.mode=production",
+            "cvm.mode=production cvm.test_quote=00",
         ] {
             assert!(parse(line).is_err(), "accepted: {line}");
         }
+    }
+
+    #[test]
+    fn test_quote_only_in_debug() {
+        let c = parse("cvm.test_quote=0a0b cvm.mode=debug").unwrap();
+        assert_eq!(c.test_quote, Some(vec![0x0a, 0x0b]));
+        assert_eq!(
+            parse("cvm.test_quote=0a0b").unwrap_err().to_string(),
+            "option cvm.test_quote is a debug-mode test hook; production refuses it"
+        );
     }
 
     #[test]

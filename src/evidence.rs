@@ -4,16 +4,22 @@
 //! Forms (as the CoCo attesters send them and Trustee's verifiers read them):
 //! - `tpm`: `{"ak_public": b64(DER SPKI), "tpm_quote": {"signature": b64(TPMT_SIGNATURE),
 //!   "message": b64(TPMS_ATTEST), "pcrs": [hex × 24]}}` — a quote of SHA-256 PCRs 0–23 by the
-//!   persistent AK, with the 64-byte report data as qualifying data.
-//! - `tdx`: `{"quote": b64(DCAP quote), "cc_eventlog": b64(CCEL)}` from configfs-tsm.
+//!   persistent AK, with the first 32 bytes of the runtime-data digest as qualifying data.
+//! - `tdx`: `{"quote": b64(DCAP quote), "cc_eventlog": b64(CCEL)}` from configfs-tsm, the
+//!   digest zero-padded to 64 bytes in REPORTDATA.
 //! - `snp`: `{"attestation_report": b64(report), "cert_chain": b64(auxblob)}` from
-//!   configfs-tsm.
+//!   configfs-tsm, the digest zero-padded to 64 bytes in REPORT_DATA.
+//!
+//! Each form's report data is [`protocol::tee_report_data`] of the runtime-data digest: the one
+//! rule the agent and the dev KBS share, checked against Trustee's verifiers there.
 //!
 //! The `tpm` form is checked against the real evidence fixture and Trustee's verifier logic
 //! (`tee::tpm`); `tdx`/`snp` are produced from the kernel's report but could not be run on
 //! hardware here. The Azure forms need the VCEK/TD quote from the host's services and are
 //! refused with a clear error until the network stage exists.
 
+use crate::kbs::KbsError;
+use crate::kbs::protocol;
 use crate::measure::eventlog::EventLog;
 use crate::tee::detect::{self, Detection, TeeKind};
 use crate::tee::tpm::{TpmEvidence, TpmQuoteJson};
@@ -43,6 +49,8 @@ pub enum EvidenceError {
     Json(#[source] serde_json::Error),
     #[error("{0} evidence is not supported yet")]
     Unsupported(TeeKind),
+    #[error("report data for {0}")]
+    ReportData(TeeKind, #[source] KbsError),
 }
 
 /// Which TEE, and why: Azure's HCL report in the vTPM beats TDX beats SNP beats a plain vTPM.
@@ -51,10 +59,11 @@ pub fn detect_platform<T: Transport>(root: &Path, tpm: Option<&mut Tpm<T>>) -> D
     detect::detect(root, has_azure_hcl)
 }
 
-/// `tpm` evidence: quote PCRs 0–23 (SHA-256) with the report data as qualifying data.
+/// `tpm` evidence: quote PCRs 0–23 (SHA-256) with `report_data` (the `tpm` form: 32 bytes) as
+/// qualifying data.
 pub fn tpm_evidence<T: Transport>(
     tpm: &mut Tpm<T>,
-    report_data: &[u8; 64],
+    report_data: &[u8],
 ) -> Result<TpmEvidence, EvidenceError> {
     let ak = tpm.attestation_key().map_err(EvidenceError::Tpm)?;
     let all: Vec<u32> = (0..24).collect();
@@ -87,34 +96,57 @@ pub fn tpm_evidence<T: Transport>(
     Ok(evidence)
 }
 
-/// Evidence for `kind` as the KBS protocol's JSON value; `tpm` evidence carries `eventlog`
-/// (the agent's PCR 15 log so far) as `cel_eventlog`.
+/// The report data `kind`'s evidence carries for the runtime-data `digest`.
+pub fn report_data_for(kind: TeeKind, digest: &[u8]) -> Result<Vec<u8>, EvidenceError> {
+    protocol::tee_report_data(kind.kbs_tee(), digest)
+        .map_err(|e| EvidenceError::ReportData(kind, e))
+}
+
+/// Evidence for `kind` bound to the runtime-data `digest`, as the KBS protocol's JSON value;
+/// `tpm` and `tdx` evidence carry `eventlog` (the agent's PCR 15 log so far) as `cel_eventlog`.
 pub fn collect<T: Transport>(
     kind: TeeKind,
     root: &Path,
     tpm: Option<&mut Tpm<T>>,
-    report_data: &[u8; 64],
+    digest: &[u8],
     eventlog: Option<&EventLog>,
 ) -> Result<serde_json::Value, EvidenceError> {
     let b64 = base64::engine::general_purpose::STANDARD;
+    let report_data = report_data_for(kind, digest)?;
+    let hw_report_data = || -> Result<[u8; 64], EvidenceError> {
+        <[u8; 64]>::try_from(report_data.as_slice()).map_err(|_| {
+            EvidenceError::ReportData(
+                kind,
+                KbsError::BadMessage {
+                    what: "report data",
+                    why: format!("{} bytes, not 64", report_data.len()),
+                },
+            )
+        })
+    };
     match kind {
         TeeKind::Tpm => {
             let tpm = tpm.ok_or(EvidenceError::NoTpm(kind))?;
-            let mut ev = tpm_evidence(tpm, report_data)?;
+            let mut ev = tpm_evidence(tpm, &report_data)?;
             ev.cel_eventlog = eventlog.map(EventLog::to_json);
             serde_json::to_value(ev).map_err(EvidenceError::Json)
         }
         TeeKind::Tdx => {
-            let report = tsm::tsm_report_in(root, report_data).map_err(EvidenceError::Tsm)?;
+            let report = tsm::tsm_report_in(&tsm_root(root), &hw_report_data()?)
+                .map_err(EvidenceError::Tsm)?;
             let ccel = std::fs::read(root.join("sys/firmware/acpi/tables/data/CCEL"))
                 .map_err(|e| EvidenceError::Ccel("/sys/firmware/acpi/tables/data/CCEL", e))?;
             Ok(serde_json::json!({
                 "quote": b64.encode(&report.outblob),
                 "cc_eventlog": b64.encode(ccel),
+                // The agent's records, which RTMR2 holds after the CCEL's part: the same
+                // member and form as in `tpm` evidence, so a verifier has one reader.
+                "cel_eventlog": eventlog.map(EventLog::to_json),
             }))
         }
         TeeKind::Snp => {
-            let report = tsm::tsm_report_in(root, report_data).map_err(EvidenceError::Tsm)?;
+            let report = tsm::tsm_report_in(&tsm_root(root), &hw_report_data()?)
+                .map_err(EvidenceError::Tsm)?;
             Ok(serde_json::json!({
                 "attestation_report": b64.encode(&report.outblob),
                 "cert_chain": report.auxblob.as_ref().map(|a| b64.encode(a)),
@@ -124,10 +156,60 @@ pub fn collect<T: Transport>(
     }
 }
 
-/// The 64-byte report data the attesters bind: the protocol's hash, zero-padded.
-pub fn pad_report_data(hash: &[u8]) -> [u8; 64] {
-    let mut out = [0u8; 64];
-    let n = hash.len().min(64);
-    out[..n].copy_from_slice(&hash[..n]);
-    out
+/// configfs-tsm's report directory under `root`.
+fn tsm_root(root: &Path) -> std::path::PathBuf {
+    root.join(tsm::TSM_REPORT_ROOT.trim_start_matches('/'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::measure::{Event, Measurer};
+    use crate::tpm::DeviceTransport;
+
+    /// A fake root with a configfs-tsm entry at its real place under `root` (a provider the
+    /// report-data check does not know, so the outblob is opaque) and a CCEL table.
+    fn fake_root(outblob: &[u8]) -> tempfile::TempDir {
+        let root = tempfile::tempdir().unwrap();
+        let entry = root.path().join(TSM_ROOT_REL).join(tsm::ENTRY_NAME);
+        std::fs::create_dir_all(&entry).unwrap();
+        std::fs::write(entry.join("provider"), "fake\n").unwrap();
+        std::fs::write(entry.join("generation"), "1\n").unwrap();
+        std::fs::write(entry.join("inblob"), "").unwrap();
+        std::fs::write(entry.join("outblob"), outblob).unwrap();
+        let acpi = root.path().join("sys/firmware/acpi/tables/data");
+        std::fs::create_dir_all(&acpi).unwrap();
+        std::fs::write(acpi.join("CCEL"), b"ccel").unwrap();
+        root
+    }
+
+    const TSM_ROOT_REL: &str = "sys/kernel/config/tsm/report";
+
+    #[test]
+    fn tdx_and_snp_evidence_come_from_configfs_tsm_and_tdx_carries_the_agent_log() {
+        let root = fake_root(b"quote");
+        let mut m = Measurer::new(&[HashAlg::Sha256]).unwrap();
+        m.record(Event::mode(crate::cmdline::Mode::Production))
+            .unwrap();
+        let value = collect(
+            TeeKind::Tdx,
+            root.path(),
+            None::<&mut Tpm<DeviceTransport>>,
+            &[0; 48],
+            Some(m.log()),
+        )
+        .unwrap();
+        assert_eq!(value["quote"], "cXVvdGU=");
+        assert_eq!(value["cc_eventlog"], "Y2NlbA==");
+        assert_eq!(value["cel_eventlog"], m.log().to_json());
+        let value = collect(
+            TeeKind::Snp,
+            root.path(),
+            None::<&mut Tpm<DeviceTransport>>,
+            &[0; 48],
+            None,
+        )
+        .unwrap();
+        assert_eq!(value["attestation_report"], "cXVvdGU=");
+    }
 }

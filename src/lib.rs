@@ -32,6 +32,7 @@ pub mod secrets;
 pub mod stage;
 pub mod state;
 pub mod switchroot;
+pub mod swtpm;
 pub mod tee;
 pub mod tpm;
 pub mod verity;

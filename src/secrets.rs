@@ -4,18 +4,21 @@
 //! created with mode 0400 by `O_EXCL | O_NOFOLLOW` so nothing planted there earlier is followed
 //! or reused. Secrets for the agent's own use (state key, registry credentials) stay in memory in
 //! [`Zeroizing`] buffers. A secret's bytes appear nowhere else: not in logs, the event log, the
-//! environment or error text; what is logged is its length and SHA-256 (so an operator can tell
-//! which version was delivered).
+//! environment or error text; what is logged is its name, URI and length. No digest of it: the
+//! console is the host's, and an unkeyed hash would let the host test guesses of a password
+//! offline and link VMs that got the same secret; a keyed one nobody but the guest could check.
+//! A workload that must prove which version it got does so with a key of its own (the demo
+//! prints SHA-256(check key ‖ secret), with a check key the KBS serves next to the secret).
 
 use std::io::Write as _;
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::{Component, Path, PathBuf};
 
 use nix::mount::{MsFlags, mount};
-use sha2::{Digest as _, Sha256};
 use zeroize::Zeroizing;
 
 use crate::initdata::launch::{SECRETS_DIR, Secret, SecretUse};
+use crate::kbs::KbsError;
 use crate::kbs::client::ClientError;
 use crate::kbs::jwe::JweError;
 
@@ -38,6 +41,18 @@ pub enum SecretsError {
         #[source]
         source: JweError,
     },
+    #[error(
+        "secret {name:?}: the KBS did not release {uri} (HTTP {status} {error_type}: {detail}); a \
+         KBS answers a missing resource and one its policy refuses alike: check that it exists \
+         and that the resource policy allows this boot"
+    )]
+    NotReleased {
+        name: String,
+        uri: String,
+        status: u16,
+        error_type: String,
+        detail: String,
+    },
     #[error("secret {name:?} is empty")]
     Empty { name: String },
     #[error("cannot mount a tmpfs on {SECRETS_DIR}: {0}")]
@@ -52,6 +67,44 @@ pub enum SecretsError {
     BadPath(PathBuf),
     #[error("secrets are listed, but no KBS session exists (the attest stage did not run)")]
     NoSession,
+}
+
+impl SecretsError {
+    /// The error for a failed fetch of `name` from `uri`: a KBS refusal of the resource itself
+    /// becomes [`SecretsError::NotReleased`], which says that "missing" and "denied" look alike
+    /// (Trustee answers both with 401 `PluginInternalError` or 403 `PolicyDeny`); anything
+    /// else (network, TLS, deadline) stays a [`SecretsError::Fetch`].
+    pub fn fetch(name: &str, uri: &str, source: ClientError) -> SecretsError {
+        if let ClientError::Kbs {
+            source:
+                KbsError::Refused {
+                    status,
+                    error_type,
+                    detail,
+                },
+            ..
+        } = &source
+        {
+            let short = error_type.rsplit('/').next().unwrap_or(error_type);
+            if matches!(
+                short,
+                "PluginInternalError" | "PolicyDeny" | "PluginNotFound"
+            ) || matches!(status, 403 | 404)
+            {
+                return SecretsError::NotReleased {
+                    name: name.to_string(),
+                    uri: uri.to_string(),
+                    status: *status,
+                    error_type: short.to_string(),
+                    detail: detail.clone(),
+                };
+            }
+        }
+        SecretsError::Fetch {
+            name: name.to_string(),
+            source,
+        }
+    }
 }
 
 /// A secret the agent keeps for itself.
@@ -143,11 +196,6 @@ pub fn file_facts(path: &Path) -> String {
     }
 }
 
-/// SHA-256 of a secret, for the console.
-pub fn fingerprint(value: &[u8]) -> String {
-    crate::hex::encode(&Sha256::digest(value))
-}
-
 /// The name of a secret and its URI, for messages.
 pub fn describe(secret: &Secret) -> String {
     format!("{} ({})", secret.name, secret.uri)
@@ -179,6 +227,41 @@ mod tests {
         assert_eq!(std::fs::read(&p).unwrap(), b"s3cret");
     }
 
+    /// Trustee answers a missing resource with 401 `PluginInternalError` and nothing more: the
+    /// console line names the secret and the URI and says that missing and denied look alike.
+    #[test]
+    fn a_refused_resource_says_missing_and_denied_look_alike() {
+        let refused = |status, error_type: &str| ClientError::Kbs {
+            what: "resource kbs:///default/demo/nope".into(),
+            source: crate::kbs::protocol::parse_error(
+                status,
+                serde_json::json!({"type": error_type, "detail": "Plugin internal error"})
+                    .to_string()
+                    .as_bytes(),
+            ),
+        };
+        let e = SecretsError::fetch(
+            "db",
+            "kbs:///default/demo/nope",
+            refused(
+                401,
+                "https://github.com/confidential-containers/kbs/errors/PluginInternalError",
+            ),
+        );
+        assert_eq!(
+            e.to_string(),
+            "secret \"db\": the KBS did not release kbs:///default/demo/nope (HTTP 401 \
+             PluginInternalError: Plugin internal error); a KBS answers a missing resource and \
+             one its policy refuses alike: check that it exists and that the resource policy \
+             allows this boot"
+        );
+        let e = SecretsError::fetch("db", "kbs:///a/b/c", refused(403, "x/PolicyDeny"));
+        assert!(matches!(e, SecretsError::NotReleased { status: 403, .. }));
+        // An expired session is not a resource refusal.
+        let e = SecretsError::fetch("db", "kbs:///a/b/c", refused(401, "x/TokenNotFound"));
+        assert!(matches!(e, SecretsError::Fetch { .. }), "{e}");
+    }
+
     #[test]
     fn refuses_paths_outside() {
         let root = tempfile::tempdir().unwrap();
@@ -196,13 +279,5 @@ mod tests {
                 "{bad}"
             );
         }
-    }
-
-    #[test]
-    fn fingerprint_is_sha256() {
-        assert_eq!(
-            fingerprint(b"abc"),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
     }
 }

@@ -6,6 +6,9 @@
 //!   that is not LUKS2 — a filesystem, a partition table, LUKS1, garbage — stops the boot;
 //! - a LUKS2 disk that does not open with the key (wrong key, damaged header, a format we do not
 //!   support) stops the boot; it is never "repaired" or reformatted;
+//! - with integrity, a zeroed dm-integrity superblock is initialized (and the volume wiped)
+//!   only under a LUKS2 header this boot wrote; under an existing header it stops the boot
+//!   with nothing written (a host that zeroes 4 KiB must not get a silently reset volume);
 //! - `mkfs.ext4` runs only on a volume this boot formatted; an opened volume without ext4
 //!   inside (say, power was lost between formatting and mkfs) stops the boot rather than being
 //!   formatted again: whether to start over is the operator's decision.
@@ -100,6 +103,14 @@ pub enum StateError {
         want: bool,
         have: String,
     },
+    #[error(
+        "dm-integrity superblock on {} at byte {offset} is all zeros, but this boot did not \
+         write the LUKS2 header (an existing volume): it is not initialized, wiped or \
+         formatted (nothing was written); restore the superblock, or blank the disk to start \
+         over",
+        .path.display()
+    )]
+    IntegrityZeroed { path: PathBuf, offset: u64 },
     #[error("dm-integrity superblock on {} at byte {offset}: {why}", .path.display())]
     IntegritySuperblock {
         path: PathBuf,
@@ -257,13 +268,24 @@ pub struct Wiped {
     pub ms: u128,
 }
 
-/// Maps the volume. With integrity and a zeroed dm-integrity superblock (fresh format, or a
-/// header the host wrote), the kernel formats dm-integrity, and the volume is first mapped
-/// without the journal and written once in full (so every sector has a valid tag: what
+/// Maps the volume. With integrity and a zeroed dm-integrity superblock on a volume whose
+/// LUKS2 header this boot wrote, the kernel formats dm-integrity, and the volume is first
+/// mapped without the journal and written once in full (so every sector has a valid tag: what
 /// cryptsetup does at luksFormat), then unmapped and mapped for use, with the journal.
+///
+/// A zeroed superblock under a header this boot did not write is refused before anything is
+/// mapped or written: the host can zero 4 KiB it does not need the key for, and initializing
+/// would wipe the volume and make a new filesystem under the same LUKS UUID (the one that is
+/// measured), so the data would be gone without any sign a verifier could see.
 pub fn activate(unlocked: &Unlocked) -> Result<Activated, StateError> {
     let wiped = if unlocked.header.segment().integrity.is_some() {
         let fresh = integrity_superblock(unlocked)?.is_none();
+        if fresh && !unlocked.formatted {
+            return Err(StateError::IntegrityZeroed {
+                path: unlocked.device.path.clone(),
+                offset: unlocked.header.segment().offset,
+            });
+        }
         if fresh {
             let t = Instant::now();
             let wipe_map = activate_with(unlocked, false)?;
@@ -387,6 +409,13 @@ fn activate_integrity(
     let params = segment.dm_integrity_params(&unlocked.device.devno, journal);
     let provided = match integrity_superblock(unlocked)? {
         Some(p) => p,
+        // activate() checked this already; checked again at the point of writing.
+        None if !unlocked.formatted => {
+            return Err(StateError::IntegrityZeroed {
+                path: unlocked.device.path.clone(),
+                offset: segment.offset,
+            });
+        }
         None => {
             // Formatted with the journal, as cryptsetup formats: the superblock then has
             // journal sections for every later activation with the journal.

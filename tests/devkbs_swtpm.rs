@@ -1,8 +1,9 @@
 //! The dev KBS end to end with real `tpm` evidence from swtpm: the guest's side (TEE key,
 //! runtime data, evidence over the session's nonce, the agent's measurement log) against the
 //! KBS in-process on 127.0.0.1:0, through a std-only HTTP client, so what is checked is the
-//! bytes on the wire. Then the refusals: wrong nonce, replayed attest, PCR 8 mismatch,
-//! untrusted AK, debug mode, path traversal, no session, a tampered JWE.
+//! bytes on the wire. Then the refusals, with Trustee's error types: wrong nonce, replayed
+//! attest, the old 64-byte quote nonce, PCR 8 mismatch, an AK the policy does not list, debug
+//! mode, path traversal, no session, a missing resource, a tampered JWE.
 
 mod common;
 
@@ -17,6 +18,7 @@ use cvm_agent::measure::{Event, Facts, Measurer};
 use cvm_agent::tee::detect::TeeKind;
 use cvm_agent::tpm::{HashAlg, TcpTransport, Tpm};
 use serde_json::Value;
+use sha2::Digest as _;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
@@ -33,7 +35,8 @@ fn initdata(n: u32) -> String {
 
 struct Kbs {
     addr: SocketAddr,
-    dir: tempfile::TempDir,
+    /// Kept for the KBS's lifetime.
+    _dir: tempfile::TempDir,
 }
 
 /// Starts a dev KBS with `policy` (plus a reference log of the standard facts) and the demo
@@ -56,7 +59,6 @@ fn kbs(policy: &str, tamper: Option<Tamper>) -> Kbs {
         listen: "127.0.0.1:0".parse().unwrap(),
         policy: Some(dir.path().join("policy.toml")),
         resources: dir.path().join("resources"),
-        state: Some(dir.path().join("state")),
         token_key: None,
         tls_cert: None,
         tls_key: None,
@@ -67,10 +69,16 @@ fn kbs(policy: &str, tamper: Option<Tamper>) -> Kbs {
     let server = Server::bind(&args).unwrap();
     let addr = server.local_addr().unwrap();
     std::thread::spawn(move || server.serve());
-    Kbs { addr, dir }
+    Kbs { addr, _dir: dir }
 }
 
-const TOFU: &str = "trust_on_first_use = true\nreference = \"reference.json\"\n";
+/// The policy for this guest's AK (the only one trusted: there is no trust on first use), plus
+/// `rest`.
+fn trusting(g: &Guest, rest: &str) -> String {
+    format!("trusted_aks = [\"{}\"]\n{rest}", g.ak)
+}
+
+const REFERENCE: &str = "reference = \"reference.json\"\n";
 
 fn facts(mode: Mode, init: u32) -> Facts {
     Facts {
@@ -109,6 +117,18 @@ impl Reply {
             .strip_prefix("https://github.com/confidential-containers/kbs/errors/")
             .unwrap_or_else(|| panic!("error type {t}"));
         (name.to_string(), v["detail"].as_str().unwrap().to_string())
+    }
+
+    /// A refused attestation as Trustee answers it (401 `AttestationError`, "RCAR handshake
+    /// Attest failed"), and the cause the dev KBS appends.
+    fn cause(&self) -> String {
+        assert_eq!(self.status, 401, "{}", self.text());
+        let (name, detail) = self.error();
+        assert_eq!(name, "AttestationError", "{detail}");
+        detail
+            .strip_prefix("Attestation error: RCAR handshake Attest failed: ")
+            .unwrap_or_else(|| panic!("not Trustee's attest failure: {detail}"))
+            .to_string()
     }
 }
 
@@ -167,6 +187,8 @@ struct Guest {
     tpm: Tpm<TcpTransport>,
     log: Measurer,
     key: TeeKeyPair,
+    /// SHA-256 hex of the vTPM's AK, as the host provisioned it.
+    ak: String,
 }
 
 fn guest(facts: &Facts) -> Guest {
@@ -180,11 +202,13 @@ fn guest(facts: &Facts) -> Guest {
         let digests = log.record(event).unwrap();
         tpm.pcr_extend(pcr, &digests).unwrap();
     }
+    let ak = tpm.attestation_key().unwrap();
     Guest {
         _swtpm: swtpm,
         tpm,
         log,
         key: TeeKeyPair::generate(TeeKeyAlgorithm::EcdhEsA256KwP256).unwrap(),
+        ak: cvm_agent::hex::encode(&sha2::Sha256::digest(&ak.spki_der)),
     }
 }
 
@@ -216,15 +240,27 @@ fn auth(addr: SocketAddr) -> (String, String) {
 fn attest_body(g: &mut Guest, nonce: &str, init: Option<&str>) -> Vec<u8> {
     let jwk = g.key.public_jwk();
     let rd = protocol::runtime_data(nonce, &jwk, protocol::NO_ADDITIONAL_EVIDENCE);
-    let report = protocol::report_data(&rd).unwrap();
+    let digest = protocol::runtime_data_digest(protocol::RuntimeDataHash::Sha384, &rd).unwrap();
     let ev = evidence::collect(
         TeeKind::Tpm,
         Path::new("/nonexistent"),
         Some(&mut g.tpm),
-        &report,
+        &digest,
         Some(g.log.log()),
     )
     .unwrap();
+    serde_json::to_vec(&protocol::attestation(nonce, &jwk, ev, init)).unwrap()
+}
+
+/// The evidence of before Trustee v0.16: the 64-byte zero-padded digest as the quote's nonce.
+fn attest_body_old_form(g: &mut Guest, nonce: &str, init: Option<&str>) -> Vec<u8> {
+    let jwk = g.key.public_jwk();
+    let rd = protocol::runtime_data(nonce, &jwk, protocol::NO_ADDITIONAL_EVIDENCE);
+    let mut padded = protocol::runtime_data_digest(protocol::RuntimeDataHash::Sha384, &rd).unwrap();
+    padded.resize(64, 0);
+    let mut ev = evidence::tpm_evidence(&mut g.tpm, &padded).unwrap();
+    ev.cel_eventlog = Some(g.log.log().to_json());
+    let ev = serde_json::to_value(ev).unwrap();
     serde_json::to_vec(&protocol::attestation(nonce, &jwk, ev, init)).unwrap()
 }
 
@@ -238,8 +274,8 @@ fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Reply {
 
 #[test]
 fn full_flow_releases_the_resource_to_the_attested_key() {
-    let k = kbs(TOFU, None);
     let mut g = guest(&facts(Mode::Production, 1));
+    let k = kbs(&trusting(&g, REFERENCE), None);
     let (cookie, nonce) = auth(k.addr);
     let body = attest_body(&mut g, &nonce, Some(&initdata(1)));
     let r = attest(k.addr, &cookie, &body);
@@ -261,7 +297,7 @@ fn full_flow_releases_the_resource_to_the_attested_key() {
     assert_eq!(claims["roothash"], ROOTHASH);
     assert_eq!(claims["image-version"], IMAGE);
     assert_eq!(claims["debug"], false);
-    assert_eq!(claims["ak-first-use"], true);
+    assert_eq!(claims["ak"], g.ak);
     assert_eq!(
         claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(),
         300
@@ -276,9 +312,6 @@ fn full_flow_releases_the_resource_to_the_attested_key() {
         claims["pcrs"]["8"],
         cvm_agent::hex::encode(&init.pcr8_expected())
     );
-    // TOFU recorded the AK in the state directory.
-    let recorded = std::fs::read_to_string(k.dir.path().join("state/trusted-aks")).unwrap();
-    assert_eq!(recorded.trim(), claims["ak"].as_str().unwrap());
 
     // The resource with the session cookie, then with the bearer token alone.
     for headers in [
@@ -295,18 +328,17 @@ fn full_flow_releases_the_resource_to_the_attested_key() {
         assert!(jwe::decrypt(&other, &r.body).is_err());
     }
 
-    // Missing resource: 404, Trustee's "resource not found".
+    // Missing resource: as Trustee, 401 PluginInternalError that says nothing more (a
+    // missing and a refused resource look alike to the guest).
     let r = get(
         k.addr,
         "/kbs/v0/resource/default/demo/nope",
         &[("Cookie", &cookie)],
     );
-    assert_eq!(r.status, 404);
-    let (name, detail) = r.error();
-    assert_eq!(name, "PluginInternalError");
-    assert!(
-        detail.starts_with("resource not found: default/demo/nope"),
-        "{detail}"
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        r.error(),
+        ("PluginInternalError".into(), "Plugin internal error".into())
     );
 
     // Path traversal and odd components: 404, the file outside is never read.
@@ -341,8 +373,8 @@ fn full_flow_releases_the_resource_to_the_attested_key() {
 
 #[test]
 fn nonces_are_single_use_and_bound_to_the_session() {
-    let k = kbs(TOFU, None);
     let mut g = guest(&facts(Mode::Production, 1));
+    let k = kbs(&trusting(&g, REFERENCE), None);
 
     // Wrong nonce: refused, and it spends the session's nonce.
     let (cookie, nonce) = auth(k.addr);
@@ -352,31 +384,24 @@ fn nonces_are_single_use_and_bound_to_the_session() {
         Some(&initdata(1)),
     );
     let r = attest(k.addr, &cookie, &wrong);
-    assert_eq!(r.status, 401);
     assert_eq!(
-        r.error(),
-        (
-            "AttestationError".into(),
-            "the runtime-data nonce is not this session's nonce".into()
-        )
+        r.cause(),
+        "the runtime-data nonce is not this session's nonce"
     );
     let right = attest_body(&mut g, &nonce, Some(&initdata(1)));
     let r = attest(k.addr, &cookie, &right);
-    assert_eq!(r.status, 401);
-    assert!(r.error().1.contains("already used"), "{}", r.error().1);
+    assert!(r.cause().contains("already used"), "{}", r.cause());
 
     // A good attest, then the same body replayed: on its session and on a new one.
     let (cookie, nonce) = auth(k.addr);
     let body = attest_body(&mut g, &nonce, Some(&initdata(1)));
     assert_eq!(attest(k.addr, &cookie, &body).status, 200);
     let r = attest(k.addr, &cookie, &body);
-    assert_eq!(r.status, 401);
-    assert!(r.error().1.contains("already used"));
+    assert!(r.cause().contains("already used"));
     let (cookie2, _) = auth(k.addr);
     let r = attest(k.addr, &cookie2, &body);
-    assert_eq!(r.status, 401);
     assert_eq!(
-        r.error().1,
+        r.cause(),
         "the runtime-data nonce is not this session's nonce"
     );
 
@@ -387,19 +412,31 @@ fn nonces_are_single_use_and_bound_to_the_session() {
     let other = TeeKeyPair::generate(TeeKeyAlgorithm::EcdhEsA256KwP256).unwrap();
     v["runtime-data"]["tee-pubkey"] = serde_json::to_value(other.public_jwk()).unwrap();
     let r = attest(k.addr, &cookie, v.to_string().as_bytes());
-    assert_eq!(r.status, 401);
     assert!(
-        r.error()
-            .1
+        r.cause()
             .starts_with("the TPM quote's nonce does not match the report data"),
         "{}",
-        r.error().1
+        r.cause()
+    );
+
+    // The quote of before Trustee v0.16 (64-byte padded nonce, as the old fixture has it) over
+    // this very session's runtime data: today's Trustee refuses it, and so does the dev KBS.
+    let (cookie, nonce) = auth(k.addr);
+    let r = attest(
+        k.addr,
+        &cookie,
+        &attest_body_old_form(&mut g, &nonce, Some(&initdata(1))),
+    );
+    assert!(
+        r.cause()
+            .starts_with("the TPM quote's nonce is 64 bytes: Trustee (v0.16 and later) expects"),
+        "{}",
+        r.cause()
     );
 
     // No session at all.
     let r = attest(k.addr, "kbs-session-id=0123", &body);
-    assert_eq!(r.status, 401);
-    assert_eq!(r.error().1, "unknown or expired session");
+    assert_eq!(r.cause(), "unknown or expired session");
     let r = http(k.addr, "POST", "/kbs/v0/attest", &[], &body);
     assert_eq!(r.status, 401);
     let r = get(k.addr, "/kbs/v0/resource/default/demo/secret", &[]);
@@ -414,56 +451,56 @@ fn nonces_are_single_use_and_bound_to_the_session() {
     );
     assert_eq!(r.status, 401);
     assert_eq!(r.error().1, "the session has not attested");
-    // Malformed attest body: 400.
+    // Malformed attest body: Trustee's 401 AttestationError (its attest handler fails as a
+    // whole), not a 400.
     let (cookie, _) = auth(k.addr);
     let r = attest(k.addr, &cookie, b"{\"nope\":1}");
-    assert_eq!(r.status, 400);
-    assert_eq!(r.error().0, "SerdeError");
+    assert!(
+        r.cause().starts_with("deserialize Attestation"),
+        "{}",
+        r.cause()
+    );
 }
 
 #[test]
 fn pcr8_must_match_the_init_data() {
-    let k = kbs(TOFU, None);
     let mut g = guest(&facts(Mode::Production, 1));
+    let k = kbs(&trusting(&g, REFERENCE), None);
     let (cookie, nonce) = auth(k.addr);
     let body = attest_body(&mut g, &nonce, Some(&initdata(2)));
     let r = attest(k.addr, &cookie, &body);
-    assert_eq!(r.status, 401);
-    assert_eq!(
-        r.error(),
-        (
-            "AttestationError".into(),
-            "PCR 8 does not match the init-data digest".into()
-        )
-    );
+    assert_eq!(r.cause(), "PCR 8 does not match the init-data digest");
     // No init-data, which the default policy requires.
     let (cookie, nonce) = auth(k.addr);
     let body = attest_body(&mut g, &nonce, None);
     let r = attest(k.addr, &cookie, &body);
     assert_eq!(
-        r.error().1,
+        r.cause(),
         "the policy requires init-data and the request has none"
     );
 }
 
 #[test]
-fn untrusted_aks_are_refused() {
-    // Listed AKs only.
-    let k = kbs(&format!("trusted_aks = [\"{}\"]\n", "ab".repeat(32)), None);
+fn only_listed_aks_are_trusted() {
     let mut g = guest(&facts(Mode::Production, 1));
+    // Another AK listed: refused, naming the AK.
+    let k = kbs(&format!("trusted_aks = [\"{}\"]\n", "ab".repeat(32)), None);
     let (cookie, nonce) = auth(k.addr);
     let r = attest(
         k.addr,
         &cookie,
         &attest_body(&mut g, &nonce, Some(&initdata(1))),
     );
-    assert_eq!(r.status, 401);
-    let (name, detail) = r.error();
-    assert_eq!(name, "AttestationError");
-    assert!(detail.starts_with("AK not trusted (sha256 "), "{detail}");
+    assert_eq!(
+        r.cause(),
+        format!(
+            "the AK (sha256 {}) is not in the policy's trusted_aks",
+            g.ak
+        )
+    );
 
-    // Trust on first use: the first TPM wins, a second one is refused.
-    let k = kbs(TOFU, None);
+    // This guest's AK listed: a second vTPM is still refused (no trust on first use).
+    let k = kbs(&trusting(&g, ""), None);
     let (cookie, nonce) = auth(k.addr);
     let r = attest(
         k.addr,
@@ -478,39 +515,37 @@ fn untrusted_aks_are_refused() {
         &cookie,
         &attest_body(&mut g2, &nonce, Some(&initdata(1))),
     );
-    assert_eq!(r.status, 401);
-    assert!(r.error().1.starts_with("AK not trusted"), "{}", r.error().1);
+    assert!(r.cause().starts_with("the AK (sha256 "), "{}", r.cause());
 
-    // Defaults: no list, no TOFU.
+    // Defaults: no list, nothing trusted, not even the first AK seen.
     let k = kbs("", None);
-    let (cookie, nonce) = auth(k.addr);
-    let r = attest(
-        k.addr,
-        &cookie,
-        &attest_body(&mut g, &nonce, Some(&initdata(1))),
-    );
-    assert!(r.error().1.starts_with("AK not trusted"), "{}", r.error().1);
+    for _ in 0..2 {
+        let (cookie, nonce) = auth(k.addr);
+        let r = attest(
+            k.addr,
+            &cookie,
+            &attest_body(&mut g, &nonce, Some(&initdata(1))),
+        );
+        assert!(r.cause().starts_with("the AK (sha256 "), "{}", r.cause());
+    }
 }
 
 #[test]
 fn debug_mode_and_reference_values() {
     // Debug mode, forbidden by default (the reference check is off here: it is production).
-    let k = kbs("trust_on_first_use = true\n", None);
     let mut g = guest(&facts(Mode::Debug, 1));
+    let k = kbs(&trusting(&g, ""), None);
     let (cookie, nonce) = auth(k.addr);
     let r = attest(
         k.addr,
         &cookie,
         &attest_body(&mut g, &nonce, Some(&initdata(1))),
     );
-    assert_eq!(r.error().1, "policy forbids debug mode");
+    assert_eq!(r.cause(), "policy forbids debug mode");
 
     // Production, but the policy wants another image version.
-    let k = kbs(
-        "trust_on_first_use = true\nimage_version = \"cvm-demo 2\"\n",
-        None,
-    );
     let mut g = guest(&facts(Mode::Production, 1));
+    let k = kbs(&trusting(&g, "image_version = \"cvm-demo 2\"\n"), None);
     let (cookie, nonce) = auth(k.addr);
     let r = attest(
         k.addr,
@@ -518,15 +553,15 @@ fn debug_mode_and_reference_values() {
         &attest_body(&mut g, &nonce, Some(&initdata(1))),
     );
     assert_eq!(
-        r.error().1,
+        r.cause(),
         "image version \"cvm-demo 1\" is not the policy's \"cvm-demo 2\""
     );
 
     // A log that is not a prefix of the reference (another root hash).
-    let k = kbs(TOFU, None);
     let mut other = facts(Mode::Production, 1);
     other.roothash = Some("00".repeat(32));
     let mut g = guest(&other);
+    let k = kbs(&trusting(&g, REFERENCE), None);
     let (cookie, nonce) = auth(k.addr);
     let r = attest(
         k.addr,
@@ -534,13 +569,13 @@ fn debug_mode_and_reference_values() {
         &attest_body(&mut g, &nonce, Some(&initdata(1))),
     );
     assert_eq!(
-        r.error().1,
+        r.cause(),
         "event log: record 1 (roothash) differs from the reference"
     );
 
     // A log that does not replay to the quoted PCR 15 (one event more in the TPM).
-    let k = kbs("trust_on_first_use = true\n", None);
     let mut g = guest(&facts(Mode::Production, 1));
+    let k = kbs(&trusting(&g, ""), None);
     let extra = Event::state_disk("disk").unwrap();
     let digests = extra.digest(HashAlg::Sha256).unwrap();
     g.tpm.pcr_extend(15, &[(HashAlg::Sha256, digests)]).unwrap();
@@ -551,16 +586,47 @@ fn debug_mode_and_reference_values() {
         &attest_body(&mut g, &nonce, Some(&initdata(1))),
     );
     assert_eq!(
-        r.error().1,
+        r.cause(),
         "event log: the replayed log does not give the quoted PCR 15"
+    );
+}
+
+/// A log taken after launch (the separator is in the TPM) with its separator relabelled as a
+/// foreign record of the same digest: it replays to the quoted PCR 15, but PCR 15 takes only
+/// the agent's records, so it cannot pass as pre-launch.
+#[test]
+fn a_relabelled_separator_is_refused() {
+    let mut g = guest(&facts(Mode::Production, 1));
+    let k = kbs(&trusting(&g, ""), None);
+    let digest = Event::separator().digest(HashAlg::Sha256).unwrap();
+    g.tpm
+        .pcr_extend(15, &[(HashAlg::Sha256, digest.clone())])
+        .unwrap();
+    let (cookie, nonce) = auth(k.addr);
+    let mut v: Value =
+        serde_json::from_slice(&attest_body(&mut g, &nonce, Some(&initdata(1)))).unwrap();
+    let log = v["tee-evidence"]["primary_evidence"]["cel_eventlog"]
+        .as_array_mut()
+        .unwrap();
+    let recnum = log.len();
+    log.push(serde_json::json!({
+        "recnum": recnum, "pcr": 15,
+        "digests": [{"hashAlg": "sha256", "digest": cvm_agent::hex::encode(&digest)}],
+        "content_type": "systemd", "content": {"string": ""},
+    }));
+    let r = attest(k.addr, &cookie, v.to_string().as_bytes());
+    assert!(
+        r.cause().contains("only cvm-agent records may extend it"),
+        "{}",
+        r.cause()
     );
 }
 
 #[test]
 fn tampered_resources_do_not_decrypt() {
     for t in [Tamper::Tag, Tamper::Ciphertext, Tamper::Header, Tamper::Iv] {
-        let k = kbs(TOFU, Some(t));
         let mut g = guest(&facts(Mode::Production, 1));
+        let k = kbs(&trusting(&g, REFERENCE), Some(t));
         let (cookie, nonce) = auth(k.addr);
         let r = attest(
             k.addr,

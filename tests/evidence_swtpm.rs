@@ -1,11 +1,13 @@
 //! `tpm` evidence made by our provider from a real TPM (swtpm) is exactly what a Trustee-style
 //! verifier accepts: the fixture's JSON shape, a quote signed by the AK over the reported PCRs,
-//! with the report data as nonce.
+//! with the first 32 bytes of the runtime-data digest as nonce (Trustee v0.16 and later). The
+//! fixture `tpm_evidence.json` gives the JSON shape only: its quote carries the old 64-byte
+//! padded nonce, which today's Trustee refuses.
 
 mod common;
 
 use common::swtpm::start;
-use cvm_agent::evidence::{self, pad_report_data};
+use cvm_agent::evidence;
 use cvm_agent::tee::detect::TeeKind;
 use cvm_agent::tee::tpm::TpmEvidence;
 use sha2::Digest;
@@ -13,16 +15,10 @@ use sha2::Digest;
 #[test]
 fn tpm_evidence_has_the_fixture_shape_and_verifies_independently() {
     let (_swtpm, mut tpm) = start();
-    let report_data = pad_report_data(&sha2::Sha384::digest(b"runtime data"));
+    let digest = sha2::Sha384::digest(b"runtime data");
     let root = tempfile::tempdir().unwrap();
-    let value = evidence::collect(
-        TeeKind::Tpm,
-        root.path(),
-        Some(&mut tpm),
-        &report_data,
-        None,
-    )
-    .unwrap();
+    let value =
+        evidence::collect(TeeKind::Tpm, root.path(), Some(&mut tpm), &digest, None).unwrap();
 
     // Same keys as the real evidence from the CoCo attester (tests/fixtures/tpm).
     let fixture: serde_json::Value = serde_json::from_slice(
@@ -44,7 +40,8 @@ fn tpm_evidence_has_the_fixture_shape_and_verifies_independently() {
     // The verifier side, from the JSON alone.
     let parsed = TpmEvidence::from_json(value.to_string().as_bytes()).unwrap();
     let attest = parsed.verify().unwrap();
-    assert_eq!(attest.extra_data, report_data.to_vec());
+    assert_eq!(attest.extra_data, digest[..32]);
+    assert_eq!(attest.extra_data.len(), 32, "not the old 64-byte form");
 
     // Tampering with a reported PCR breaks it.
     let mut bad = value.clone();

@@ -1,14 +1,14 @@
 //! Interoperability with an independent implementation: Debian's python3-jwcrypto (JOSE over
 //! pyca/cryptography) must decrypt the JWEs we make and we must decrypt the ones it makes, for
 //! both TEE key types; and Python's own canonical JSON of the runtime data must hash to the
-//! report data we bind. (scripts/setup.sh installs python3-jwcrypto.)
+//! report data we bind, in each TEE's form. (scripts/setup.sh installs python3-jwcrypto.)
 
 use std::io::Write as _;
 use std::process::{Command, Stdio};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use cvm_agent::kbs::protocol::{self, TeePubKey};
+use cvm_agent::kbs::protocol::{self, RuntimeDataHash, Tee, TeePubKey};
 use cvm_agent::kbs::{TeeKeyPair, jwe};
 use rsa::traits::{PrivateKeyParts as _, PublicKeyParts as _};
 
@@ -159,12 +159,19 @@ fn report_data_matches_an_independent_canonicalization() {
     let nonce = "q2+Wd/dIE/2C3QY+ygAjnCS5bHjR7+YVxnFQvrpfHQo=";
     for additional in ["", "{\"nvidia\":\"x\"}"] {
         let rd = protocol::runtime_data(nonce, &jwk, additional);
-        let ours = protocol::report_data(&rd).unwrap();
+        let digest = protocol::runtime_data_digest(RuntimeDataHash::Sha384, &rd).unwrap();
+        // Each TEE's form, as Trustee's verifiers compare it: tpm the first 32 bytes (v0.16
+        // and later), snp/tdx padded to 64, the Azure vTPM TEEs the digest as it is.
+        let ours: Vec<String> = [Tee::Tpm, Tee::Snp, Tee::Tdx, Tee::AzSnpVtpm, Tee::AzTdxVtpm]
+            .into_iter()
+            .map(|tee| hex(&protocol::tee_report_data(tee, &digest).unwrap()))
+            .collect();
         let script = r#"
 import json, sys, hashlib
 obj = json.load(sys.stdin)
 text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-print((hashlib.sha384(text.encode()).digest() + bytes(16)).hex())
+d = hashlib.sha384(text.encode()).digest()
+print(" ".join(x.hex() for x in [d[:32], d + bytes(16), d + bytes(16), d, d]))
 "#;
         // Python builds the object from the parts itself, as a verifier would.
         let input = serde_json::json!({
@@ -174,7 +181,7 @@ print((hashlib.sha384(text.encode()).digest() + bytes(16)).hex())
         });
         assert_eq!(
             python(script, &input.to_string()),
-            hex(&ours),
+            ours.join(" "),
             "{additional:?}"
         );
     }

@@ -40,13 +40,16 @@ fn rcar_exchange() {
         let hash = protocol::hash_algorithm(&challenge).unwrap();
         // Evidence binding
         let rd = protocol::runtime_data(&challenge.nonce, &key.public_jwk(), "");
-        let report = protocol::report_data_with(hash, &rd).unwrap();
+        let digest = protocol::runtime_data_digest(hash, &rd).unwrap();
+        assert_eq!(digest.len(), 48);
+        let report = protocol::tee_report_data(Tee::Snp, &digest).unwrap();
+        assert_eq!(report[..48], digest[..]);
         assert_eq!(report[48..], [0u8; 16]);
         // /attest
         let body = serde_json::to_vec(&protocol::attestation(
             &challenge.nonce,
             &key.public_jwk(),
-            json!({"report": URL_SAFE_NO_PAD.encode(report)}),
+            json!({"report": URL_SAFE_NO_PAD.encode(&report)}),
             Some("version = \"0.1.0\"\n"),
         ))
         .unwrap();
@@ -59,7 +62,12 @@ fn rcar_exchange() {
             "nonce": att.runtime_data.nonce,
             "additional-evidence": att.tee_evidence.additional_evidence,
         });
-        assert_eq!(protocol::report_data(&rebuilt).unwrap(), report);
+        let rebuilt =
+            protocol::runtime_data_digest(protocol::RuntimeDataHash::Sha384, &rebuilt).unwrap();
+        assert_eq!(
+            protocol::tee_report_data(Tee::Snp, &rebuilt).unwrap(),
+            report
+        );
         assert_eq!(
             att.tee_evidence.primary_evidence["report"],
             URL_SAFE_NO_PAD.encode(report)

@@ -2,7 +2,9 @@
 //! JSON-SEQ (RS, JSON, LF), CEL-JSON-like records without `recnum`, `content_type "systemd"`,
 //! content `{string, bootId, timestamp, eventType}` (systemd `tpm2_userspace_log`). The sample
 //! is written by hand from that format: systemd-pcrphase's words into PCR 11, a file system
-//! identity into PCR 15, with sha1 and sha256 digests of the measured strings.
+//! identity into PCR 15, with sha1 and sha256 digests of the measured strings. PCR 15 is the
+//! agent's, though (cvm-agent is PID 1; there is no systemd-pcrfs): a foreign record there is
+//! refused, so the log reads but does not replay until that record is gone.
 
 use cvm_agent::measure::{Content, EventLog, ReplayArgs, replay_command};
 use cvm_agent::tpm::HashAlg;
@@ -20,7 +22,18 @@ fn record(pcr: u32, measured: &str, event_type: &str, timestamp: u64) -> String 
     )
 }
 
+/// The phase words only (PCR 11).
 fn sample() -> String {
+    let mut records: Vec<String> = full_sample()
+        .split_inclusive('\n')
+        .map(String::from)
+        .collect();
+    records.remove(1);
+    records.concat()
+}
+
+/// With systemd-pcrfs's file system identity in PCR 15.
+fn full_sample() -> String {
     [
         record(11, "enter-initrd", "phase", 1_543_210),
         record(
@@ -44,9 +57,33 @@ fn extend(pcr: &[u8], measured: &str) -> Vec<u8> {
 }
 
 #[test]
+fn a_systemd_record_in_pcr_15_is_refused() {
+    let log = EventLog::parse(full_sample().as_bytes()).unwrap();
+    assert_eq!(log.len(), 5);
+    let err = log.replay(&[HashAlg::Sha256]).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("a \"systemd\" record in PCR 15: only cvm-agent records may extend it"),
+        "{err}"
+    );
+    // And by `cvmctl replay`.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tpm2-measure.log");
+    std::fs::write(&path, full_sample()).unwrap();
+    assert!(
+        replay_command(&ReplayArgs {
+            log: path,
+            pcrs: None,
+            banks: vec![],
+        })
+        .is_err()
+    );
+}
+
+#[test]
 fn a_systemd_measure_log_parses_and_replays() {
     let log = EventLog::parse(sample().as_bytes()).unwrap();
-    assert_eq!(log.len(), 5);
+    assert_eq!(log.len(), 4);
     assert_eq!(log.banks(), vec![HashAlg::Sha1, HashAlg::Sha256]);
     let first = &log.records()[0];
     assert_eq!(first.pcr, 11);
@@ -65,11 +102,7 @@ fn a_systemd_measure_log_parses_and_replays() {
         pcr11 = extend(&pcr11, word);
     }
     assert_eq!(pcrs.get(HashAlg::Sha256, 11).unwrap(), &pcr11[..]);
-    let pcr15 = extend(
-        &[0; 32],
-        "file-system:/:ext4:root:0b6a4a4c-8a3e-4b8e-9f4e-2f4f1e1d7a10",
-    );
-    assert_eq!(pcrs.get(HashAlg::Sha256, 15).unwrap(), &pcr15[..]);
+    assert!(pcrs.get(HashAlg::Sha256, 15).is_none());
     assert_eq!(pcrs.get(HashAlg::Sha1, 11).unwrap().len(), 20);
 
     // Content of foreign records is kept verbatim through a rewrite.
@@ -105,5 +138,5 @@ fn cvmctl_replay_reads_a_systemd_log() {
     assert!(outcome.matches, "{}", outcome.json);
     let out: serde_json::Value = serde_json::from_str(&outcome.json).unwrap();
     assert_eq!(out["separator"], false);
-    assert_eq!(out["records"], 5);
+    assert_eq!(out["records"], 4);
 }

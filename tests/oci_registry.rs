@@ -576,42 +576,67 @@ type Handler = Arc<dyn Fn(&Request) -> Response + Send + Sync>;
 
 /// Serve `handler` on 127.0.0.1 until the process ends; the port.
 fn serve(handler: Handler) -> u16 {
-    use std::io::{BufRead as _, BufReader, Write as _};
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { continue };
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut line = String::new();
-            if reader.read_line(&mut line).is_err() {
-                continue;
-            }
-            let path = line.split(' ').nth(1).unwrap_or("").to_string();
-            let mut headers = Vec::new();
-            loop {
-                let mut h = String::new();
-                if reader.read_line(&mut h).is_err() || h.trim().is_empty() {
-                    break;
-                }
-                if let Some((k, v)) = h.trim_end().split_once(':') {
-                    headers.push((k.trim().to_string(), v.trim().to_string()));
-                }
-            }
-            let r = handler(&Request { path, headers });
-            let mut head = format!("HTTP/1.1 {} X\r\nConnection: close\r\n", r.status);
-            if !r.headers.iter().any(|(k, _)| k == "X-No-Length") {
-                head.push_str(&format!("Content-Length: {}\r\n", r.body.len()));
-            }
-            for (k, v) in &r.headers {
-                head.push_str(&format!("{k}: {v}\r\n"));
-            }
-            head.push_str("\r\n");
-            let _ = stream.write_all(head.as_bytes());
-            let _ = stream.write_all(&r.body);
+            answer(&mut stream, &handler);
         }
     });
     port
+}
+
+/// [`serve`] behind TLS with the certificate and key in these PEM files.
+fn serve_tls(handler: Handler, cert: &Path, key: &Path) -> u16 {
+    let config = Arc::new(cvm_agent::devkbs::tls::server_config(cert, key).unwrap());
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(tcp) = stream else { continue };
+            let Ok(conn) = rustls::ServerConnection::new(config.clone()) else {
+                continue;
+            };
+            answer(&mut rustls::StreamOwned::new(conn, tcp), &handler);
+        }
+    });
+    port
+}
+
+/// One request (head only: these are GETs) and the handler's answer.
+fn answer(stream: &mut (impl std::io::Read + std::io::Write), handler: &Handler) {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && head.len() < 64 << 10 {
+        match stream.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => return,
+        }
+    }
+    let head = String::from_utf8_lossy(&head).to_string();
+    let mut lines = head.lines();
+    let path = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .unwrap_or("")
+        .to_string();
+    let headers = lines
+        .filter_map(|h| h.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    let r = handler(&Request { path, headers });
+    let mut head = format!("HTTP/1.1 {} X\r\nConnection: close\r\n", r.status);
+    if !r.headers.iter().any(|(k, _)| k == "X-No-Length") {
+        head.push_str(&format!("Content-Length: {}\r\n", r.body.len()));
+    }
+    for (k, v) in &r.headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    let _ = stream.write_all(head.as_bytes());
+    let _ = stream.write_all(&r.body);
+    let _ = stream.flush();
 }
 
 /// A manifest by tag (ref name) or digest from the layout: bytes and media type.
@@ -888,5 +913,65 @@ fn registry_over_tls_with_an_anchor_or_a_pin_and_nothing_else() {
     assert!(
         pull(&format!("{name}:t"), options()).is_err(),
         "plain http to a TLS registry"
+    );
+}
+
+/// An https registry whose Bearer challenge names a plain-http realm: the credentials (and the
+/// token request) would leave TLS there. Refused by name, and the realm never gets a request.
+#[test]
+fn an_https_registry_never_sends_credentials_to_an_http_realm() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cert, key, pin) = self_signed();
+    let (cert_file, key_file) = (tmp.path().join("cert.pem"), tmp.path().join("key.pem"));
+    fs::write(&cert_file, &cert).unwrap();
+    fs::write(&key_file, &key).unwrap();
+    let realm_saw = Arc::new(Mutex::new(Vec::new()));
+    let seen = realm_saw.clone();
+    let realm_port = serve(Arc::new(move |r: &Request| {
+        seen.lock().unwrap().push(format!(
+            "{} {}",
+            r.path,
+            r.header("authorization").unwrap_or("")
+        ));
+        respond(200, &[], br#"{"token":"tok123"}"#)
+    }));
+    let realm = format!("http://127.0.0.1:{realm_port}/token");
+    let challenge = format!(r#"Bearer realm="{realm}",service="fake""#);
+    let port = serve_tls(
+        Arc::new(move |_: &Request| {
+            respond(
+                401,
+                &[("WWW-Authenticate", &challenge)],
+                br#"{"errors":[{"code":"UNAUTHORIZED","message":"auth"}]}"#,
+            )
+        }),
+        &cert_file,
+        &key_file,
+    );
+    for credentials in [
+        Some(cvm_agent::oci::registry::Credentials::new("bob", "pw")),
+        None,
+    ] {
+        let with = credentials.is_some();
+        let options = RegistryOptions {
+            pin: Some(pin),
+            insecure_http: false,
+            deadline: Duration::from_secs(10),
+            credentials,
+            ..Default::default()
+        };
+        let e = pull(&format!("127.0.0.1:{port}/test/img:t"), options).unwrap_err();
+        let text = chain(&e);
+        assert!(
+            text.contains("the registry is https, but its Bearer realm")
+                && text.contains(&realm)
+                && text.contains("plain http"),
+            "credentials {with}: {text}"
+        );
+    }
+    assert!(
+        realm_saw.lock().unwrap().is_empty(),
+        "the http realm got a request: {:?}",
+        realm_saw.lock().unwrap()
     );
 }

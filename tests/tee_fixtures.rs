@@ -788,6 +788,8 @@ fn tpm_evidence() {
     }
     assert_eq!(ev.tpm_quote.signature[..6], h("0014000b0100"));
     let attest = ev.verify().unwrap();
+    // The OLD form (before Trustee v0.16): a 48-byte digest zero-padded to 64 bytes. Today's
+    // form is the first 32 bytes of the digest (tests/evidence_swtpm.rs builds it).
     assert_eq!(
         attest.extra_data,
         h(

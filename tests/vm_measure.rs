@@ -1,6 +1,6 @@
 //! VM tests of stage 5: what the guest measures is what `cvmctl measure` predicts, the guest's
 //! event log replays to the PCRs its TPM holds, and a quote taken in the guest with a host
-//! nonce verifies on the host.
+//! nonce verifies on the host (`cvm.test_quote=`, a debug-mode hook that production refuses).
 
 mod common;
 
@@ -36,12 +36,16 @@ fn hex(b: &[u8]) -> String {
 
 /// `cvmctl measure` for the test image and init-data: (PCR 8, PCR 15) in the sha256 bank.
 fn predicted() -> (String, String) {
+    predicted_for("production")
+}
+
+fn predicted_for(mode: &str) -> (String, String) {
     let out = run_ok(
         Command::new(env!("CARGO_BIN_EXE_cvmctl"))
             .arg("measure")
             .arg("--initdata")
             .arg(initdata())
-            .args(["--roothash", &roothash(), "--mode", "production"])
+            .args(["--roothash", &roothash(), "--mode", mode])
             .arg("--os-release")
             .arg(repo().join("rootfs/demo/etc/os-release")),
     );
@@ -53,11 +57,25 @@ fn predicted() -> (String, String) {
 #[test]
 #[ignore = "boots a VM: run through `make test`"]
 fn measurements_match_prediction_replay_and_a_host_verified_quote() {
-    let nonce: Vec<u8> = (0..32)
+    // A 48-byte "runtime-data digest": the `tpm` quote carries its first 32 bytes.
+    let nonce: Vec<u8> = (0..48)
         .map(|i| (i * 37 + 11) as u8 ^ std::process::id() as u8)
         .collect();
-    let b = boot_with_initdata(&initdata(), &format!("cvm.test_quote={}", hex(&nonce)));
-    assert_eq!(b.code, 0, "{}", b.show());
+    let (hash, mut extra) = verified_root();
+    extra.extend([
+        "--fw-cfg".into(),
+        format!("opt/cvm/initdata={}", initdata().display()),
+    ]);
+    let (seen, b) = boot_debug_until(
+        &format!(
+            "{hash} cvm.initdata=fw_cfg cvm.mode=debug cvm.test_quote={}",
+            hex(&nonce)
+        ),
+        &extra,
+        "cvm-agent: test-evidence ",
+    );
+    assert!(seen, "{}", b.show());
+    assert!(b.powered_off(), "{}", b.show());
     let line = b
         .lines("cvm-agent: test-evidence ")
         .first()
@@ -75,14 +93,13 @@ fn measurements_match_prediction_replay_and_a_host_verified_quote() {
         .collect();
     assert_eq!(pcrs.len(), 24);
 
-    // The quote, as a KBS verifier sees it: signed by the AK, over these PCR values, with our
-    // nonce (zero-padded to 64 bytes) as qualifying data.
+    // The quote, as a KBS verifier sees it: signed by the AK, over these PCR values, with the
+    // first 32 bytes of our digest as qualifying data (Trustee v0.16 and later).
     let parsed = TpmEvidence::from_json(ev.to_string().as_bytes()).unwrap();
     let attest = parsed
         .verify()
         .expect("the guest's quote verifies on the host");
-    let mut padded = nonce.clone();
-    padded.resize(64, 0);
+    let padded = nonce[..32].to_vec();
     assert_eq!(attest.extra_data, padded);
     // Independently, through the TPM-side verifier with the raw signature.
     let spki = B64.decode(ev["ak_public"].as_str().unwrap()).unwrap();
@@ -135,11 +152,27 @@ fn measurements_match_prediction_replay_and_a_host_verified_quote() {
     );
 
     // And `cvmctl measure` predicted both from the image, the mode and the init-data alone.
-    let (p8, p15) = predicted();
+    let (p8, p15) = predicted_for("debug");
     assert_eq!(hex(&pcrs[8]), p8);
     assert_eq!(hex(&pcrs[15]), p15);
     // The console shows the sealed PCR 15 for comparison from outside.
     assert!(b.has(&format!("end: PCR 15 sha256={p15}")), "{}", b.show());
+}
+
+/// A host that adds the hook to a production boot's command line gets no evidence over report
+/// data of its choice: the boot stops at the command line.
+#[test]
+#[ignore = "boots a VM: run through `make test`"]
+fn production_refuses_the_test_quote_hook() {
+    let b = boot_with_initdata(&initdata(), &format!("cvm.test_quote={}", "ab".repeat(32)));
+    b.assert_one_error("cvm-agent: error: cmdline: ");
+    assert!(
+        b.errors()[0].contains("cvm.test_quote is a debug-mode test hook"),
+        "{}",
+        b.show()
+    );
+    assert!(!b.has("test-evidence"), "{}", b.show());
+    assert!(b.powered_off(), "{}", b.show());
 }
 
 #[test]

@@ -29,6 +29,8 @@ fn dhcp_for_a_kbs_then_kbs_down_fails_closed_within_the_deadline() {
         .local_addr()
         .unwrap()
         .port();
+    // https (production refuses a KBS over http), any pin: no handshake is reached.
+    let pin = "ab".repeat(32);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("initdata.toml");
     std::fs::write(
@@ -39,8 +41,8 @@ algorithm = "sha256"
 [data]
 "launch.toml" = '''
 [kbs]
-url = "http://10.0.2.100:{port}"
-insecure_http = true
+url = "https://10.0.2.100:{port}"
+pin = "{pin}"
 timeout = 4
 '''
 "#

@@ -1,8 +1,10 @@
 //! VM tests of stage 10 with a registry image: Debian's `docker-registry` on 127.0.0.1, filled
 //! with `skopeo`, reached by the guest as 10.0.2.100:5000 through the guestfwd relay (plain
-//! HTTP, `[workload.registry] insecure_http = true`). The image is pulled by tag and by digest,
-//! with htpasswd credentials from the dev KBS (a `registry-auth` secret), and layers that try
-//! to write outside the root are refused before anything runs.
+//! HTTP, `[workload.registry] insecure_http = true`: anonymous pulls, which production allows).
+//! The image is pulled by tag and by digest, with htpasswd credentials from the dev KBS (a
+//! `registry-auth` secret) over TLS with the registry's key pinned (production refuses
+//! credentials over http), and layers that try to write outside the root are refused before
+//! anything runs.
 
 mod common;
 
@@ -44,9 +46,22 @@ fn workload(image: &str, extra: &str) -> String {
     )
 }
 
+/// The same over TLS, the registry's key (the test process's KBS key) pinned.
+fn workload_tls(image: &str, extra: &str) -> String {
+    format!(
+        "[workload]\nimage = \"{image}\"\n{extra}\n[workload.registry]\npin = \"{}\"\ntimeout = 60\n",
+        tls_identity().pin
+    )
+}
+
 /// A production boot (verified root, swtpm) with `initdata` by fw_cfg; `fwds` are
 /// (guest port, host port) pairs on 10.0.2.100.
 fn boot_with(initdata: &[u8], fwds: &[(u16, u16)]) -> Boot {
+    boot_with_extra(initdata, fwds, &[])
+}
+
+/// [`boot_with`] plus more boot.sh arguments (the KBS's vTPM).
+fn boot_with_extra(initdata: &[u8], fwds: &[(u16, u16)], more: &[String]) -> Boot {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("initdata.toml");
     std::fs::write(&file, initdata).unwrap();
@@ -58,6 +73,7 @@ fn boot_with(initdata: &[u8], fwds: &[(u16, u16)]) -> Boot {
     for (guest, host) in fwds {
         extra.extend(["--guestfwd".into(), format!("{guest}:{host}")]);
     }
+    extra.extend(more.iter().cloned());
     boot(&format!("{hash} cvm.initdata=fw_cfg"), &extra)
 }
 
@@ -124,6 +140,13 @@ fn pulls_by_tag_and_runs() {
     let result = b.result().unwrap();
     assert_eq!(result["exit_code"], 3, "{result}");
     assert!(b.powered_off(), "{}", b.show());
+    // Production allows an anonymous pull over http, and warns that a tag is the network's
+    // to resolve there.
+    assert!(
+        b.has("measure: warning: workload image \"10.0.2.100:5000/cvm/hello:1\" by tag over plain http"),
+        "{}",
+        b.show()
+    );
 }
 
 #[test]
@@ -148,6 +171,8 @@ fn wrong_digest_is_refused() {
     ));
     let b = boot_with(&data, &[(5000, reg.port)]);
     assert_refused(&b, &["manifest", &other, "MANIFEST_UNKNOWN"]);
+    // Pinned by digest: allowed over http in production without a warning.
+    assert!(!b.has("over plain http"), "{}", b.show());
 }
 
 #[test]
@@ -159,7 +184,13 @@ fn auth_registry_with_credentials_from_the_kbs() {
     let mut pw = [0u8; 12];
     getrandom::fill(&mut pw).unwrap();
     let password = format!("pw-{}", hex(&pw));
-    let reg = start_registry(Some(("cvm", &password)));
+    // Over TLS: production refuses credentials over plain http (and debug would warn).
+    let id = tls_identity();
+    let (cert, key) = (
+        std::fs::read_to_string(&id.cert).unwrap(),
+        std::fs::read_to_string(&id.key).unwrap(),
+    );
+    let reg = start_registry_tls(Some(("cvm", &password)), Some((&cert, &key)));
     let creds = format!("cvm:{password}");
     push(
         &images(),
@@ -176,16 +207,22 @@ fn auth_registry_with_credentials_from_the_kbs() {
     let image = "10.0.2.100:5000/cvm/hello:1";
 
     let data = initdata(&format!(
-        "[kbs]\nurl = \"http://10.0.2.100:8080\"\ninsecure_http = true\ntimeout = 20\n\n\
+        "{}timeout = 20\n\n\
          [[secrets]]\nname = \"registry-auth\"\nuri = \"kbs:///{AUTH_PATH}\"\nuse = \"registry-auth\"\n\n{}",
-        workload(image, "env = { EXIT_CODE = \"5\" }")
+        kbs_section(),
+        workload_tls(image, "env = { EXIT_CODE = \"5\" }")
     ));
     let kbs = start_kbs(&Setup {
         policy: strict_policy(&data),
         resources: vec![(AUTH_PATH.to_string(), auth_json.into_bytes())],
+        tls: true,
         ..Default::default()
     });
-    let b = boot_with(&data, &[(8080, kbs.port), (5000, reg.port)]);
+    let b = boot_with_extra(
+        &data,
+        &[(8080, kbs.port), (5000, reg.port)],
+        &kbs.tpm_args(),
+    );
     assert_eq!(b.code, 5, "{}\n--- kbs ---\n{}", b.show(), kbs.log());
     assert!(b.errors().is_empty(), "{}", b.show());
     assert!(
@@ -207,7 +244,7 @@ fn auth_registry_with_credentials_from_the_kbs() {
     );
 
     // Without the secret (and without a KBS): the registry's 401 is refused, by name.
-    let b = boot_with(&initdata(&workload(image, "")), &[(5000, reg.port)]);
+    let b = boot_with(&initdata(&workload_tls(image, "")), &[(5000, reg.port)]);
     let error = assert_refused(&b, &["credentials"]);
     assert!(!error.contains(&password));
 }

@@ -28,9 +28,10 @@ fn initdata_with(device: Option<&str>, state_extra: &str) -> Vec<u8> {
         + state_extra;
     format!(
         "version = \"0.1.0\"\nalgorithm = \"sha256\"\n\n[data]\n\"launch.toml\" = '''\n\
-         [kbs]\nurl = \"http://10.0.2.100:8080\"\ninsecure_http = true\ntimeout = 20\n\n\
+         {}timeout = 20\n\n\
          [[secrets]]\nname = \"state-key\"\nuri = \"kbs:///{KEY_PATH}\"\nuse = \"state-key\"\n\n\
-         [state]\n{device}mount = \"/var/lib/app\"\n'''\n"
+         [state]\n{device}mount = \"/var/lib/app\"\n'''\n",
+        kbs_section()
     )
     .into_bytes()
 }
@@ -75,6 +76,7 @@ fn kbs_with_key(key: &[u8], data: Vec<u8>) -> Run {
     let kbs = start_kbs(&Setup {
         policy: strict_policy(&data),
         resources: vec![(KEY_PATH.to_string(), key.to_vec())],
+        tls: true,
         ..Default::default()
     });
     Run { kbs, data }
@@ -85,11 +87,10 @@ fn boot_with_disk(run: &Run, disk: &Path) -> Boot {
     let file = dir.path().join("initdata.toml");
     std::fs::write(&file, &run.data).unwrap();
     let (hash, mut extra) = verified_root();
-    // One vTPM per disk, as one VM keeps its vTPM: the KBS trusts its AK on first use.
-    let tpm = disk.parent().unwrap().join("tpm");
+    // The vTPM the KBS provisioned and trusts, kept across this run's boots as a VM keeps its
+    // vTPM.
+    extra.extend(run.kbs.tpm_args());
     extra.extend([
-        "--tpm-state".into(),
-        tpm.to_str().unwrap().to_string(),
         "--disk".into(),
         disk.to_str().unwrap().to_string(),
         "--fw-cfg".into(),
@@ -259,7 +260,8 @@ fn found_by_dps_type_and_never_formats_what_it_did_not_create() {
 /// `integrity = true`: LUKS2 with hmac(sha256) over dm-integrity, as cryptsetup's
 /// `--integrity hmac-sha256`. The first boot formats, lets the kernel format dm-integrity,
 /// wipes the volume once through dm-crypt and makes the filesystem; the second reopens. Data
-/// changed on the host is an I/O error in the guest, and the volume is never formatted again.
+/// changed on the host is an I/O error in the guest, and the volume is never formatted again;
+/// a header the host wrote is not initialized by the guest.
 #[test]
 #[ignore = "boots a VM: run through `make test`"]
 fn integrity_formats_wipes_reopens_and_detects_tampering() {
@@ -322,8 +324,9 @@ fn integrity_formats_wipes_reopens_and_detects_tampering() {
     assert_refused_unchanged(&b, &disk, &before, &["integrity = false", "hmac(sha256)"]);
     drop(plain);
 
-    // A header the host wrote (`cvmctl state format --integrity`): the guest finds the
-    // zeroed dm-integrity superblock, initializes, wipes and makes the filesystem.
+    // A header the host wrote (`cvmctl state format --integrity`): the guest finds a zeroed
+    // dm-integrity superblock under a LUKS2 header this boot did not write, so it does not
+    // initialize, wipe or format it: refused, nothing written.
     let other = tempfile::tempdir().unwrap();
     let host_disk = blank_disk(other.path(), false);
     run_ok(
@@ -336,10 +339,10 @@ fn integrity_formats_wipes_reopens_and_detects_tampering() {
         &key,
         initdata_with(Some("serial:cvm-disk1"), "integrity = true\n"),
     );
+    let before = sha256_file(&host_disk);
     let b = boot_with_disk(&run, &host_disk);
-    assert_eq!(b.code, 0, "{}", b.show());
-    assert!(b.has("dm-integrity initialized"), "{}", b.show());
-    assert!(b.has("boot 1 of this volume"), "{}", b.show());
+    assert_refused_unchanged(&b, &host_disk, &before, &["/dev/vdb", "all zeros"]);
+    assert!(!b.has("dm-integrity initialized"), "{}", b.show());
     drop(run);
 
     // The host changes one byte in every 4 KiB block past the dm-integrity superblock and
@@ -371,6 +374,86 @@ fn integrity_formats_wipes_reopens_and_detects_tampering() {
     // The LUKS2 header is as it was.
     let after = std::fs::read(&disk).unwrap();
     assert_eq!(after[..16 << 20], bytes[..16 << 20]);
+}
+
+/// The data segment's offset in bytes, as the host's cryptsetup reads it from the LUKS2
+/// header: dm-integrity's superblock sits at the start of the segment.
+fn data_offset(disk: &Path) -> usize {
+    let dump = run_ok(Command::new("cryptsetup").arg("luksDump").arg(disk));
+    let dump = String::from_utf8_lossy(&dump).to_string();
+    let segments = dump
+        .split("Data segments:")
+        .nth(1)
+        .expect("no data segments");
+    segments
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("offset:"))
+        .and_then(|v| v.trim().split(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no segment offset in\n{dump}"))
+}
+
+/// The host zeroes the dm-integrity superblock of a volume the guest formatted and used. The
+/// LUKS2 header still opens with the key, but the agent must not take the zeroed superblock
+/// for a fresh volume (wipe + mkfs under the same measured UUID would silently drop the data):
+/// the boot stops in the state stage, naming the device and the cause, and not one byte of
+/// the disk changes. The same for a superblock that is not zero but not valid; with the
+/// superblock restored the volume opens with its data.
+#[test]
+#[ignore = "boots a VM: run through `make test`"]
+fn a_zeroed_integrity_superblock_is_refused_not_reformatted() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = blank_disk(dir.path(), false);
+    let key = random_key();
+    let run = kbs_with_key(
+        &key,
+        initdata_with(Some("serial:cvm-disk1"), "integrity = true\n"),
+    );
+    let b = boot_with_disk(&run, &disk);
+    assert_eq!(b.code, 0, "{}\n--- kbs ---\n{}", b.show(), run.kbs.log());
+    assert!(b.has("boot 1 of this volume"), "{}", b.show());
+
+    let offset = data_offset(&disk);
+    let pristine = std::fs::read(&disk).unwrap();
+    let mut bytes = pristine.clone();
+    assert_eq!(
+        &bytes[offset..offset + 8],
+        b"integrt\0",
+        "no dm-integrity superblock"
+    );
+    // The superblock's whole 4 KiB block, as a host that wants a fresh volume would.
+    bytes[offset..offset + 4096].fill(0);
+    std::fs::write(&disk, &bytes).unwrap();
+    let before = sha256_file(&disk);
+
+    let b = boot_with_disk(&run, &disk);
+    assert_refused_unchanged(
+        &b,
+        &disk,
+        &before,
+        &[
+            "/dev/vdb",
+            "dm-integrity superblock",
+            "all zeros",
+            "nothing was written",
+        ],
+    );
+    eprintln!("zeroed superblock: {}", b.errors()[0]);
+    assert!(!b.has("dm-integrity initialized"), "{}", b.show());
+    assert!(!b.has("formatted now"), "{}", b.show());
+
+    // Not zero but not a superblock either: refused the same way, naming the cause.
+    bytes[offset..offset + 8].copy_from_slice(b"garbage!");
+    std::fs::write(&disk, &bytes).unwrap();
+    let before = sha256_file(&disk);
+    let b = boot_with_disk(&run, &disk);
+    assert_refused_unchanged(&b, &disk, &before, &["/dev/vdb", "bad magic"]);
+
+    // The superblock put back: the volume and its data were never touched.
+    std::fs::write(&disk, &pristine).unwrap();
+    let b = boot_with_disk(&run, &disk);
+    assert_eq!(b.code, 0, "{}", b.show());
+    assert!(b.has("boot 2 of this volume"), "{}", b.show());
 }
 
 fn new_file(path: &Path, len: u64) {

@@ -8,7 +8,7 @@ use common::*;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// An init-data document whose launch.toml is `launch`.
 fn initdata(launch: &str) -> Vec<u8> {
@@ -129,18 +129,6 @@ fn launch_policy_allows_the_cmd_override_and_refuses_an_env_override() {
     assert!(b.powered_off(), "{}", b.show());
 }
 
-/// Waits until `needle` is in the console file.
-fn wait_for(console: &Path, needle: &str, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if std::fs::read_to_string(console).is_ok_and(|c| c.contains(needle)) {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    false
-}
-
 #[test]
 #[ignore = "boots a VM: run through `make test`"]
 fn debug_stays_up_after_the_workload_with_a_shell_on_the_console() {
@@ -209,15 +197,17 @@ fn restart_on_failure_reboots_and_the_next_boot_runs_again() {
     let script = "n=$(cat /var/lib/app/runs 2>/dev/null || echo 0); n=$((n + 1)); \
                   echo $n > /var/lib/app/runs; sync; echo run $n; [ $n -ge 2 ]";
     let data = initdata(&format!(
-        "[kbs]\nurl = \"http://10.0.2.100:8080\"\ninsecure_http = true\ntimeout = 20\n\n\
+        "{}timeout = 20\n\n\
          [[secrets]]\nname = \"state-key\"\nuri = \"kbs:///default/state/key\"\nuse = \"state-key\"\n\n\
          [state]\ndevice = \"serial:cvm-disk1\"\nmount = \"/var/lib/app\"\n\n\
          [workload]\nimage = \"oci:/usr/share/cvm-agent/images:hello\"\nrestart = \"OnFailure\"\n\
-         args = [\"/bin/sh\", \"-c\", \"{script}\"]\n"
+         args = [\"/bin/sh\", \"-c\", \"{script}\"]\n",
+        kbs_section()
     ));
     let kbs = start_kbs(&Setup {
         policy: strict_policy(&data),
         resources: vec![("default/state/key".into(), key)],
+        tls: true,
         ..Default::default()
     });
     let b = boot_with(
@@ -227,7 +217,7 @@ fn restart_on_failure_reboots_and_the_next_boot_runs_again() {
             "--disk".into(),
             disk.display().to_string(),
             "--tpm-state".into(),
-            dir.path().join("tpm").display().to_string(),
+            kbs.tpm_state.display().to_string(),
             "--guestfwd".into(),
             format!("8080:{}", kbs.port),
             "--allow-reboot".into(),

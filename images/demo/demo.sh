@@ -3,9 +3,13 @@
 # the encrypted state volume (it survives reboots; `make demo-reset` starts over).
 read -r up _ < /proc/uptime
 echo "demo: first instruction at ${up} s since boot"
-for f in /run/secrets/*; do
-  [ -f "$f" ] && echo "demo: secret ${f#/run/secrets/} sha256 $(sha256sum "$f" | cut -d' ' -f1)"
-done
+# A keyed check of the secret, SHA-256(check key || secret), with a check key the KBS serves
+# next to it: the KBS operator, who has both, can recompute it; the host, which reads this
+# console, cannot test guesses of the secret against it (a plain SHA-256 would let it).
+s=/run/secrets/demo-secret c=/run/secrets/demo-check
+if [ -f "$s" ] && [ -f "$c" ]; then
+  echo "demo: secret demo-secret $(wc -c < "$s") bytes, check $(cat "$c" "$s" | sha256sum | cut -d' ' -f1)"
+fi
 # The event log is JSON-SEQ: each record starts with RS (0x1e); the last one is the separator.
 echo "demo: event log has $(tr -cd '\036' < /run/cvm-agent/measure.log | wc -c) records; last: $(tr '\036' '\n' < /run/cvm-agent/measure.log | grep -v '^$' | tail -n 1)"
 state=/var/lib/demo

@@ -50,6 +50,13 @@ enum Command {
     /// Run the dev KBS (Trustee KBS protocol 0.4.0) for local tests and demos, on a loopback
     /// address only.
     Kbs(cvm_agent::devkbs::KbsArgs),
+    /// Provision the AK of a swtpm vTPM (its state directory) before the VM's first boot, as a
+    /// cloud provisions its vTPMs; prints the AK's SHA-256 (a KBS policy's trusted_aks entry).
+    TpmAk(cvm_agent::swtpm::TpmAkArgs),
+    /// Make (or reuse) the dev KBS's self-signed TLS key in DIR (kbs-cert.pem, kbs-key.pem, as
+    /// `kbs --tls-self-signed DIR` does) and print its pin for launch.toml's `[kbs] pin`: the
+    /// init-data, and so the policy, need the pin before the KBS starts.
+    KbsTls { dir: PathBuf },
     /// The LUKS2 state disk, with the same library code as the guest.
     State {
         #[command(subcommand)]
@@ -85,7 +92,9 @@ enum State {
         #[arg(long)]
         force: bool,
         /// Authenticated encryption, as `cryptsetup luksFormat --integrity hmac-sha256`
-        /// (launch.toml `[state] integrity = true`); the guest initializes dm-integrity.
+        /// (launch.toml `[state] integrity = true`). The dm-integrity superblock stays zero,
+        /// and the guest initializes it only under a header it wrote itself, so the guest
+        /// refuses this disk: for checks with cryptsetup and tests.
         #[arg(long)]
         integrity: bool,
     },
@@ -154,6 +163,10 @@ fn main() -> ExitCode {
             };
         }
         Command::Kbs(args) => cvm_agent::devkbs::run(&args).map_err(|e| error_chain(&e)),
+        Command::TpmAk(args) => cvm_agent::swtpm::run(&args).map_err(|e| error_chain(&e)),
+        Command::KbsTls { dir } => cvm_agent::devkbs::tls::self_signed(&dir)
+            .map(|(_, _, pin)| println!("{pin}"))
+            .map_err(|e| error_chain(&e)),
         Command::State { what } => state(what),
         Command::Image {
             what: Image::Build(args),

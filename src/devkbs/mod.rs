@@ -92,9 +92,6 @@ pub struct KbsArgs {
     /// Directory of resources: <DIR>/<repo>/<type>/<tag>.
     #[arg(long, default_value = "kbs-resources")]
     pub resources: PathBuf,
-    /// State directory (the AK trusted on first use is kept in <DIR>/trusted-aks).
-    #[arg(long)]
-    pub state: Option<PathBuf>,
     /// The token signing key, a P-256 PKCS#8 PEM (default: a fresh key per run).
     #[arg(long)]
     pub token_key: Option<PathBuf>,
@@ -137,17 +134,6 @@ impl Server {
             Some(p) => Policy::load(p)?,
             None => Policy::default(),
         };
-        if let Some(state) = &args.state {
-            std::fs::create_dir_all(state).map_err(|source| DevKbsError::Io {
-                what: "cannot create the state directory",
-                path: state.clone(),
-                source,
-            })?;
-        } else if policy.trust_on_first_use {
-            log(
-                "note: trust_on_first_use without --state: the first AK is remembered in memory only",
-            );
-        }
         let token_key = match &args.token_key {
             Some(p) => {
                 let pem = std::fs::read_to_string(p).map_err(|source| DevKbsError::Io {
@@ -184,7 +170,6 @@ impl Server {
             args.resources.clone(),
             token_key,
             args.tamper_resource,
-            args.state.clone(),
         );
         let server = Server {
             listener,
@@ -344,7 +329,6 @@ mod tests {
             PathBuf::from("/nonexistent"),
             token::TokenKey::generate().unwrap(),
             None,
-            None,
         );
         let exchange = |input: &[u8]| {
             let mut s = Duplex {
@@ -364,8 +348,12 @@ mod tests {
             b"GET /nope HTTP/1.1\r\n\r\nPOST /kbs/v0/auth HTTP/1.1\r\nContent-Length: 1\r\nConnection: close\r\n\r\n{",
         );
         assert!(out.starts_with("HTTP/1.1 404 "), "{out}");
-        assert!(out.contains("HTTP/1.1 400 "), "{out}");
-        assert!(out.contains("/errors/SerdeError"), "{out}");
+        // A malformed /auth body is Trustee's 401 RCAR Auth failure.
+        assert!(out.contains("HTTP/1.1 401 "), "{out}");
+        assert!(
+            out.contains("/errors/AttestationError") && out.contains("RCAR handshake Auth failed"),
+            "{out}"
+        );
         assert!(out.ends_with('}'), "{out}");
         // Version and TEE checks of /auth.
         let auth = |body: &str| {
@@ -379,7 +367,12 @@ mod tests {
         };
         let out = auth(r#"{"version":"0.3.0","tee":"tpm","extra-params":""}"#);
         assert!(out.starts_with("HTTP/1.1 401 "), "{out}");
-        assert!(out.contains("Invalid Request version 0.3.0"), "{out}");
+        assert!(
+            out.contains(
+                "KBS Client Protocol Version Mismatch: expect =0.4.0 while the request is 0.3.0"
+            ),
+            "{out}"
+        );
         let out = auth(r#"{"version":"0.4.0","tee":"snp","extra-params":""}"#);
         assert!(out.contains("TEE snp is not allowed by policy"), "{out}");
         let out = auth(r#"{"version":"0.4.0","tee":"tpm","extra-params":""}"#);

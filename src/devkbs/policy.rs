@@ -2,8 +2,20 @@
 //! evidence's claims must have, and which TPM attestation keys are trusted.
 //!
 //! Every field is optional and defaults to the refusing side: only `tpm`, no debug, init-data
-//! required, and no trusted AK (so a `tpm` attestation is refused until the operator lists AKs
-//! or says `trust_on_first_use = true`).
+//! required, and no trusted AK (so a `tpm` attestation is refused until the operator lists the
+//! vTPM's AK in `trusted_aks`, as Trustee's `tpm` verifier refuses every AK not in its
+//! `trusted_ak_keys_dir`). There is no trust on first use: the first quote a KBS sees may come
+//! from a TPM the host runs, and trusting it would let the host sign whatever PCRs it likes.
+//!
+//! SNP and TDX without a vTPM have no AK and no PCRs: what booted is only in the launch
+//! registers, so a policy that allows them must pin those ([`Policy::check_launch_pins`], at
+//! load and again for every attestation): `snp` needs `snp_measurement` (firmware, and with
+//! measured direct boot the kernel, initrd and command line hashes); `tdx` needs `tdx_mrtd`
+//! (the TD firmware) and `tdx_rtmr` 1 (what the firmware loaded: the kernel, or the whole
+//! UKI). MRTD alone would let any kernel and initrd run under the genuine firmware and write
+//! any event log. RTMR2 holds the agent's events and is checked by replaying its log.
+
+use std::collections::BTreeMap;
 
 use crate::measure::EventLog;
 use kbs_types::Tee;
@@ -30,7 +42,18 @@ pub enum PolicyError {
     Hex { field: &'static str, len: usize },
     #[error("policy: reference {path}: {why}")]
     Reference { path: PathBuf, why: String },
+    #[error("policy: tdx_rtmr has key {0:?}; RTMRs are 0, 1, 2 and 3")]
+    RtmrIndex(String),
+    #[error("policy: {tee} is allowed but {field} is not pinned: {why}")]
+    Unpinned {
+        tee: &'static str,
+        field: &'static str,
+        why: &'static str,
+    },
 }
+
+/// SNP MEASUREMENT, TDX MRTD and RTMRs are SHA-384 sized.
+pub const LAUNCH_DIGEST_LEN: usize = 48;
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -42,8 +65,12 @@ struct Wire {
     initdata_digest: Option<String>,
     require_initdata: Option<bool>,
     trusted_aks: Option<Vec<String>>,
+    /// Removed; read only to refuse it with a clear message.
     trust_on_first_use: Option<bool>,
     reference: Option<PathBuf>,
+    snp_measurement: Option<String>,
+    tdx_mrtd: Option<String>,
+    tdx_rtmr: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,9 +85,14 @@ pub struct Policy {
     pub require_initdata: bool,
     /// SHA-256 of AK SPKI DER, lower-case hex.
     pub trusted_aks: Vec<String>,
-    pub trust_on_first_use: bool,
     /// The reference event log (`log` of a `cvmctl measure` output).
     pub reference: Option<EventLog>,
+    /// SNP launch MEASUREMENT, lower-case hex of 48 bytes.
+    pub snp_measurement: Option<String>,
+    /// TDX MRTD, lower-case hex of 48 bytes.
+    pub tdx_mrtd: Option<String>,
+    /// TDX RTMR0-3 as quoted at attestation, lower-case hex of 48 bytes each; `None`: any.
+    pub tdx_rtmr: [Option<String>; 4],
 }
 
 impl Default for Policy {
@@ -73,8 +105,10 @@ impl Default for Policy {
             initdata_digest: None,
             require_initdata: true,
             trusted_aks: Vec::new(),
-            trust_on_first_use: false,
             reference: None,
+            snp_measurement: None,
+            tdx_mrtd: None,
+            tdx_rtmr: [None, None, None, None],
         }
     }
 }
@@ -147,6 +181,13 @@ impl Policy {
 
     pub fn parse(text: &str, base: &Path) -> Result<Policy, PolicyError> {
         let wire: Wire = toml::from_str(text).map_err(|e| PolicyError::Syntax(e.to_string()))?;
+        if wire.trust_on_first_use.is_some() {
+            return Err(PolicyError::Syntax(
+                "trust_on_first_use is gone: Trustee trusts only the AKs it lists, so list the \
+                 vTPM's AK in trusted_aks (`cvmctl tpm-ak` provisions one and prints its SHA-256)"
+                    .into(),
+            ));
+        }
         let default = Policy::default();
         let tee = match wire.tee {
             None => default.tee,
@@ -165,7 +206,19 @@ impl Policy {
             .reference
             .map(|rel| load_reference(&base.join(rel)))
             .transpose()?;
-        Ok(Policy {
+        let mut tdx_rtmr: [Option<String>; 4] = Default::default();
+        for (key, value) in wire.tdx_rtmr.unwrap_or_default() {
+            const FIELDS: [&str; 4] = ["tdx_rtmr.0", "tdx_rtmr.1", "tdx_rtmr.2", "tdx_rtmr.3"];
+            let index = match key.as_str() {
+                "0" => 0,
+                "1" => 1,
+                "2" => 2,
+                "3" => 3,
+                _ => return Err(PolicyError::RtmrIndex(key)),
+            };
+            tdx_rtmr[index] = hex_field(FIELDS[index], Some(value), LAUNCH_DIGEST_LEN)?;
+        }
+        let policy = Policy {
             tee,
             allow_debug: wire.allow_debug.unwrap_or(default.allow_debug),
             // A verity root hash is SHA-256 (32 bytes) in every image cvmctl builds.
@@ -186,13 +239,49 @@ impl Policy {
             },
             require_initdata: wire.require_initdata.unwrap_or(default.require_initdata),
             trusted_aks,
-            trust_on_first_use: wire.trust_on_first_use.unwrap_or(false),
             reference,
-        })
+            snp_measurement: hex_field("snp_measurement", wire.snp_measurement, LAUNCH_DIGEST_LEN)?,
+            tdx_mrtd: hex_field("tdx_mrtd", wire.tdx_mrtd, LAUNCH_DIGEST_LEN)?,
+            tdx_rtmr,
+        };
+        policy.check_launch_pins()?;
+        Ok(policy)
     }
 
     pub fn allows_tee(&self, tee: Tee) -> bool {
         self.tee.contains(&tee)
+    }
+
+    /// A policy that allows `snp` or `tdx` pins what those TEEs launched (see the module
+    /// docs for why these fields and not fewer).
+    pub fn check_launch_pins(&self) -> Result<(), PolicyError> {
+        if self.allows_tee(Tee::Snp) && self.snp_measurement.is_none() {
+            return Err(PolicyError::Unpinned {
+                tee: "snp",
+                field: "snp_measurement",
+                why: "without a vTPM the launch MEASUREMENT is the only record of what \
+                      booted (firmware, and with measured direct boot kernel, initrd and \
+                      command line), so any image would get the secrets",
+            });
+        }
+        if self.allows_tee(Tee::Tdx) {
+            if self.tdx_mrtd.is_none() {
+                return Err(PolicyError::Unpinned {
+                    tee: "tdx",
+                    field: "tdx_mrtd",
+                    why: "MRTD is the TD firmware; any firmware could measure anything",
+                });
+            }
+            if self.tdx_rtmr[1].is_none() {
+                return Err(PolicyError::Unpinned {
+                    tee: "tdx",
+                    field: "tdx_rtmr.1",
+                    why: "RTMR1 holds the kernel (or UKI) the firmware loaded; MRTD alone \
+                          lets any kernel and initrd run and write any event log",
+                });
+            }
+        }
+        Ok(())
     }
 }
 
@@ -222,7 +311,7 @@ mod tests {
         let p = Policy::parse("", Path::new(".")).unwrap();
         assert_eq!(p, Policy::default());
         assert_eq!(p.tee, vec![Tee::Tpm]);
-        assert!(!p.allow_debug && p.require_initdata && !p.trust_on_first_use);
+        assert!(!p.allow_debug && p.require_initdata);
         assert!(p.trusted_aks.is_empty());
     }
 
@@ -231,14 +320,15 @@ mod tests {
         let text = format!(
             "tee = [\"tpm\", \"snp\", \"az-tdx-vtpm\"]\nallow_debug = true\nroothash = \"{}\"\n\
              image_version = \"cvm-demo 1\"\ninitdata_digest = \"{}\"\nrequire_initdata = false\n\
-             trusted_aks = [\"{}\"]\ntrust_on_first_use = true\n",
+             trusted_aks = [\"{}\"]\nsnp_measurement = \"{}\"\n",
             "AB".repeat(32),
             "cd".repeat(48),
-            "01".repeat(32)
+            "01".repeat(32),
+            "ef".repeat(48)
         );
         let p = Policy::parse(&text, Path::new(".")).unwrap();
         assert_eq!(p.tee, vec![Tee::Tpm, Tee::Snp, Tee::AzTdxVtpm]);
-        assert!(p.allow_debug && !p.require_initdata && p.trust_on_first_use);
+        assert!(p.allow_debug && !p.require_initdata);
         assert_eq!(p.roothash.as_deref(), Some("ab".repeat(32).as_str()));
         assert_eq!(p.initdata_digest.as_deref(), Some("cd".repeat(48).as_str()));
         assert_eq!(p.trusted_aks, vec!["01".repeat(32)]);
@@ -256,10 +346,69 @@ mod tests {
             "roothash = \"abcd\"",
             "initdata_digest = \"00\"",
             "trusted_aks = [\"00\"]",
+            "trust_on_first_use = true",
+            "trust_on_first_use = false",
             "reference = \"/nonexistent/reference.json\"",
         ] {
             assert!(Policy::parse(bad, Path::new(".")).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn snp_and_tdx_policies_must_pin_the_launch() {
+        let m = "AA".repeat(48);
+        let r1 = "bb".repeat(48);
+        let text = format!(
+            "tee = [\"snp\", \"tdx\"]\nsnp_measurement = \"{m}\"\ntdx_mrtd = \"{m}\"\n\
+             tdx_rtmr = {{ 1 = \"{r1}\", 3 = \"{r1}\" }}\n"
+        );
+        let p = Policy::parse(&text, Path::new(".")).unwrap();
+        assert_eq!(p.snp_measurement.as_deref(), Some("aa".repeat(48).as_str()));
+        assert_eq!(p.tdx_mrtd.as_deref(), Some("aa".repeat(48).as_str()));
+        assert_eq!(p.tdx_rtmr, [None, Some(r1.clone()), None, Some(r1.clone())]);
+
+        let err = Policy::parse("tee = [\"snp\"]", Path::new(".")).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("policy: snp is allowed but snp_measurement is not pinned: "),
+            "{err}"
+        );
+        let err = Policy::parse("tee = [\"tdx\"]", Path::new(".")).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("policy: tdx is allowed but tdx_mrtd is not pinned: "),
+            "{err}"
+        );
+        let err = Policy::parse(
+            &format!("tee = [\"tdx\"]\ntdx_mrtd = \"{m}\"\n"),
+            Path::new("."),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("policy: tdx is allowed but tdx_rtmr.1 is not pinned: "),
+            "{err}"
+        );
+        // Pins for a TEE the policy does not allow are harmless; the vTPM kinds need none.
+        Policy::parse(&format!("snp_measurement = \"{m}\""), Path::new(".")).unwrap();
+        Policy::parse("tee = [\"az-snp-vtpm\", \"az-tdx-vtpm\"]", Path::new(".")).unwrap();
+        for bad in [
+            "snp_measurement = \"abcd\"".to_string(),
+            format!("snp_measurement = \"{}\"", "ab".repeat(32)),
+            format!("tdx_mrtd = \"{}zz\"", "ab".repeat(47)),
+            format!("tdx_rtmr = {{ 4 = \"{r1}\" }}"),
+            format!("tdx_rtmr = {{ 01 = \"{r1}\" }}"),
+            "tdx_rtmr = { 2 = \"00\" }".to_string(),
+            format!("tdx_rtmr = [\"{r1}\"]"),
+        ] {
+            assert!(Policy::parse(&bad, Path::new(".")).is_err(), "{bad}");
+        }
+        let err =
+            Policy::parse(&format!("tdx_rtmr = {{ 4 = \"{r1}\" }}"), Path::new(".")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "policy: tdx_rtmr has key \"4\"; RTMRs are 0, 1, 2 and 3"
+        );
     }
 
     #[test]

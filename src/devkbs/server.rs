@@ -7,7 +7,9 @@ use super::token::TokenKey;
 use super::verify::{self, AkStore};
 use super::{Tamper, log};
 use crate::kbs::jwe;
-use crate::kbs::protocol::{self, Attestation, Challenge, INIT_DATA_FORMAT, PROTOCOL_VERSION};
+use crate::kbs::protocol::{
+    self, Attestation, Challenge, INIT_DATA_FORMAT, PROTOCOL_VERSION, RuntimeDataHash,
+};
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use kbs_types::{ErrorInformation, Tee, TeePubKey};
@@ -25,6 +27,11 @@ pub const SESSION_LIFETIME: Duration = Duration::from_secs(300);
 pub const MAX_SESSIONS: usize = 1024;
 /// Largest resource served.
 pub const MAX_RESOURCE: u64 = 1 << 20;
+/// Trustee's detail of a failed attestation (`kbs/src/error.rs` `AttestationError` around
+/// `kbs/src/attestation/error.rs` `RcarAttestFailed`).
+pub const ATTEST_FAILED: &str = "Attestation error: RCAR handshake Attest failed";
+/// Trustee's detail of a resource its plugin could not give: missing, unreadable or refused.
+pub const PLUGIN_INTERNAL_ERROR: &str = "Plugin internal error";
 /// Longest path component of a resource.
 const MAX_COMPONENT: usize = 128;
 
@@ -44,6 +51,22 @@ impl KbsRefusal {
             name,
             detail: detail.into(),
         }
+    }
+
+    /// Trustee's answer to a failed `/attest`: `RcarAttestFailed` inside `AttestationError`.
+    /// Trustee's detail stops at "RCAR handshake Attest failed" and logs the cause; the dev
+    /// KBS appends the cause so that tests and operators see why.
+    pub fn attest_failed(cause: impl std::fmt::Display) -> KbsRefusal {
+        KbsRefusal::new(401, "AttestationError", format!("{ATTEST_FAILED}: {cause}"))
+    }
+
+    /// Trustee's answer to a failed `/auth`: `RcarAuthFailed` (whose detail has the cause).
+    pub fn auth_failed(cause: impl std::fmt::Display) -> KbsRefusal {
+        KbsRefusal::new(
+            401,
+            "AttestationError",
+            format!("Attestation error: RCAR handshake Auth failed: {cause}"),
+        )
     }
 
     pub fn response(&self) -> Response {
@@ -124,9 +147,8 @@ impl Kbs {
         resources: PathBuf,
         token_key: TokenKey,
         tamper: Option<Tamper>,
-        state: Option<PathBuf>,
     ) -> Kbs {
-        let aks = AkStore::new(&policy, state);
+        let aks = AkStore::new(&policy);
         Kbs {
             policy,
             resources,
@@ -167,33 +189,25 @@ impl Kbs {
     }
 
     fn auth(&self, req: &Request) -> Result<Response, KbsRefusal> {
-        let request: protocol::Request = serde_json::from_slice(&req.body).map_err(|e| {
-            KbsRefusal::new(
-                400,
-                "SerdeError",
-                format!("the auth request is not a KBS Request: {e}"),
-            )
-        })?;
-        if request.version != PROTOCOL_VERSION {
-            let r = KbsRefusal::new(
-                401,
-                "AttestationError",
-                format!(
-                    "Invalid Request version {} (this KBS speaks {PROTOCOL_VERSION})",
-                    sanitize(&request.version)
-                ),
-            );
+        let refuse = |detail: String| {
+            let r = KbsRefusal::auth_failed(detail);
             log(&format!("auth: refused: {}", r.detail));
-            return Err(r);
+            r
+        };
+        let request: protocol::Request = serde_json::from_slice(&req.body)
+            .map_err(|e| refuse(format!("deserialize Request: {e}")))?;
+        if request.version != PROTOCOL_VERSION {
+            return Err(refuse(format!(
+                "KBS Client Protocol Version Mismatch: expect ={PROTOCOL_VERSION} while the \
+                 request is {}",
+                sanitize(&request.version)
+            )));
         }
         if !self.policy.allows_tee(request.tee) {
-            let r = KbsRefusal::new(
-                401,
-                "AttestationError",
-                format!("TEE {} is not allowed by policy", tee_name(request.tee)),
-            );
-            log(&format!("auth: refused: {}", r.detail));
-            return Err(r);
+            return Err(refuse(format!(
+                "TEE {} is not allowed by policy",
+                tee_name(request.tee)
+            )));
         }
         let nonce = STANDARD.encode(random_bytes::<32>()?);
         let id = crate::hex::encode(&random_bytes::<16>()?);
@@ -246,7 +260,7 @@ impl Kbs {
     fn attest(&self, req: &Request) -> Result<Response, KbsRefusal> {
         let refuse = |detail: String| {
             log(&format!("attest: refused: {detail}"));
-            KbsRefusal::new(401, "AttestationError", detail)
+            KbsRefusal::attest_failed(detail)
         };
         let id = req
             .cookie(protocol::SESSION_COOKIE)
@@ -267,14 +281,8 @@ impl Kbs {
             })?;
             (session.tee, nonce)
         };
-        let attestation: Attestation = serde_json::from_slice(&req.body).map_err(|e| {
-            log(&format!("attest: refused: malformed body: {e}"));
-            KbsRefusal::new(
-                400,
-                "SerdeError",
-                format!("the attest request is not a KBS Attestation: {e}"),
-            )
-        })?;
+        let attestation: Attestation = serde_json::from_slice(&req.body)
+            .map_err(|e| refuse(format!("deserialize Attestation: {e}")))?;
         if attestation.runtime_data.nonce != nonce {
             return Err(refuse(
                 "the runtime-data nonce is not this session's nonce".into(),
@@ -288,7 +296,8 @@ impl Kbs {
             &tee_pubkey,
             &attestation.tee_evidence.additional_evidence,
         );
-        let report_data = protocol::report_data(&runtime_data)
+        // Trustee hashes with SHA-384 for every TEE it verifies here, whatever was negotiated.
+        let digest = protocol::runtime_data_digest(RuntimeDataHash::Sha384, &runtime_data)
             .map_err(|e| refuse(format!("runtime data: {e}")))?;
         let init_data = match &attestation.init_data {
             None => None,
@@ -305,7 +314,7 @@ impl Kbs {
         let verified = verify::verify(
             tee,
             &attestation.tee_evidence.primary_evidence,
-            &report_data,
+            &digest,
             init_data.as_ref(),
             &self.policy,
             &self.aks,
@@ -405,12 +414,14 @@ impl Kbs {
         let path = components
             .iter()
             .fold(self.resources.clone(), |p, c| p.join(c));
+        // Trustee's resource plugin answers a missing (or unreadable) resource with 401
+        // `PluginInternalError` and no detail, like a denial: the reason stays in our log.
         let bytes = read_resource(&path).map_err(|why| {
-            KbsRefusal::new(
-                404,
-                "PluginInternalError",
-                format!("resource not found: {}: {why}", components.join("/")),
-            )
+            log(&format!(
+                "resource: cannot read {}: {why}",
+                components.join("/")
+            ));
+            KbsRefusal::new(401, "PluginInternalError", PLUGIN_INTERNAL_ERROR)
         })?;
         let jwe = jwe::encrypt(&key, &bytes)
             .map_err(|e| KbsRefusal::new(401, "JweError", format!("JWE failed: {e}")))?;
@@ -589,7 +600,6 @@ mod tests {
             PathBuf::from("/nonexistent"),
             TokenKey::generate().unwrap(),
             None,
-            None,
         );
         let auth = r#"{"version":"0.4.0","tee":"tpm","extra-params":{}}"#;
         let cookie = |r: &Response| {
@@ -609,8 +619,13 @@ mod tests {
         let r = kbs.handle(&post("/kbs/v0/attest", Some(&first), "{}"));
         assert_eq!(r.status, 401);
         assert!(String::from_utf8_lossy(&r.body).contains("unknown or expired session"));
+        // A malformed body is Trustee's 401 AttestationError, not a 400.
         let r = kbs.handle(&post("/kbs/v0/attest", Some(&second), "{}"));
-        assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.status, 401, "{}", String::from_utf8_lossy(&r.body));
+        assert!(
+            String::from_utf8_lossy(&r.body)
+                .contains("RCAR handshake Attest failed: deserialize Attestation")
+        );
         let r = kbs.handle(&post("/kbs/v0/attest", Some(&second), "{}"));
         assert!(String::from_utf8_lossy(&r.body).contains("already used"));
     }

@@ -2,7 +2,7 @@
 //!
 //! ```toml
 //! [kbs]
-//! url = "https://kbs.example:8080"     # http:// only with insecure_http = true
+//! url = "https://kbs.example:8080"     # http:// only with insecure_http = true, debug mode only
 //! cert = """-----BEGIN CERTIFICATE-----..."""   # optional PEM trust anchor
 //! pin = "<64 hex>"                     # optional SHA-256 of the server key's SPKI (DER)
 //! insecure_http = false
@@ -18,7 +18,7 @@
 //! memory_mib = 512                     # optional cgroup memory.max
 //! capabilities = ["CAP_NET_ADMIN"]     # optional additions (image policy)
 //! [workload.registry]                  # optional, for registry images
-//! insecure_http = false                # plain http (content is still verified by digest)
+//! insecure_http = false                # plain http: no registry-auth in production (check_for_mode)
 //! cert = "..."                         # optional PEM anchor; pin = "<64 hex>" optional
 //! timeout = 600                        # seconds for each manifest or layer, retries included
 //!
@@ -52,7 +52,9 @@ use std::net::{IpAddr, Ipv6Addr};
 use serde::Deserialize;
 
 use super::{InitDataError, toml_error};
+use crate::cmdline::Mode;
 use crate::measure::hex;
+use crate::oci::reference::ImageRef;
 
 const MAX_URL_LEN: usize = 2048;
 const MAX_CERT_LEN: usize = 64 * 1024;
@@ -464,6 +466,87 @@ impl LaunchConfig {
             .iter()
             .find(|s| s.target == SecretTarget::Use(usage))
     }
+
+    /// What a boot in `mode` may do in the clear. The host owns the network, so plain http
+    /// gives it everything that travels there:
+    /// - the KBS over http: the host can relay the attestation and answer the resource
+    ///   requests itself (a state key it knows, its own secrets), so production refuses it;
+    /// - registry credentials (a `registry-auth` secret) with `insecure_http`: they go out as
+    ///   Basic over http, to the registry and to any http Bearer realm it names, so production
+    ///   refuses that too;
+    /// - an anonymous pull over http is allowed in production: nothing secret goes out, and
+    ///   every manifest, config and layer is checked against its digest. With a digest in the
+    ///   reference the host can only withhold the image, not change it; with a tag the host
+    ///   chooses which digest the tag names, which is the tag limit (a KBS cannot hold a tag
+    ///   to an image) with the host as the chooser, so that case gets a warning.
+    ///
+    /// Debug mode allows all of it; the returned lines are warnings for the console.
+    pub fn check_for_mode(&self, mode: Mode) -> Result<Vec<String>, CleartextError> {
+        let mut warnings = Vec::new();
+        let mut refuse = |e: CleartextError| match mode {
+            Mode::Production => Err(e),
+            Mode::Debug => {
+                warnings.push(format!("debug mode allows it: {e}"));
+                Ok(())
+            }
+        };
+        // The flag alone (with an https URL) is refused too: it says the operator meant http.
+        let kbs_http = |k: &&Kbs| k.insecure_http || k.url.starts_with("http://");
+        if let Some(kbs) = self.kbs.as_ref().filter(kbs_http) {
+            refuse(CleartextError::KbsOverHttp {
+                url: kbs.url.clone(),
+            })?;
+        }
+        let Some(workload) = &self.workload else {
+            return Ok(warnings);
+        };
+        let (registry_image, pinned) = match ImageRef::parse(&workload.image) {
+            Ok(ImageRef::Registry(r)) => (true, r.digest.is_some()),
+            Ok(ImageRef::Layout(_)) => (false, true),
+            // The workload stage names the parse error; until then it counts as a registry
+            // image by tag, so nothing is allowed that such an image would not be.
+            Err(_) => (true, false),
+        };
+        if !(registry_image && workload.registry.insecure_http) {
+            return Ok(warnings);
+        }
+        if let Some(auth) = self.secret_for(SecretUse::RegistryAuth) {
+            refuse(CleartextError::RegistryCredentialsOverHttp {
+                secret: auth.name.clone(),
+                image: workload.image.clone(),
+            })?;
+        }
+        if !pinned {
+            warnings.push(format!(
+                "workload image {:?} by tag over plain http: the network decides which image \
+                 the tag names (content is still checked against the digests it is given); pin \
+                 a digest",
+                workload.image
+            ));
+        }
+        Ok(warnings)
+    }
+}
+
+/// A launch.toml that would put the KBS conversation or registry credentials on plain http in
+/// a mode that does not allow it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CleartextError {
+    #[error(
+        "launch.toml [kbs]: url {url:?} is plain http (insecure_http = true), refused in \
+         production: anyone on the path could relay the attestation and hand this VM any \
+         resource (a state key it knows); use https with a cert or pin (only cvm.mode=debug \
+         allows http)"
+    )]
+    KbsOverHttp { url: String },
+    #[error(
+        "launch.toml [workload.registry]: insecure_http = true with the registry-auth secret \
+         {secret:?} for {image:?}, refused in production: the credentials would go out as \
+         Basic over plain http (also to any http token realm the registry names); use https \
+         with a cert or pin, or pull anonymously (only cvm.mode=debug allows credentials over \
+         http)"
+    )]
+    RegistryCredentialsOverHttp { secret: String, image: String },
 }
 
 fn kbs(wire: WireKbs) -> Result<Kbs, InitDataError> {

@@ -1,3 +1,4 @@
+use super::launch::CleartextError;
 use super::*;
 use crate::cmdline::InitDataSource;
 use sha2::{Digest, Sha256, Sha384, Sha512};
@@ -507,4 +508,99 @@ fn debug_output_is_short() {
         InitData::parse(doc("sha256", &format!("x = \"{}\"\n", "a".repeat(10_000))).as_bytes())
             .unwrap();
     assert!(format!("{init:?}").len() < 300);
+}
+
+/// Each combination of KBS transport, registry transport, credentials and reference against
+/// each mode: production refuses the KBS over http and credentials over http, and allows an
+/// anonymous http pull (a warning for a tag); debug allows everything with a warning.
+#[test]
+fn cleartext_policy_per_mode() {
+    use crate::cmdline::Mode;
+    const HTTPS_KBS: &str = "[kbs]\nurl = \"https://kbs.example\"\npin = \"00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\"\n";
+    const HTTP_KBS: &str = "[kbs]\nurl = \"http://10.0.2.100:8080\"\ninsecure_http = true\n";
+    const AUTH: &str = "[[secrets]]\nname = \"reg\"\nuri = \"kbs:///default/registry/auth\"\nuse = \"registry-auth\"\n";
+    const PINNED: &str = "10.0.2.100:5000/app@sha256:00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+    const TAG: &str = "10.0.2.100:5000/app:1";
+    let workload = |image: &str, http: bool| {
+        format!("[workload]\nimage = \"{image}\"\n[workload.registry]\ninsecure_http = {http}\n")
+    };
+    let check = |launch: &str, mode: Mode| {
+        LaunchConfig::parse(launch)
+            .unwrap_or_else(|e| panic!("{launch}: {e}"))
+            .check_for_mode(mode)
+    };
+
+    // The KBS over http: refused in production, naming the URL; the flag alone too.
+    let e = check(HTTP_KBS, Mode::Production).unwrap_err();
+    assert!(matches!(&e, CleartextError::KbsOverHttp { url } if url == "http://10.0.2.100:8080"));
+    let text = e.to_string();
+    for n in [
+        "[kbs]",
+        "http://10.0.2.100:8080",
+        "production",
+        "cvm.mode=debug",
+    ] {
+        assert!(text.contains(n), "{text}");
+    }
+    let flag_only = "[kbs]\nurl = \"https://kbs.example\"\ninsecure_http = true\n";
+    assert!(check(flag_only, Mode::Production).is_err());
+    let w = check(HTTP_KBS, Mode::Debug).unwrap();
+    assert!(
+        w.len() == 1 && w[0].contains("debug mode allows it") && w[0].contains("[kbs]"),
+        "{w:?}"
+    );
+    assert_eq!(
+        check(HTTPS_KBS, Mode::Production).unwrap(),
+        Vec::<String>::new()
+    );
+
+    // Registry credentials over http: refused in production whatever the reference.
+    for image in [PINNED, TAG] {
+        let launch = format!("{HTTPS_KBS}{AUTH}{}", workload(image, true));
+        let e = check(&launch, Mode::Production).unwrap_err();
+        assert!(
+            matches!(&e, CleartextError::RegistryCredentialsOverHttp { secret, .. } if secret == "reg"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("realm"), "{e}");
+        let w = check(&launch, Mode::Debug).unwrap();
+        assert!(
+            w.iter()
+                .any(|l| l.contains("debug mode allows it") && l.contains("registry-auth")),
+            "{w:?}"
+        );
+        // Over https the same credentials are fine.
+        let launch = format!("{HTTPS_KBS}{AUTH}{}", workload(image, false));
+        assert_eq!(
+            check(&launch, Mode::Production).unwrap(),
+            Vec::<String>::new()
+        );
+    }
+    // Both: the KBS is named first (it is the first conversation).
+    let launch = format!("{HTTP_KBS}{AUTH}{}", workload(PINNED, true));
+    assert!(matches!(
+        check(&launch, Mode::Production),
+        Err(CleartextError::KbsOverHttp { .. })
+    ));
+    assert_eq!(check(&launch, Mode::Debug).unwrap().len(), 2);
+
+    // Anonymous over http: allowed in production; a tag gets a warning, a digest none.
+    assert_eq!(
+        check(&workload(PINNED, true), Mode::Production).unwrap(),
+        Vec::<String>::new()
+    );
+    let w = check(&workload(TAG, true), Mode::Production).unwrap();
+    assert!(w.len() == 1 && w[0].contains("pin a digest"), "{w:?}");
+    // A layout image never touches the network: insecure_http means nothing there, even with
+    // credentials configured.
+    let launch = format!(
+        "{HTTPS_KBS}{AUTH}{}",
+        workload("oci:/usr/share/cvm-agent/images:demo", true)
+    );
+    assert_eq!(
+        check(&launch, Mode::Production).unwrap(),
+        Vec::<String>::new()
+    );
+    // Nothing at all: nothing to say.
+    assert_eq!(check("", Mode::Production).unwrap(), Vec::<String>::new());
 }

@@ -7,8 +7,8 @@
 //! 1. `key = TeeKeyPair::generate(TeeKeyAlgorithm::default())` (once per boot);
 //! 2. `POST /kbs/v0/auth` with [`protocol::request`]; [`protocol::parse_challenge`];
 //! 3. `rd = protocol::runtime_data(&challenge.nonce, &key.public_jwk(), "")`,
-//!    `report = protocol::report_data_with(protocol::hash_algorithm(&challenge)?, &rd)?`,
-//!    evidence over `report`;
+//!    `digest = protocol::runtime_data_digest(protocol::hash_algorithm(&challenge)?, &rd)?`,
+//!    evidence over `protocol::tee_report_data(tee, &digest)?` (each TEE's own form);
 //! 4. `POST /kbs/v0/attest` with [`protocol::attestation`]; [`protocol::parse_attest_response`];
 //! 5. `GET /kbs/v0/resource/…` ([`protocol::resource_path`]); [`jwe::decrypt`] with `key`.
 //!

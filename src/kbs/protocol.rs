@@ -30,17 +30,25 @@
 //!   `tee-evidence.additional_evidence`;
 //! - hashed with the algorithm the challenge selects in `extra-params."selected-hash-algorithm"`,
 //!   SHA-384 when it selects none (`get_hash_algorithm`, `DEFAULT_HASH_ALGORITHM`);
-//! - the 48-byte digest is zero-padded to the 64 bytes of report data (TDX/SNP attesters
-//!   `get_evidence`: refuse > 64 bytes, then `resize(64, 0)`; TPM attester: `resize(64, 0)` and
-//!   quote it as the qualifying data).
+//! - the digest then goes into each TEE's evidence in that TEE's own form ([`tee_report_data`]).
 //!
 //! Trustee rebuilds the same object from the `Attestation` (`kbs/src/attestation/backend.rs`
 //! `AttestationService::__attest`, after checking the nonce against the session's), hashes its
 //! canonical JSON (`attestation-service/src/lib.rs` `parse_runtime_data`, `canon_json`) with
 //! SHA-384 for every TEE but IBM SE (`kbs/src/attestation/coco/builtin.rs`
 //! `BuiltInCoCoAs::verify`: SHA-512 for `se`, otherwise SHA-384, whatever was negotiated), and
-//! the verifiers zero-pad that to 64 bytes before comparing (`deps/verifier/src/lib.rs`
-//! `regularize_data`; `deps/verifier/src/tpm/mod.rs` `verify_nonce`).
+//! hands the digest to the TEE's verifier, which compares it in its own form:
+//!
+//! | TEE | where | bytes |
+//! | --- | --- | --- |
+//! | `tpm` | TPM2_Quote `qualifyingData` (TPMS_ATTEST `extraData`) | the **first 32** bytes of the digest (Trustee ≥ v0.16 `deps/verifier/src/tpm/mod.rs`, `TPM_REPORT_DATA_SIZE = 32`; the CoCo TPM attester truncates the same way) |
+//! | `snp` | REPORT_DATA | the digest, zero-padded to 64 bytes (`regularize_data`) |
+//! | `tdx` | REPORTDATA | the digest, zero-padded to 64 bytes (`regularize_data`) |
+//! | `az-snp-vtpm`, `az-tdx-vtpm` | the vTPM quote's nonce | the whole digest, unpadded (48 bytes for SHA-384; `verify_nonce` compares exactly) |
+//!
+//! A 64-byte padded `tpm` nonce (the form of the old `tpm_evidence.json` fixture, before
+//! Trustee v0.16) is refused by today's Trustee with `TPM quote nonce doesn't match expected
+//! report_data`.
 
 use crate::initdata::launch::ResourceUri;
 use crate::kbs::canon::{self, CanonError};
@@ -198,21 +206,47 @@ pub fn runtime_data(nonce: &str, tee_pubkey: &TeePubKey, additional_evidence: &s
     Value::Object(map)
 }
 
-/// The 64 bytes of report data the attesters bind: SHA-384 of the RFC 8785 canonical JSON of
-/// `runtime_data`, zero-padded.
-pub fn report_data(runtime_data: &Value) -> Result<[u8; 64], KbsError> {
-    report_data_with(RuntimeDataHash::Sha384, runtime_data)
+/// The runtime-data digest: `hash` (SHA-384 unless the challenge selected another) of the
+/// RFC 8785 canonical JSON of `runtime_data`. What each TEE's evidence carries of it is
+/// [`tee_report_data`].
+pub fn runtime_data_digest(
+    hash: RuntimeDataHash,
+    runtime_data: &Value,
+) -> Result<Vec<u8>, KbsError> {
+    let canonical = canon::canonicalize_to_vec(runtime_data)?;
+    Ok(hash.digest(&canonical))
 }
 
-/// [`report_data`] with the hash the challenge selected.
-pub fn report_data_with(hash: RuntimeDataHash, runtime_data: &Value) -> Result<[u8; 64], KbsError> {
-    let canonical = canon::canonicalize_to_vec(runtime_data)?;
-    let digest = hash.digest(&canonical);
-    let mut out = [0u8; 64];
-    // Every supported digest is at most 64 bytes.
-    let n = digest.len().min(64);
-    out[..n].copy_from_slice(&digest[..n]);
-    Ok(out)
+/// Bytes of the `tpm` quote's qualifying data (Trustee ≥ v0.16).
+pub const TPM_REPORT_DATA_LEN: usize = 32;
+/// Bytes of SNP REPORT_DATA and TDX REPORTDATA.
+pub const HW_REPORT_DATA_LEN: usize = 64;
+
+/// The report data `tee`'s evidence must carry for the runtime-data `digest`, in the form
+/// Trustee's verifier for that TEE compares (see the table in the module docs): `tpm` the first
+/// 32 bytes, `snp`/`tdx` zero-padded to 64, the Azure vTPM TEEs the digest itself. Every other
+/// TEE gets the 64-byte padded form, Trustee's `regularize_data` default.
+pub fn tee_report_data(tee: Tee, digest: &[u8]) -> Result<Vec<u8>, KbsError> {
+    let fixed = |len: usize| -> Result<Vec<u8>, KbsError> {
+        let mut out = vec![0u8; len];
+        let n = digest.len().min(len);
+        out[..n].copy_from_slice(&digest[..n]);
+        Ok(out)
+    };
+    if digest.len() > HW_REPORT_DATA_LEN {
+        return Err(KbsError::BadMessage {
+            what: "runtime-data digest",
+            why: format!(
+                "{} bytes, more than the {HW_REPORT_DATA_LEN} any report data holds",
+                digest.len()
+            ),
+        });
+    }
+    match tee {
+        Tee::Tpm => fixed(TPM_REPORT_DATA_LEN),
+        Tee::AzSnpVtpm | Tee::AzTdxVtpm => Ok(digest.to_vec()),
+        _ => fixed(HW_REPORT_DATA_LEN),
+    }
 }
 
 /// `init-data` of the attest request: the init-data TOML exactly as measured (Trustee hashes

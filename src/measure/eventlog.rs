@@ -19,14 +19,18 @@
 //! whose `content` is exactly `{"event": <kind>, "string": <value>}` (see [`super`] for kinds,
 //! values and the digest rule). Records of other content types (systemd's `"systemd"` records
 //! with `{"string", "eventType", "bootId", "timestamp"}` content, say) are kept as they are and
-//! replayed by their digests; their content is not interpreted.
+//! replayed by their digests; their content is not interpreted. They may extend any PCR but
+//! the agent's: PCR 15 holds only `cvm-agent` records, because a record whose content is not
+//! checked is a record whose meaning a host can change — a separator relabelled as a foreign
+//! record (same digest) would otherwise turn a log taken after launch into a pre-launch one.
 //!
 //! # Strictness
 //!
 //! The log comes from a guest the reader does not trust yet: at most [`MAX_RECORDS`] records of
 //! at most [`MAX_RECORD_LEN`] bytes, unknown fields are errors, digests must have their bank's
 //! length, PCRs are 0-23, and [`EventLog::verify`] checks each agent record's digests against
-//! its content, the event order, and that nothing follows the separator in PCR 15.
+//! its content, the event order, that PCR 15 has only agent records, and that nothing follows
+//! the separator in PCR 15.
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -411,7 +415,8 @@ impl EventLog {
 
     /// Checks what the digests alone cannot: every agent record's content matches its digests
     /// (so the log tells the truth about what was extended), is on its event's PCR, agent
-    /// events are in order, and nothing follows the separator in PCR 15.
+    /// events are in order, PCR 15 has no record but the agent's, and nothing follows the
+    /// separator in PCR 15.
     pub fn verify(&self) -> Result<(), MeasureError> {
         let mut last: Option<EventKind> = None;
         let mut sealed = false;
@@ -423,6 +428,12 @@ impl EventLog {
                 )));
             }
             let Some((event, string)) = record.agent_event() else {
+                if record.pcr == PCR_AGENT {
+                    return Err(bad(format!(
+                        "a {:?} record in PCR {PCR_AGENT}: only cvm-agent records may extend it",
+                        record.content_type
+                    )));
+                }
                 continue;
             };
             if sealed {

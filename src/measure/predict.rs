@@ -9,7 +9,8 @@ use std::path::PathBuf;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::{Event, EventLog, MeasureError, Measurer, Pcrs, bank_from_name, hex};
+use super::rtmr::{self, RTMR_LEN};
+use super::{Event, EventKind, EventLog, MeasureError, Measurer, Pcrs, bank_from_name, hex};
 use crate::cmdline::Mode;
 use crate::initdata::{InitData, RestartPolicy, read_bounded};
 use crate::tpm::HashAlg;
@@ -113,6 +114,34 @@ fn parse_restart(text: &str) -> Result<RestartPolicy, String> {
     RestartPolicy::from_name(text).ok_or_else(|| "expected Never, OnFailure or Always".into())
 }
 
+/// The TEE `cvmctl measure --tee` predicts registers for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MeasureTee {
+    /// PCRs only (the default).
+    Tpm,
+    /// PCRs and RTMR2.
+    Tdx,
+}
+
+fn parse_tee(text: &str) -> Result<MeasureTee, String> {
+    match text {
+        "tpm" => Ok(MeasureTee::Tpm),
+        "tdx" => Ok(MeasureTee::Tdx),
+        "snp" => Err(
+            "the agent extends nothing on SNP: its MEASUREMENT covers firmware, kernel, \
+                      initrd and command line and comes from the launch (e.g. sev-snp-measure)"
+                .into(),
+        ),
+        _ => Err("expected tpm or tdx".into()),
+    }
+}
+
+fn parse_rtmr(text: &str) -> Result<[u8; RTMR_LEN], String> {
+    hex::decode(&text.to_ascii_lowercase())
+        .and_then(|b| <[u8; RTMR_LEN]>::try_from(b.as_slice()).ok())
+        .ok_or_else(|| format!("expected {} hex digits", 2 * RTMR_LEN))
+}
+
 fn parse_bank(text: &str) -> Result<HashAlg, String> {
     bank_from_name(text).ok_or_else(|| "expected sha1, sha256, sha384 or sha512".into())
 }
@@ -169,6 +198,16 @@ pub struct MeasureArgs {
     /// PCR banks to predict, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "sha256", value_parser = parse_bank)]
     pub banks: Vec<HashAlg>,
+    /// Also predict the TEE's registers: `tdx` adds RTMR2, where the agent extends every
+    /// PCR 15 event's SHA-384 digest (RTMR_new = SHA384(RTMR_old ‖ digest)), at the end of the
+    /// log and at attestation (mode, roothash, image-version). `tpm` (the default): PCRs only.
+    /// SNP has no runtime register: pin its MEASUREMENT from the launch instead.
+    #[arg(long, value_parser = parse_tee)]
+    pub tee: Option<MeasureTee>,
+    /// With --tee tdx: RTMR2 before the agent runs (hex), i.e. the replay of the CCEL's RTMR2
+    /// events (boot loader, EFI stub: initrd and command line); default all zeros.
+    #[arg(long, value_parser = parse_rtmr)]
+    pub rtmr2_start: Option<[u8; RTMR_LEN]>,
 }
 
 /// The workload facts of `initdata`'s launch.toml, with its `oci:` image read from `root`.
@@ -220,6 +259,14 @@ fn workload_facts(
     facts.overrides = Some(plan.overrides);
     Ok(())
 }
+
+/// What the agent measures before it attests (stage 5); the rest comes after the secrets.
+const PRE_ATTEST: [EventKind; 4] = [
+    EventKind::Mode,
+    EventKind::RootHash,
+    EventKind::ImageVersion,
+    EventKind::InitData,
+];
 
 /// Runs `cvmctl measure`: the prediction as pretty JSON, plus, with `--initdata`, the values
 /// a host sets or a verifier expects for it (`digest`, `host_data`, `mrconfigid`, `pcr8`).
@@ -273,6 +320,26 @@ pub fn measure_command(args: &MeasureArgs) -> Result<String, MeasureError> {
     }
     let prediction = predict(&facts, &args.banks)?;
     let mut out = json!({"pcrs": prediction.pcrs.to_json(), "log": prediction.log.to_json()});
+    match (args.tee, args.rtmr2_start) {
+        (Some(MeasureTee::Tdx), start) => {
+            let start = start.unwrap_or([0; RTMR_LEN]);
+            let events = facts.events()?;
+            let attest: Vec<Event> = events
+                .iter()
+                .filter(|e| PRE_ATTEST.contains(&e.kind()))
+                .cloned()
+                .collect();
+            out["tdx"] = json!({
+                "rtmr2_start": hex::encode(&start),
+                "rtmr2_attest": hex::encode(&rtmr::predict_rtmr2(&start, &attest)),
+                "rtmr2": hex::encode(&rtmr::predict_rtmr2(&start, &events)),
+            });
+        }
+        (_, Some(_)) => {
+            return Err(MeasureError::Usage("--rtmr2-start needs --tee tdx".into()));
+        }
+        _ => {}
+    }
     if let Some(initdata) = &initdata {
         out["initdata"] = json!({
             "algorithm": initdata.algorithm().name(),

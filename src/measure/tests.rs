@@ -420,6 +420,54 @@ fn nothing_follows_the_separator_in_pcr_15() {
         .unwrap();
 }
 
+/// A log taken after launch whose separator is relabelled as a foreign record (same digest, so
+/// it still replays to the quoted PCR 15) must not pass as a pre-launch log.
+#[test]
+fn pcr_15_holds_only_agent_records() {
+    let (good, sep) = (mode_record(), separator_record());
+    let relabelled = sep
+        .replace(
+            "\"content_type\":\"cvm-agent\"",
+            "\"content_type\":\"systemd\"",
+        )
+        .replace(
+            "{\"event\":\"separator\",\"string\":\"\"}",
+            "{\"string\":\"\"}",
+        );
+    assert_ne!(relabelled, sep);
+    let log = EventLog::parse(&seq(&[&good, &relabelled])).unwrap();
+    assert!(!log.has_separator(), "the relabel hides the separator");
+    let err = log.verify().unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("a \"systemd\" record in PCR 15: only cvm-agent records may extend it"),
+        "{err}"
+    );
+    assert!(log.replay(&[HashAlg::Sha256]).is_err());
+    // The same PCR 15 value as the sealed log: only the label differs.
+    let sealed = EventLog::parse(&seq(&[&good, &sep])).unwrap();
+    assert_eq!(
+        sealed.records()[1].digest(HashAlg::Sha256),
+        log.records()[1].digest(HashAlg::Sha256)
+    );
+    // A foreign record inserted before the separator, too.
+    let foreign = format!(
+        r#"{{"pcr":15,"digests":[{{"hashAlg":"sha256","digest":"{}"}}],"content_type":"x","content":{{}}}}"#,
+        sha256_hex(b"x")
+    );
+    assert!(
+        EventLog::parse(&seq(&[&good, &foreign, &sep]))
+            .unwrap()
+            .verify()
+            .is_err()
+    );
+    // In any other PCR a foreign record is fine.
+    EventLog::parse(&seq(&[&foreign.replace("\"pcr\":15", "\"pcr\":9"), &good]))
+        .unwrap()
+        .verify()
+        .unwrap();
+}
+
 #[test]
 fn replay_refuses_drtm_pcrs() {
     let rec = format!(

@@ -79,6 +79,8 @@ pub struct RegistryOptions {
     /// SHA-256 of the server certificate's SubjectPublicKeyInfo.
     pub pin: Option<[u8; 32]>,
     /// Speak plain `http://` to the registry (and allow it for the token realm and redirects).
+    /// Without it nothing goes over http: an http token realm is refused by name. Whether
+    /// credentials may go with it is launch.toml's check (`LaunchConfig::check_for_mode`).
     pub insecure_http: bool,
     /// Time for each document or blob, retries included.
     pub deadline: Duration,
@@ -128,6 +130,11 @@ pub enum RegistryError {
     Unauthorized { what: String, detail: String },
     #[error("{what}: the answer is over the {max}-byte limit")]
     TooLarge { what: String, max: u64 },
+    #[error(
+        "{what}: the registry is https, but its Bearer realm {realm:?} is plain http: refused \
+         (credentials and tokens never leave TLS)"
+    )]
+    CleartextRealm { what: String, realm: String },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -387,6 +394,16 @@ impl Registry {
                 "the realm {:?} is not an http(s) URL",
                 realm.chars().take(200).collect::<String>()
             )));
+        }
+        // The realm is the registry's to name, and the credentials go there: an https
+        // registry never sends them (or a token request) to an http realm. An http realm of
+        // an http registry is what insecure_http asked for; launch.toml's check refuses
+        // credentials there in production, so only debug mode sends them.
+        if realm.starts_with("http://") && !self.options.insecure_http {
+            return Err(Failure::Fatal(RegistryError::CleartextRealm {
+                what: format!("{what}: token"),
+                realm: realm.chars().take(200).collect(),
+            }));
         }
         let mut url = realm.to_string();
         let mut sep = if url.contains('?') { '&' } else { '?' };

@@ -9,6 +9,7 @@
 //! `cvmctl`): the `verify*` functions. All of it is pure Rust, so the static agent links it.
 
 pub mod azure;
+pub mod binding;
 mod bytes;
 pub mod ccel;
 pub mod detect;

@@ -40,6 +40,8 @@ pub enum PolicyError {
     NoCommand,
     #[error("image Env entry {0:?} is not NAME=value")]
     BadImageEnv(String),
+    #[error("cannot encode the overrides for measurement: {0}")]
+    Encode(String),
 }
 
 /// What the image's config says about running it (image-spec `config`).
@@ -250,14 +252,25 @@ pub fn plan(
     }
     env.extend(workload.env.iter().map(|(k, v)| format!("{k}={v}")));
 
-    let overrides = serde_json::json!({
-        "args": workload.args.is_some(),
-        "env": workload.env.keys().collect::<Vec<_>>(),
-        "log_redirect": log_redirect,
-        "capabilities": workload.capabilities,
-        "mounts": state_mount.into_iter().collect::<Vec<_>>(),
+    // A struct, not `json!`: the measured text must not depend on whether some crate in the
+    // build turned on serde_json's `preserve_order` (a dev-dependency does), so the members
+    // are written in this fixed, sorted order.
+    #[derive(serde::Serialize)]
+    struct Overrides<'a> {
+        args: bool,
+        capabilities: &'a [String],
+        env: Vec<&'a String>,
+        log_redirect: bool,
+        mounts: Vec<&'a str>,
+    }
+    let overrides = serde_json::to_string(&Overrides {
+        args: workload.args.is_some(),
+        capabilities: &workload.capabilities,
+        env: workload.env.keys().collect(),
+        log_redirect,
+        mounts: state_mount.into_iter().collect(),
     })
-    .to_string();
+    .map_err(|e| PolicyError::Encode(e.to_string()))?;
 
     Ok(LaunchPlan {
         args,

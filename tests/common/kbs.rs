@@ -1,6 +1,7 @@
 //! The dev KBS (`cvmctl kbs`, this build's binary) for VM tests: started on 127.0.0.1:0 with a
 //! policy and resources in a temporary directory; the guest reaches it as 10.0.2.100:8080.
 
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -14,7 +15,12 @@ pub struct Kbs {
     child: Child,
     pub port: u16,
     pub dir: tempfile::TempDir,
-    /// SHA-256 of the TLS key's SPKI, when serving TLS.
+    /// The swtpm state the guest must boot with (`--tpm-state`): its AK is the policy's only
+    /// trusted one.
+    pub tpm_state: PathBuf,
+    /// SHA-256 (hex) of that AK.
+    pub ak: String,
+    /// SHA-256 of the TLS key's SPKI, when serving TLS ([`tls_identity`]).
     pub pin: Option<String>,
 }
 
@@ -28,6 +34,11 @@ impl Drop for Kbs {
 impl Kbs {
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("kbs.log")).unwrap_or_default()
+    }
+
+    /// boot.sh arguments that give the guest the vTPM this KBS trusts.
+    pub fn tpm_args(&self) -> Vec<String> {
+        vec!["--tpm-state".into(), self.tpm_state.display().to_string()]
     }
 
     pub fn secret(&self) -> Vec<u8> {
@@ -44,6 +55,47 @@ pub struct Setup<'a> {
     pub reference_for: Option<&'a [u8]>,
     /// More resources: (repo/type/tag, bytes).
     pub resources: Vec<(String, Vec<u8>)>,
+    /// Where the guest's vTPM state lives (default: inside the KBS's directory). Its AK is
+    /// provisioned before the KBS starts and prepended to the policy as `trusted_aks`, unless
+    /// the policy lists AKs itself.
+    pub tpm_state: Option<PathBuf>,
+}
+
+/// Provisions the AK of the swtpm state in `dir` with `cvmctl tpm-ak`; its SHA-256 hex.
+pub fn provision_tpm(dir: &Path) -> String {
+    let out = run_ok(
+        Command::new(env!("CARGO_BIN_EXE_cvmctl"))
+            .arg("tpm-ak")
+            .arg("--tpm-state")
+            .arg(dir),
+    );
+    String::from_utf8(out).unwrap().trim().to_string()
+}
+
+/// One TLS key for the dev KBS per test process, so launch.toml can pin it before the KBS
+/// starts (the policy pins the init-data's digest, which covers the pin).
+pub struct TlsIdentity {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub pin: String,
+}
+
+pub fn tls_identity() -> &'static TlsIdentity {
+    static IDENTITY: std::sync::OnceLock<TlsIdentity> = std::sync::OnceLock::new();
+    IDENTITY.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap().keep();
+        let (cert, key, pin) = cvm_agent::devkbs::tls::self_signed(&dir).unwrap();
+        TlsIdentity { cert, key, pin }
+    })
+}
+
+/// launch.toml's `[kbs]` for the dev KBS at 10.0.2.100:8080 over TLS, its key pinned (start
+/// the KBS with `tls: true`). Production refuses a KBS over plain http.
+pub fn kbs_section() -> String {
+    format!(
+        "[kbs]\nurl = \"https://10.0.2.100:8080\"\npin = \"{}\"\n",
+        tls_identity().pin
+    )
 }
 
 pub fn hex(b: &[u8]) -> String {
@@ -70,7 +122,7 @@ pub fn image_version() -> String {
 pub fn strict_policy(initdata: &[u8]) -> String {
     format!(
         "tee = [\"tpm\"]\nallow_debug = false\nroothash = \"{}\"\nimage_version = \"{}\"\n\
-         initdata_digest = \"{}\"\nrequire_initdata = true\ntrust_on_first_use = true\n",
+         initdata_digest = \"{}\"\nrequire_initdata = true\n",
         roothash(),
         image_version(),
         hex(&Sha256::digest(initdata))
@@ -89,7 +141,18 @@ pub fn start_kbs(setup: &Setup) -> Kbs {
         std::fs::create_dir_all(file.parent().unwrap()).unwrap();
         std::fs::write(file, bytes).unwrap();
     }
-    std::fs::write(dir.path().join("policy.toml"), &setup.policy).unwrap();
+    let tpm_state = setup
+        .tpm_state
+        .clone()
+        .unwrap_or_else(|| dir.path().join("tpm"));
+    let ak = provision_tpm(&tpm_state);
+    // First, so that it stays a top-level key whatever tables the policy has.
+    let policy = if setup.policy.contains("trusted_aks") {
+        setup.policy.clone()
+    } else {
+        format!("trusted_aks = [\"{ak}\"]\n{}", setup.policy)
+    };
+    std::fs::write(dir.path().join("policy.toml"), policy).unwrap();
     if let Some(initdata) = setup.reference_for {
         let file = dir.path().join("reference-initdata.toml");
         std::fs::write(&file, initdata).unwrap();
@@ -103,7 +166,6 @@ pub fn start_kbs(setup: &Setup) -> Kbs {
         );
         std::fs::write(dir.path().join("reference.json"), reference).unwrap();
     }
-    std::fs::create_dir_all(dir.path().join("state")).unwrap();
     let ready = dir.path().join("kbs.addr");
     let log = std::fs::File::create(dir.path().join("kbs.log")).unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_cvmctl"));
@@ -113,17 +175,18 @@ pub fn start_kbs(setup: &Setup) -> Kbs {
         .arg(dir.path().join("policy.toml"))
         .arg("--resources")
         .arg(dir.path().join("resources"))
-        .arg("--state")
-        .arg(dir.path().join("state"))
         .arg("--ready-file")
         .arg(&ready)
         .args(setup.extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log);
-    let tls_dir = dir.path().join("tls");
     if setup.tls {
-        cmd.arg("--tls-self-signed").arg(&tls_dir);
+        let id = tls_identity();
+        cmd.arg("--tls-cert")
+            .arg(&id.cert)
+            .arg("--tls-key")
+            .arg(&id.key);
     }
     let child = cmd.spawn().expect("run cvmctl kbs");
     let started = Instant::now();
@@ -140,17 +203,13 @@ pub fn start_kbs(setup: &Setup) -> Kbs {
         std::thread::sleep(Duration::from_millis(50));
     };
     let port = addr.trim().rsplit(':').next().unwrap().parse().unwrap();
-    let pin = setup.tls.then(|| {
-        let pem = std::fs::read_to_string(tls_dir.join("kbs-cert.pem")).unwrap();
-        let der = rustls::pki_types::pem::PemObject::from_pem_slice(pem.as_bytes())
-            .map(|c: rustls::pki_types::CertificateDer| c.to_vec())
-            .unwrap();
-        hex(&cvm_agent::net::tls::spki_sha256(&der).unwrap())
-    });
+    let pin = setup.tls.then(|| tls_identity().pin.clone());
     Kbs {
         child,
         port,
         dir,
+        tpm_state,
+        ak,
         pin,
     }
 }

@@ -140,6 +140,53 @@ pub fn boot(append: &str, extra: &[String]) -> Boot {
     }
 }
 
+/// Waits until `needle` is in the console file.
+pub fn wait_for(console: &Path, needle: &str, timeout: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        if std::fs::read_to_string(console).is_ok_and(|c| c.contains(needle)) {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    false
+}
+
+/// A debug boot (it stays up): runs until `needle` is on the console, then powers the VM off
+/// from the debug shell (`--serial-socket`). `None` in the Boot's code when the needle never
+/// came.
+pub fn boot_debug_until(append: &str, extra: &[String], needle: &str) -> (bool, Boot) {
+    use std::io::Write as _;
+    let dir = tempfile::tempdir().unwrap();
+    let console = dir.path().join("console.log");
+    let socket = dir.path().join("serial.sock");
+    let mut args = extra.to_vec();
+    args.extend(["--serial-socket".into(), socket.display().to_string()]);
+    let mut child = spawn(append, &args, &console, 180);
+    let seen = wait_for(&console, needle, std::time::Duration::from_secs(150));
+    if seen
+        && wait_for(
+            &console,
+            "debug shell on the console",
+            std::time::Duration::from_secs(30),
+        )
+    {
+        if let Ok(mut serial) = std::os::unix::net::UnixStream::connect(&socket) {
+            let _ = serial.write_all(b"poweroff -f\n");
+        }
+    } else {
+        let _ = child.kill();
+    }
+    let status = child.wait().unwrap();
+    (
+        seen,
+        Boot {
+            code: status.code().unwrap_or(-1),
+            console: std::fs::read_to_string(&console).unwrap_or_default(),
+        },
+    )
+}
+
 /// A verified boot with extra command-line words.
 pub fn boot_verified(extra_append: &str) -> Boot {
     let (hash, disk) = verified_root();

@@ -65,15 +65,7 @@ pub fn start_registry_tls(htpasswd: Option<(&str, &str)>, tls: Option<(&str, &st
         "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
         dir.path().join("store").display()
     );
-    if let Some((user, pass)) = htpasswd {
-        let file = dir.path().join("htpasswd");
-        let line = run(Command::new(HTPASSWD).args(["-Bbn", user, pass]));
-        fs::write(&file, line).unwrap();
-        config.push_str(&format!(
-            "auth:\n  htpasswd:\n    realm: test-realm\n    path: {}\n",
-            file.display()
-        ));
-    }
+    // Under `http:`, so before any top-level section.
     if let Some((cert, key)) = tls {
         let (c, k) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
         fs::write(&c, cert).unwrap();
@@ -82,6 +74,15 @@ pub fn start_registry_tls(htpasswd: Option<(&str, &str)>, tls: Option<(&str, &st
             "  tls:\n    certificate: {}\n    key: {}\n",
             c.display(),
             k.display()
+        ));
+    }
+    if let Some((user, pass)) = htpasswd {
+        let file = dir.path().join("htpasswd");
+        let line = run(Command::new(HTPASSWD).args(["-Bbn", user, pass]));
+        fs::write(&file, line).unwrap();
+        config.push_str(&format!(
+            "auth:\n  htpasswd:\n    realm: test-realm\n    path: {}\n",
+            file.display()
         ));
     }
     let config_path = dir.path().join("config.yml");

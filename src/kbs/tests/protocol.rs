@@ -41,11 +41,31 @@ fn report_data_binding_ec() {
 
     let rd = runtime_data(NONCE, &ec_jwk(), NO_ADDITIONAL_EVIDENCE);
     assert_eq!(canon::canonicalize(&rd).unwrap(), literal);
-    assert_eq!(report_data(&rd).unwrap(), expected);
-    assert_eq!(
-        report_data_with(RuntimeDataHash::Sha384, &rd).unwrap(),
-        expected
-    );
+    let digest = runtime_data_digest(RuntimeDataHash::Sha384, &rd).unwrap();
+    assert_eq!(digest, expected[..48]);
+    // Each TEE's form of it, as Trustee's verifiers compare it.
+    assert_eq!(tee_report_data(Tee::Tpm, &digest).unwrap(), expected[..32]);
+    for tee in [Tee::Snp, Tee::Tdx] {
+        assert_eq!(tee_report_data(tee, &digest).unwrap(), expected, "{tee:?}");
+    }
+    for tee in [Tee::AzSnpVtpm, Tee::AzTdxVtpm] {
+        assert_eq!(tee_report_data(tee, &digest).unwrap(), expected[..48]);
+    }
+}
+
+/// The `tpm` form is never the old 64-byte padded one, whatever the hash.
+#[test]
+fn tpm_report_data_is_32_bytes() {
+    for len in [32, 48, 64] {
+        let digest: Vec<u8> = (1..=len as u8).collect();
+        assert_eq!(tee_report_data(Tee::Tpm, &digest).unwrap(), digest[..32]);
+        let hw = tee_report_data(Tee::Snp, &digest).unwrap();
+        assert_eq!(hw.len(), 64);
+        assert_eq!(hw[..len], digest[..]);
+        assert!(hw[len..].iter().all(|b| *b == 0));
+        assert_eq!(tee_report_data(Tee::AzSnpVtpm, &digest).unwrap(), digest);
+    }
+    assert!(tee_report_data(Tee::Tpm, &[0u8; 65]).is_err());
 }
 
 #[test]
@@ -60,17 +80,17 @@ fn report_data_binding_rsa_and_additional_evidence() {
     let rd = runtime_data(NONCE, &jwk, additional);
     assert_eq!(canon::canonicalize(&rd).unwrap(), literal);
     assert_eq!(
-        report_data(&rd).unwrap(),
-        padded(&Sha384::digest(literal.as_bytes()))
+        runtime_data_digest(RuntimeDataHash::Sha384, &rd).unwrap(),
+        Sha384::digest(literal.as_bytes())[..]
     );
-    // Other selected hashes: SHA-512 fills all 64 bytes, SHA-256 the first 32.
+    // Other selected hashes.
     assert_eq!(
-        report_data_with(RuntimeDataHash::Sha512, &rd).unwrap()[..],
+        runtime_data_digest(RuntimeDataHash::Sha512, &rd).unwrap(),
         sha2::Sha512::digest(literal.as_bytes())[..]
     );
     assert_eq!(
-        report_data_with(RuntimeDataHash::Sha256, &rd).unwrap(),
-        padded(&sha2::Sha256::digest(literal.as_bytes()))
+        runtime_data_digest(RuntimeDataHash::Sha256, &rd).unwrap(),
+        sha2::Sha256::digest(literal.as_bytes())[..]
     );
 }
 
