@@ -5,21 +5,28 @@
 //! by sequence number stay ours (nix's safe wrappers, no `unsafe`, no async runtime). The unit
 //! tests check every request's bytes against the kernel's struct layouts, written out by hand.
 //!
+//! Only the three message structs are emitted (each behind a `NetlinkHeader`) and only the error
+//! code of an `NLMSG_ERROR` is read: going through the crate's `RouteNetlinkMessage` enum links
+//! the emitters and parsers of every rtnetlink family (traffic control, neighbours, …). Measured
+//! on a small release program with the agent's profile: the enum path costs about 440 KB over
+//! hand-written bytes, this one about 115 KB (what remains if libcontainer stops linking the
+//! crate).
+//!
 //! Every request carries `NLM_F_ACK`, and the matching `NLMSG_ERROR` ack is awaited with a
 //! bounded receive, so a refused request becomes an error naming the operation.
 
 use super::NetError;
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST, NLMSG_ALIGNTO, NLMSG_ERROR,
-    NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+    Emitable, ErrorBuffer, NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST, NLMSG_ALIGNTO,
+    NLMSG_ERROR, NetlinkBuffer, NetlinkHeader,
 };
+use netlink_packet_route::AddressFamily;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
 use netlink_packet_route::link::{LinkFlags, LinkMessage};
 pub(crate) use netlink_packet_route::route::RouteProtocol;
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteScope, RouteType,
 };
-use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use nix::errno::Errno;
 use nix::sys::socket::{
     AddressFamily as SocketFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, bind,
@@ -33,6 +40,11 @@ use std::time::{Duration, Instant};
 /// `sizeof(struct nlmsghdr)`.
 const NLMSG_HDRLEN: usize = 16;
 
+// <linux/rtnetlink.h> (the crate keeps its own private; a test checks they agree).
+const RTM_NEWLINK: u16 = 16;
+const RTM_NEWADDR: u16 = 20;
+const RTM_NEWROUTE: u16 = 24;
+
 /// How long the kernel gets to acknowledge one request. It answers synchronously, so this only
 /// matters if something is badly wrong; the bound keeps PID 1 from hanging on it.
 const ACK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -42,22 +54,43 @@ const RECV_BUF: usize = 8192;
 /// socket joins no multicast group).
 const MAX_RECVS: usize = 64;
 
-/// One request: its header's sequence number and length are filled in by [`Netlink::request`].
-pub(crate) type Request = NetlinkMessage<RouteNetlinkMessage>;
-
-fn request(flags: u16, inner: RouteNetlinkMessage) -> Request {
-    let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
-    // nlmsg_pid 0: the kernel fills in our port id.
-    NetlinkMessage::new(header, NetlinkPayload::InnerMessage(inner))
+/// One request; [`Netlink::request`] gives it its sequence number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Request {
+    kind: u16,
+    /// `NLM_F_*` beyond REQUEST|ACK, which every request carries.
+    flags: u16,
+    body: Body,
 }
 
-/// The bytes of `msg` with sequence number `seq` (length and type made consistent first).
-pub(crate) fn encode(mut msg: Request, seq: u32) -> Vec<u8> {
-    msg.header.sequence_number = seq;
-    msg.finalize();
-    let mut buf = vec![0u8; msg.buffer_len()];
-    msg.serialize(&mut buf);
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Body {
+    Link(LinkMessage),
+    Address(AddressMessage),
+    Route(RouteMessage),
+}
+
+/// The bytes of `msg` with sequence number `seq`.
+pub(crate) fn encode(msg: &Request, seq: u32) -> Vec<u8> {
+    match &msg.body {
+        Body::Link(m) => encode_with(msg, seq, m),
+        Body::Address(m) => encode_with(msg, seq, m),
+        Body::Route(m) => encode_with(msg, seq, m),
+    }
+}
+
+fn encode_with(msg: &Request, seq: u32, body: &impl Emitable) -> Vec<u8> {
+    let mut header = NetlinkHeader::default();
+    header.message_type = msg.kind;
+    header.flags = NLM_F_REQUEST | NLM_F_ACK | msg.flags;
+    header.sequence_number = seq;
+    // nlmsg_pid 0: the kernel fills in our port id.
+    let len = header.buffer_len() + body.buffer_len();
+    // Our three messages are a few dozen bytes; u32 cannot overflow.
+    header.length = len as u32;
+    let mut buf = vec![0u8; len];
+    header.emit(&mut buf);
+    body.emit(&mut buf[NLMSG_HDRLEN..]);
     buf
 }
 
@@ -67,7 +100,11 @@ pub(crate) fn link_up(ifindex: u32) -> Request {
     link.header.index = ifindex;
     link.header.flags = LinkFlags::Up;
     link.header.change_mask = LinkFlags::Up;
-    request(0, RouteNetlinkMessage::NewLink(link))
+    Request {
+        kind: RTM_NEWLINK,
+        flags: 0,
+        body: Body::Link(link),
+    }
 }
 
 /// RTM_NEWADDR for `address/prefix`. CREATE|REPLACE makes it idempotent: the kernel already
@@ -92,10 +129,11 @@ pub(crate) fn new_addr(ifindex: u32, address: Ipv4Addr, prefix: u8) -> Request {
         addr.attributes
             .push(AddressAttribute::Broadcast(Ipv4Addr::from(bcast)));
     }
-    request(
-        NLM_F_CREATE | NLM_F_REPLACE,
-        RouteNetlinkMessage::NewAddress(addr),
-    )
+    Request {
+        kind: RTM_NEWADDR,
+        flags: NLM_F_CREATE | NLM_F_REPLACE,
+        body: Body::Address(addr),
+    }
 }
 
 /// RTM_NEWROUTE in the main table: `dst/dst_len` via `gateway` (scope universe) or, without a
@@ -129,10 +167,11 @@ pub(crate) fn new_route(
             .push(RouteAttribute::Gateway(RouteAddress::Inet(gw)));
     }
     route.attributes.push(RouteAttribute::Oif(ifindex));
-    request(
-        NLM_F_CREATE | NLM_F_REPLACE,
-        RouteNetlinkMessage::NewRoute(route),
-    )
+    Request {
+        kind: RTM_NEWROUTE,
+        flags: NLM_F_CREATE | NLM_F_REPLACE,
+        body: Body::Route(route),
+    }
 }
 
 /// What one received datagram says about the request with sequence number `seq`.
@@ -156,13 +195,11 @@ pub(crate) fn parse_ack(mut buf: &[u8], seq: u32) -> Ack {
         let len = msg.length() as usize;
         if msg.message_type() == NLMSG_ERROR && msg.sequence_number() == seq {
             // struct nlmsgerr { int error; struct nlmsghdr msg; … }
-            let Ok(parsed) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[..len]) else {
+            let payload: &[u8] = msg.payload();
+            let Ok(err) = ErrorBuffer::new_checked(&payload) else {
                 return Ack::Malformed("short NLMSG_ERROR");
             };
-            let NetlinkPayload::Error(err) = parsed.payload else {
-                return Ack::Malformed("NLMSG_ERROR not decoded as an error");
-            };
-            return match err.raw_code() {
+            return match err.code().map_or(0, i32::from) {
                 0 => Ack::Ok,
                 c if c < 0 => Ack::Refused(Errno::from_raw(c.saturating_neg())),
                 _ => Ack::Malformed("positive error code"),
@@ -199,7 +236,7 @@ impl Netlink {
     pub(crate) fn request(&mut self, op: &str, msg: Request) -> Result<(), NetError> {
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
-        let msg = encode(msg, seq);
+        let msg = encode(&msg, seq);
         let kernel = NetlinkAddr::new(0, 0);
         let fail = |errno: Errno| NetError::Netlink {
             op: op.to_string(),
@@ -254,6 +291,8 @@ impl Netlink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
+    use netlink_packet_route::RouteNetlinkMessage;
 
     /// `struct nlmsghdr` as the kernel lays it out: len, type, flags, seq, pid (native endian).
     fn nlmsghdr(len: u32, kind: u16, flags: u16, seq: u32) -> Vec<u8> {
@@ -282,12 +321,22 @@ mod tests {
     /// from <linux/netlink.h>, <linux/rtnetlink.h> and <linux/if_addr.h>), and the crate reads
     /// `want` back as the same message: our builder and the crate's parser agree on every field.
     fn assert_kernel_bytes(msg: Request, seq: u32, want: &[u8]) {
-        assert_eq!(encode(msg.clone(), seq), want);
-        let mut expected = msg;
-        expected.header.sequence_number = seq;
-        expected.finalize();
+        assert_eq!(encode(&msg, seq), want);
         let parsed = NetlinkMessage::<RouteNetlinkMessage>::deserialize(want).expect("parses");
-        assert_eq!(parsed, expected);
+        assert_eq!(parsed.header.sequence_number, seq);
+        assert_eq!(parsed.header.flags, NLM_F_REQUEST | NLM_F_ACK | msg.flags);
+        let NetlinkPayload::InnerMessage(inner) = parsed.payload else {
+            panic!("not an rtnetlink message: {parsed:?}");
+        };
+        // The crate's own message type for the body agrees with our RTM_* constant.
+        assert_eq!(inner.message_type(), msg.kind);
+        let body = match inner {
+            RouteNetlinkMessage::NewLink(m) => Body::Link(m),
+            RouteNetlinkMessage::NewAddress(m) => Body::Address(m),
+            RouteNetlinkMessage::NewRoute(m) => Body::Route(m),
+            other => panic!("unexpected {other:?}"),
+        };
+        assert_eq!(body, msg.body);
     }
 
     #[test]
@@ -318,10 +367,10 @@ mod tests {
 
     #[test]
     fn new_addr_loopback_is_host_scope_and_slash32_has_no_broadcast() {
-        let lo = encode(new_addr(1, Ipv4Addr::LOCALHOST, 8), 1);
+        let lo = encode(&new_addr(1, Ipv4Addr::LOCALHOST, 8), 1);
         assert_eq!(lo[16..20], [2, 8, 0, 254]);
         assert_eq!(lo[lo.len() - 4..], [127, 255, 255, 255]);
-        let host = encode(new_addr(5, Ipv4Addr::new(10, 1, 2, 3), 32), 1);
+        let host = encode(&new_addr(5, Ipv4Addr::new(10, 1, 2, 3), 32), 1);
         assert_eq!(host.len(), 16 + 8 + 2 * 8);
     }
 
