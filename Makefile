@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 TARGET := x86_64-unknown-linux-gnu
 AGENT := target/$(TARGET)/release/cvm-agent
-TRIVIAL := target/$(TARGET)/release/examples/trivial_init
+TRIVIAL := target/$(TARGET)/release/trivial_init
 CVMCTL := target/release/cvmctl
 KERNEL := .cache/kernel/vmlinuz
 MODULES := .cache/kernel/modules
@@ -19,11 +19,10 @@ setup:
 	@scripts/setup.sh
 
 build: setup
-	@# The agent alone: an example in the same cargo command pulls the dev-dependencies in, and
-	@# their features would be unified into the agent's crates (serde_json_canonicalizer turns on
-	@# serde_json's float_roundtrip, for one).
-	$(STATIC) cargo build --locked --release --target $(TARGET) --bin cvm-agent
-	$(STATIC) cargo build --locked --release --target $(TARGET) --example trivial_init
+	@# The agent alone: an example in the same cargo command would pull the dev-dependencies in,
+	@# and their features would be unified into the agent's crates (serde_json_canonicalizer turns
+	@# on serde_json's float_roundtrip, for one); the bench's trivial init is a package of its own.
+	$(STATIC) cargo build --locked --release --target $(TARGET) -p cvm-agent -p trivial-init --bin cvm-agent --bin trivial_init
 	cargo build --locked --release --bin cvmctl
 	@# static-pie keeps ASLR for PID 1; ldd calls that "statically linked" (plain static: "not a dynamic executable").
 	@ldd $(AGENT) 2>&1 | grep -Eq "not a dynamic executable|statically linked" || { echo "error: $(AGENT) is not static"; exit 1; }
@@ -48,7 +47,7 @@ demo-reset:
 
 lint:
 	cargo fmt --all -- --check
-	cargo clippy --locked --all-targets -- -D warnings
+	cargo clippy --locked --workspace --all-targets -- -D warnings
 
 test: images lint
 	CVM_AGENT=$(AGENT) CVM_INITRD=$(OUT)/initrd.img CVM_ROOTFS=$(OUT)/rootfs.img CVM_KERNEL=$(KERNEL) CVM_MODULES=$(realpath $(MODULES)) \
