@@ -279,3 +279,112 @@ fn the_seccomp_filter_refuses_a_denied_syscall_and_allows_the_rest() {
     );
     assert!(b.powered_off(), "{}", b.show());
 }
+
+/// What a workload that forges agent lines writes: the shape of a real result line, marked so
+/// the test can tell it from the agent's own.
+const FORGED: &str = r#"cvm-agent: result {"exit_code":0,"forged":true}"#;
+
+/// A root workload (the hello image has no `User`) tries to make device nodes for the TPM
+/// (the numbers from sysfs and the misc 10:224), the root disk, the console, the kernel log
+/// and the serial port, in its `/dev` and in `/tmp`, then to open each node and write a forged
+/// agent line to it. FIFOs stay allowed.
+const MKNOD_SCRIPT: &str = r#"
+f='FORGED'
+echo "$f"
+tpmrm=$(cat /sys/class/tpmrm/tpmrm0/dev 2>/dev/null || echo 254:65536)
+tpm=$(cat /sys/class/tpm/tpm0/dev 2>/dev/null || echo 10:224)
+disk=$(cat /sys/class/block/vda/dev)
+for spec in tpmrm0:c:$tpmrm tpm0:c:$tpm tpmmisc:c:10:224 vda:b:$disk console:c:5:1 kmsg:c:1:11 ttyS0:c:4:64; do
+  name=${spec%%:*}; rest=${spec#*:}; type=${rest%%:*}; nums=${rest#*:}
+  for dir in /dev /tmp; do
+    p=$dir/$name
+    if mknod $p $type ${nums%%:*} ${nums#*:} 2>/tmp/err; then echo "MADE $p"; else echo "refused $p: $(cat /tmp/err)"; fi
+    if [ -c $p ] || [ -b $p ]; then
+      if (exec 3<>$p) 2>/dev/null; then echo "OPENED $p"; else echo "cannot open $p"; fi
+      [ -c $p ] && printf "%s\n" "$f" 2>/dev/null >$p
+    fi
+  done
+done
+mkfifo /dev/fifo && mknod /tmp/fifo p && echo fifo-ok
+echo x > /dev/null && head -c 4 /dev/urandom | wc -c | grep -q 4 && echo devices-ok
+awk '$5 == "/dev" {print "dev-mount " $6}' /proc/self/mountinfo
+echo done
+"#;
+
+/// The workload's device-node attempts, with `extra` added to its `[workload]`.
+fn mknod_boot(extra: &str) -> Boot {
+    let script = MKNOD_SCRIPT.replace("'FORGED'", &format!("'{FORGED}'"));
+    let data = initdata(&format!(
+        "[workload]\nimage = \"oci:/usr/share/cvm-agent/images:hello\"\n{extra}\
+         args = [\"/bin/sh\", \"-c\", {}]\n",
+        // A JSON string is a TOML basic string; init-data wraps launch.toml in a literal one.
+        serde_json::to_string(&script).unwrap()
+    ));
+    boot_with(&data, "", &[])
+}
+
+fn assert_no_device_node(b: &Boot) {
+    assert_eq!(b.code, 0, "{}", b.show());
+    assert!(b.errors().is_empty(), "{}", b.show());
+    let lines = b.lines("workload: ");
+    assert!(lines.contains(&"workload: fifo-ok"), "{}", b.show());
+    // /dev is nodev, and the devices the runtime put there still work.
+    assert!(lines.contains(&"workload: devices-ok"), "{}", b.show());
+    let dev = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("workload: dev-mount "))
+        .unwrap_or_else(|| panic!("no /dev mount\n{}", b.show()));
+    assert!(dev.split(',').any(|o| o == "nodev"), "{dev}\n{}", b.show());
+    assert_eq!(
+        lines.last().copied(),
+        Some("workload: done"),
+        "{}",
+        b.show()
+    );
+    for name in [
+        "tpmrm0", "tpm0", "tpmmisc", "vda", "console", "kmsg", "ttyS0",
+    ] {
+        for dir in ["/dev", "/tmp"] {
+            let refused = format!("workload: refused {dir}/{name}: ");
+            assert!(
+                lines
+                    .iter()
+                    .any(|l| l.starts_with(&refused) && l.ends_with("Operation not permitted")),
+                "mknod {dir}/{name} was not refused with EPERM\n{}",
+                b.show()
+            );
+        }
+    }
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.contains("MADE") || l.contains("OPENED")),
+        "{}",
+        b.show()
+    );
+    // The forged text reaches the console only behind the agent's prefix (from stdout).
+    let forged: Vec<&str> = b
+        .console
+        .lines()
+        .filter(|l| l.contains(r#""forged":true"#))
+        .collect();
+    assert_eq!(forged, [format!("workload: {FORGED}")], "{}", b.show());
+    let result = b.result().unwrap();
+    assert!(result.get("forged").is_none(), "{}", b.show());
+    assert!(b.powered_off(), "{}", b.show());
+}
+
+#[test]
+#[ignore = "boots a VM: run through `make test`"]
+fn a_root_workload_cannot_make_device_nodes() {
+    // The default capability set has no CAP_MKNOD, and seccomp refuses character and block
+    // nodes as well.
+    assert_no_device_node(&mknod_boot(""));
+}
+
+#[test]
+#[ignore = "boots a VM: run through `make test`"]
+fn granted_cap_mknod_still_makes_no_device_node() {
+    // With CAP_MKNOD granted (the image allows added capabilities), seccomp alone refuses.
+    assert_no_device_node(&mknod_boot("capabilities = [\"CAP_MKNOD\"]\n"));
+}

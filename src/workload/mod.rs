@@ -6,8 +6,11 @@
 //! The workload runs with namespaces, a cgroup, a reduced capability set, no_new_privs and a
 //! seccomp filter: default allow with a deny list (EPERM) of syscalls a confidential workload
 //! never needs ([`spec::SECCOMP_DENY`]). libcontainer applies it through its `libseccomp`
-//! feature, with libseccomp linked statically (`.cargo/config.toml`).
+//! feature, with libseccomp linked statically (`.cargo/config.toml`). No device node: CAP_MKNOD
+//! is not in the default set, seccomp refuses character and block nodes whatever the
+//! capabilities, and `/dev` is `nodev` ([`dev`]).
 
+pub mod dev;
 pub mod image;
 pub mod policy;
 pub mod run;

@@ -42,6 +42,8 @@ pub enum RunError {
     Start(#[source] libcontainer::error::LibcontainerError),
     #[error("the container has no process id after start")]
     NoPid,
+    #[error(transparent)]
+    Dev(#[from] super::dev::DevError),
 }
 
 /// A started workload.
@@ -141,6 +143,12 @@ pub fn start(
         .with_detach(true)
         .build()
         .map_err(RunError::Create)?;
+    let init = container.pid().ok_or(RunError::NoPid)?;
+    if let Err(e) = super::dev::seal_dev(Pid::from_raw(init.as_raw())) {
+        // The workload never starts: take its init and cgroup down with it.
+        let _ = container.delete(true);
+        return Err(e.into());
+    }
     container.start().map_err(RunError::Start)?;
     let pid = Pid::from_raw(container.pid().ok_or(RunError::NoPid)?.as_raw());
     // Only now a thread: forking (inside build) in a multi-threaded process is what not to do.

@@ -15,8 +15,12 @@ use super::policy::LaunchPlan;
 /// The cgroup (v2, under the agent's root) the workload's processes live in.
 pub const CGROUP: &str = "/cvm-workload";
 
-/// Docker's default set: what ordinary images expect to work (chown, binding low ports,
-/// dropping privileges), nothing that reaches the kernel's or the host's administration.
+/// Docker's default set less CAP_MKNOD: what ordinary images expect to work (chown, binding
+/// low ports, dropping privileges), nothing that reaches the kernel's or the host's
+/// administration. CAP_MKNOD is left out because a device node is a way past everything else:
+/// a root workload that can make `/dev/tpmrm0`'s or the disk's node quotes with the agent's AK
+/// or reads the state volume's header. An image whose policy allows added capabilities can ask
+/// for it, and still makes no character or block node ([`MKNOD_DENY`]).
 pub const DEFAULT_CAPABILITIES: &[&str] = &[
     "CAP_AUDIT_WRITE",
     "CAP_CHOWN",
@@ -24,7 +28,6 @@ pub const DEFAULT_CAPABILITIES: &[&str] = &[
     "CAP_FOWNER",
     "CAP_FSETID",
     "CAP_KILL",
-    "CAP_MKNOD",
     "CAP_NET_BIND_SERVICE",
     "CAP_NET_RAW",
     "CAP_SETFCAP",
@@ -160,6 +163,17 @@ const CLONE_NAMESPACE_FLAGS: &[u64] = &[
     0x4000_0000, // CLONE_NEWNET
 ];
 
+/// `mknod`/`mknodat` of these file types (`mode & S_IFMT`) is refused whatever capabilities
+/// the workload holds: character and block devices. FIFOs, sockets and regular files stay
+/// allowed (they need no capability and reach no driver).
+pub const MKNOD_DENY: &[u64] = &[
+    0o020000, // S_IFCHR
+    0o060000, // S_IFBLK
+];
+const S_IFMT: u64 = 0o170000;
+/// The mode's argument index: `mknod(path, mode, dev)`, `mknodat(dirfd, path, mode, dev)`.
+const MKNOD_MODE_ARG: &[(&str, u32)] = &[("mknod", 1), ("mknodat", 2)];
+
 const EPERM: u32 = 1;
 const ENOSYS: u32 = 38;
 
@@ -188,6 +202,21 @@ pub fn seccomp(caps: &[&str]) -> Value {
             }));
         }
         syscalls.push(json!({"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": ENOSYS}));
+    }
+    // libcontainer 0.7 reads SCMP_CMP_MASKED_EQ as `(arg & valueTwo) == value` (the mask in
+    // `valueTwo`), the reverse of runc's `(arg & value) == valueTwo`. Written runc's way, each
+    // rule would only test that the type's bits are set (libseccomp masks the datum too), which
+    // also matches invalid types such as S_IFLNK; the unit test loads the filter and pins the
+    // exact reading.
+    for (name, index) in MKNOD_MODE_ARG {
+        for kind in MKNOD_DENY {
+            syscalls.push(json!({
+                "names": [name],
+                "action": "SCMP_ACT_ERRNO",
+                "errnoRet": EPERM,
+                "args": [{"index": index, "value": kind, "valueTwo": S_IFMT, "op": "SCMP_CMP_MASKED_EQ"}],
+            }));
+        }
     }
     json!({
         "defaultAction": "SCMP_ACT_ALLOW",
@@ -221,7 +250,25 @@ pub enum SpecError {
     UnknownUser(String),
     #[error("image User {0:?}: no such group in the image's /etc/group")]
     UnknownGroup(String),
+    #[error("the image's /{file}: a symlink on its path (symlinks are not followed)")]
+    AccountSymlink { file: &'static str },
+    #[error("the image's /{file} is a {kind}, not a regular file")]
+    AccountNotRegular {
+        file: &'static str,
+        kind: &'static str,
+    },
+    #[error("the image's /{file} is larger than {MAX_ACCOUNT_FILE} bytes")]
+    AccountTooLarge { file: &'static str },
+    #[error("cannot read the image's /{file}")]
+    AccountRead {
+        file: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
 }
+
+/// The most of `/etc/passwd` or `/etc/group` the agent reads.
+pub const MAX_ACCOUNT_FILE: u64 = 1 << 20;
 
 /// Resolves the image's `User` (`uid`, `uid:gid`, `name`, `name:group`) against the unpacked
 /// root's `/etc/passwd` and `/etc/group`, as a container runtime does.
@@ -233,7 +280,7 @@ pub fn identity(user: Option<&str>, rootfs: &Path) -> Result<Identity, SpecError
         Some((u, g)) => (u, Some(g)),
         None => (user, None),
     };
-    let passwd = read_small(&rootfs.join("etc/passwd"));
+    let passwd = read_account_file(rootfs, "etc/passwd")?;
     let (uid, primary_gid) = match u.parse::<u32>() {
         Ok(uid) => (
             uid,
@@ -255,7 +302,7 @@ pub fn identity(user: Option<&str>, rootfs: &Path) -> Result<Identity, SpecError
         Some(g) => match g.parse::<u32>() {
             Ok(gid) => gid,
             Err(_) => {
-                let group = read_small(&rootfs.join("etc/group"));
+                let group = read_account_file(rootfs, "etc/group")?;
                 lookup(&group, |f| f.first() == Some(&g))
                     .and_then(|f| f.get(2)?.parse().ok())
                     .ok_or_else(|| SpecError::UnknownGroup(user.chars().take(64).collect()))?
@@ -265,14 +312,76 @@ pub fn identity(user: Option<&str>, rootfs: &Path) -> Result<Identity, SpecError
     Ok(Identity { uid, gid })
 }
 
-/// An image's account files are hostile input too: bounded, and unreadable means empty.
-fn read_small(path: &Path) -> String {
+/// `file` (relative, e.g. `etc/passwd`) from the unpacked image root, which is hostile input:
+/// no symlink is followed on any component (a link to `/dev/console` or out of the root would
+/// make PID 1 read the agent's own files or block), only a regular file is read, and at most
+/// [`MAX_ACCOUNT_FILE`] bytes. A missing file (or `/etc`) is empty, as for any runtime.
+pub fn read_account_file(rootfs: &Path, file: &'static str) -> Result<String, SpecError> {
+    use nix::errno::Errno;
+    use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
     use std::io::Read as _;
-    let mut text = String::new();
-    if let Ok(f) = std::fs::File::open(path) {
-        let _ = f.take(1 << 20).read_to_string(&mut text);
+
+    let io = |source: std::io::Error| SpecError::AccountRead { file, source };
+    let nix_io = |e: Errno| io(std::io::Error::from(e));
+    let root = std::fs::File::open(rootfs).map_err(io)?;
+    let resolve = ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS;
+    let open = |flags: OFlag| {
+        openat2(
+            &root,
+            file,
+            OpenHow::new()
+                .flags(flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
+                .resolve(resolve),
+        )
+    };
+    // O_PATH first: its type is known before anything opens it for reading, so a FIFO or a
+    // device never gets an open (which blocks, or reaches a driver). With O_PATH|O_NOFOLLOW a
+    // trailing symlink comes back as itself; a symlink before it is ELOOP.
+    let path_fd = match open(OFlag::O_PATH) {
+        Ok(fd) => fd,
+        Err(Errno::ENOENT) => return Ok(String::new()),
+        Err(Errno::ELOOP | Errno::EXDEV) => return Err(SpecError::AccountSymlink { file }),
+        Err(e) => return Err(nix_io(e)),
+    };
+    let regular = |fd: &std::os::fd::OwnedFd| -> Result<(u64, u64, u64), SpecError> {
+        let st = nix::sys::stat::fstat(fd).map_err(nix_io)?;
+        let kind = match st.st_mode & nix::libc::S_IFMT {
+            nix::libc::S_IFREG => None,
+            nix::libc::S_IFLNK => Some("symlink"),
+            nix::libc::S_IFDIR => Some("directory"),
+            nix::libc::S_IFIFO => Some("FIFO"),
+            nix::libc::S_IFSOCK => Some("socket"),
+            nix::libc::S_IFCHR => Some("character device"),
+            nix::libc::S_IFBLK => Some("block device"),
+            _ => Some("file of unknown type"),
+        };
+        match kind {
+            Some(kind) => Err(SpecError::AccountNotRegular { file, kind }),
+            None if st.st_size as u64 > MAX_ACCOUNT_FILE => {
+                Err(SpecError::AccountTooLarge { file })
+            }
+            None => Ok((st.st_dev, st.st_ino, st.st_size as u64)),
+        }
+    };
+    let before = regular(&path_fd)?;
+    // O_NONBLOCK as well, in case the entry was swapped for a FIFO in between.
+    let fd = open(OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY).map_err(|e| match e {
+        Errno::ELOOP | Errno::EXDEV => SpecError::AccountSymlink { file },
+        e => nix_io(e),
+    })?;
+    let after = regular(&fd)?;
+    if (before.0, before.1) != (after.0, after.1) {
+        return Err(io(std::io::Error::other("replaced while being opened")));
     }
-    text
+    let mut bytes = Vec::new();
+    std::fs::File::from(fd)
+        .take(MAX_ACCOUNT_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if bytes.len() as u64 > MAX_ACCOUNT_FILE {
+        return Err(SpecError::AccountTooLarge { file });
+    }
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 fn lookup<'a>(text: &'a str, pred: impl Fn(&Vec<&'a str>) -> bool) -> Option<Vec<&'a str>> {
@@ -301,6 +410,8 @@ pub fn build(plan: &LaunchPlan, paths: &HostPaths, who: Identity, memory_limit: 
     let mut mounts = vec![
         json!({"destination": "/proc", "type": "proc", "source": "proc",
                "options": ["nosuid", "noexec", "nodev"]}),
+        // Not `nodev` here: libcontainer makes /dev/null and friends on this tmpfs and opens
+        // /dev/null before the workload starts. `dev::seal_dev` sets `nodev` after that.
         json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
                "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
         json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts",
@@ -444,7 +555,8 @@ mod tests {
             .as_ref()
             .unwrap();
         assert_eq!(ns.len(), 4, "no network namespace: host network");
-        // No device is passed through: /dev is a fresh tmpfs and the device cgroup denies all.
+        // No device is passed through: /dev is a fresh tmpfs, and the device cgroup denies
+        // all but libcgroups' own defaults (see the libcontainer dependency in Cargo.toml).
         assert!(spec.linux().as_ref().unwrap().devices().is_none());
 
         use oci_spec::runtime::{Arch, LinuxSeccompAction};
@@ -559,6 +671,206 @@ mod tests {
         assert_eq!(id("4242").unwrap(), Identity { uid: 4242, gid: 0 });
         assert!(matches!(id("nobody"), Err(SpecError::UnknownUser(_))));
         assert!(matches!(id("app:nogroup"), Err(SpecError::UnknownGroup(_))));
+        assert_eq!(
+            identity(None, dir.path()).unwrap(),
+            Identity { uid: 0, gid: 0 }
+        );
+    }
+
+    #[test]
+    fn no_cap_mknod_unless_granted() {
+        assert!(!DEFAULT_CAPABILITIES.contains(&"CAP_MKNOD"));
+        let paths = HostPaths {
+            rootfs: Path::new("/r"),
+            secrets: None,
+            measure_log: None,
+            state_data: None,
+        };
+        let caps = |plan: &LaunchPlan| {
+            let v = build(plan, &paths, Identity { uid: 0, gid: 0 }, 1 << 30);
+            ["bounding", "effective", "permitted"].map(|set| {
+                v["process"]["capabilities"][set]
+                    .as_array()
+                    .unwrap()
+                    .contains(&json!("CAP_MKNOD"))
+            })
+        };
+        assert_eq!(caps(&plan()), [false; 3]);
+        let mut granted = plan();
+        granted.capabilities.push("CAP_MKNOD".into());
+        assert_eq!(caps(&granted), [true; 3]);
+    }
+
+    #[test]
+    fn the_mknod_rules_are_in_every_profile() {
+        let admin: Vec<&str> = DEFAULT_CAPABILITIES
+            .iter()
+            .copied()
+            .chain(["CAP_MKNOD", "CAP_SYS_ADMIN"])
+            .collect();
+        for caps in [DEFAULT_CAPABILITIES, &admin[..]] {
+            let v = seccomp(caps);
+            let rules = v["syscalls"].as_array().unwrap();
+            for (name, index) in [("mknod", 1), ("mknodat", 2)] {
+                let mut kinds: Vec<u64> = rules
+                    .iter()
+                    .filter(|r| r["names"] == json!([name]))
+                    .map(|r| {
+                        assert_eq!(r["action"], "SCMP_ACT_ERRNO");
+                        assert_eq!(r["errnoRet"], 1, "EPERM");
+                        let arg = &r["args"][0];
+                        assert_eq!(arg["index"], index, "{name}'s mode");
+                        assert_eq!(arg["op"], "SCMP_CMP_MASKED_EQ");
+                        assert_eq!(arg["valueTwo"], 0o170000, "the mask, libcontainer's way");
+                        arg["value"].as_u64().unwrap()
+                    })
+                    .collect();
+                kinds.sort_unstable();
+                assert_eq!(kinds, [0o020000, 0o060000], "{name}: S_IFCHR, S_IFBLK");
+            }
+        }
+    }
+
+    /// The filter as the kernel runs it: loaded (through libcontainer, as for the workload) on
+    /// a thread of this test, with a distinctive errno so the refusal cannot be CAP_MKNOD's
+    /// EPERM; device nodes are refused through both syscalls, FIFOs and sockets are made.
+    #[test]
+    fn the_loaded_filter_refuses_device_nodes_and_allows_fifos() {
+        use nix::errno::Errno;
+        use nix::sys::stat::{Mode, SFlag, mknodat};
+        use std::os::unix::ffi::OsStrExt as _;
+
+        const MARK: i32 = Errno::EOVERFLOW as i32;
+        let mut profile = seccomp(DEFAULT_CAPABILITIES);
+        for rule in profile["syscalls"].as_array_mut().unwrap() {
+            if rule["names"] == json!(["mknod"]) || rule["names"] == json!(["mknodat"]) {
+                rule["errnoRet"] = json!(MARK);
+            }
+        }
+        let profile: oci_spec::runtime::LinuxSeccomp = serde_json::from_value(profile).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_owned();
+        let results = std::thread::spawn(move || {
+            nix::sys::prctl::set_no_new_privs().unwrap();
+            libcontainer::seccomp::initialize_seccomp(&profile).unwrap();
+            let dirfd = std::fs::File::open(&root).unwrap();
+            let at = |name: &str, kind: SFlag| {
+                mknodat(&dirfd, name, kind, Mode::from_bits_truncate(0o600), 0)
+            };
+            // The raw mknod syscall (glibc's mknod() calls mknodat), with garbage in the
+            // upper half of the mode register, which the kernel ignores and the mask must too.
+            let raw = |name: &str, mode: u64| {
+                let path = std::ffi::CString::new(root.join(name).as_os_str().as_bytes()).unwrap();
+                // SAFETY: mknod reads the NUL-terminated path, which outlives the call.
+                let r =
+                    unsafe { nix::libc::syscall(nix::libc::SYS_mknod, path.as_ptr(), mode, 0u64) };
+                Errno::result(r).map(drop)
+            };
+            [
+                at("chr", SFlag::S_IFCHR),
+                at("blk", SFlag::S_IFBLK),
+                raw("chr2", 0o020600),
+                raw("blk2", 0x1_0000_0000 | 0o060600),
+                at("fifo", SFlag::S_IFIFO),
+                at("sock", SFlag::S_IFSOCK),
+                raw("fifo2", 0x1_0000_0000 | 0o010600),
+                at("reg", SFlag::S_IFREG),
+                // Not a type mknod makes: the kernel's EINVAL, so the rule compares all of
+                // S_IFMT (S_IFLNK shares S_IFCHR's bit).
+                raw("lnk", 0o120600),
+            ]
+        })
+        .join()
+        .unwrap();
+        let refused = Err(Errno::from_raw(MARK));
+        assert_eq!(results[..4], [refused; 4]);
+        assert_eq!(results[4..8], [Ok(()); 4]);
+        assert_eq!(results[8], Err(Errno::EINVAL));
+    }
+
+    /// `read_account_file` on a fresh root with `etc` prepared by `setup`, on a thread so a
+    /// blocking open fails the test instead of hanging it.
+    fn account(setup: impl FnOnce(&Path)) -> Result<String, SpecError> {
+        let dir = tempfile::tempdir().unwrap();
+        setup(dir.path());
+        let root = dir.path().to_owned();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(read_account_file(&root, "etc/passwd")));
+        rx.recv_timeout(std::time::Duration::from_secs(10))
+            .expect("read_account_file blocked")
+    }
+
+    fn etc(root: &Path) -> std::path::PathBuf {
+        let etc = root.join("etc");
+        std::fs::create_dir(&etc).unwrap();
+        etc
+    }
+
+    #[test]
+    fn account_files_are_read_without_following_anything() {
+        use std::os::unix::fs::symlink;
+        let not_regular = |r: Result<String, SpecError>| match r {
+            Err(e @ SpecError::AccountNotRegular { .. }) => e.to_string(),
+            other => panic!("{other:?}"),
+        };
+        // Trailing symlinks, to a device, to a file in the root and out of it.
+        for target in ["/dev/console", "/etc/passwd", "group"] {
+            let e = not_regular(account(|r| symlink(target, etc(r).join("passwd")).unwrap()));
+            assert_eq!(
+                e,
+                "the image's /etc/passwd is a symlink, not a regular file"
+            );
+        }
+        let e = not_regular(account(|r| {
+            nix::unistd::mkfifo(&etc(r).join("passwd"), nix::sys::stat::Mode::S_IRWXU).unwrap()
+        }));
+        assert_eq!(e, "the image's /etc/passwd is a FIFO, not a regular file");
+        let e = not_regular(account(|r| {
+            std::fs::create_dir(etc(r).join("passwd")).unwrap()
+        }));
+        assert_eq!(
+            e,
+            "the image's /etc/passwd is a directory, not a regular file"
+        );
+        // A symlinked /etc, even to a good file inside the root.
+        let r = account(|r| {
+            std::fs::create_dir(r.join("real")).unwrap();
+            std::fs::write(r.join("real/passwd"), "root:x:0:0::/:/bin/sh\n").unwrap();
+            symlink("real", r.join("etc")).unwrap();
+        });
+        assert!(
+            matches!(r, Err(SpecError::AccountSymlink { file: "etc/passwd" })),
+            "{r:?}"
+        );
+        assert_eq!(
+            r.unwrap_err().to_string(),
+            "the image's /etc/passwd: a symlink on its path (symlinks are not followed)"
+        );
+        // Oversized, by one byte.
+        let r = account(|r| {
+            let f = std::fs::File::create(etc(r).join("passwd")).unwrap();
+            f.set_len(MAX_ACCOUNT_FILE + 1).unwrap();
+        });
+        assert!(matches!(r, Err(SpecError::AccountTooLarge { .. })), "{r:?}");
+        // At the limit is fine; a missing file or /etc is empty.
+        let r = account(|r| {
+            let f = std::fs::File::create(etc(r).join("passwd")).unwrap();
+            f.set_len(MAX_ACCOUNT_FILE).unwrap();
+        });
+        assert_eq!(r.unwrap().len() as u64, MAX_ACCOUNT_FILE);
+        assert_eq!(account(|_| ()).unwrap(), "");
+        assert_eq!(account(|r| drop(etc(r))).unwrap(), "");
+    }
+
+    #[test]
+    fn identity_stops_on_a_hostile_account_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("/dev/console", etc(dir.path()).join("passwd")).unwrap();
+        assert!(matches!(
+            identity(Some("app"), dir.path()),
+            Err(SpecError::AccountNotRegular { .. })
+        ));
+        // No User, nothing read.
         assert_eq!(
             identity(None, dir.path()).unwrap(),
             Identity { uid: 0, gid: 0 }
