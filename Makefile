@@ -23,7 +23,11 @@ setup:
 	@scripts/setup.sh
 
 build: setup
-	$(STATIC) cargo build --locked --release --target $(TARGET) --bin cvm-agent --example trivial_init
+	@# The agent alone: an example in the same cargo command pulls the dev-dependencies in, and
+	@# their features would be unified into the agent's crates (serde_json_canonicalizer turns on
+	@# serde_json's float_roundtrip, for one).
+	$(STATIC) cargo build --locked --release --target $(TARGET) --bin cvm-agent
+	$(STATIC) cargo build --locked --release --target $(TARGET) --example trivial_init
 	cargo build --locked --release --bin cvmctl
 	@# static-pie keeps ASLR for PID 1; ldd calls that "statically linked" (plain static: "not a dynamic executable").
 	@ldd $(AGENT) 2>&1 | grep -Eq "not a dynamic executable|statically linked" || { echo "error: $(AGENT) is not static"; exit 1; }

@@ -18,6 +18,11 @@
 //! no exact double, and canonicalizers disagree on it (JCS rounds it to a double, others print the
 //! integer), so it is an error rather than a silent hash mismatch. The protocol's runtime data has
 //! no numbers at all.
+//!
+//! Why ours rather than `serde_json_canonicalizer` (the test oracle: `tests/canon.rs` checks
+//! random values byte for byte against it): that crate rounds integers beyond ±2^53 silently,
+//! recurses without a depth bound (a deep value from the network would overflow PID 1's stack),
+//! and turns on serde_json's `float_roundtrip` for the whole binary.
 
 use serde_json::Value;
 use std::fmt::Write as _;

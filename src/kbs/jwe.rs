@@ -30,6 +30,11 @@
 //! optional `aad` member is authenticated as RFC 7516 §5.1 step 14 says
 //! (`protected || '.' || aad`). Every cryptographic failure is one error,
 //! [`JweError::Undecryptable`], so nothing tells a wrong key from a forged message.
+//!
+//! Why ours rather than a JOSE crate: the ones we know either link OpenSSL (josekit) or lack
+//! `ECDH-ES+A256KW`, and none has the fail-closed rules above; the primitives are the RustCrypto
+//! crates the agent links anyway (p256, aes-kw, aes-gcm, rsa). python-jwcrypto is the interop
+//! oracle (tests/kbs_interop.rs, src/kbs/tests/jwe.rs).
 
 use crate::kbs::tee_key::{
     self, ALG_ECDH_ES_A256KW, ALG_RSA_OAEP_256, CRV_P256, PeerPublicKey, TeeKeyError, TeeKeyPair,

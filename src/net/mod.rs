@@ -14,7 +14,7 @@ mod netlink;
 pub mod retry;
 pub mod tls;
 
-use netlink::Netlink;
+use netlink::{Netlink, RouteProtocol};
 use nix::errno::Errno;
 use std::io::Read;
 use std::net::Ipv4Addr;
@@ -145,10 +145,11 @@ fn bring_up_in(
 
     // Loopback always: workloads expect 127.0.0.1 even when the VM has no network.
     let lo = ifindex(sys, "lo")?;
-    nl.request("RTM_NEWLINK lo up", |seq| netlink::link_up(seq, lo))?;
-    nl.request("RTM_NEWADDR 127.0.0.1/8 on lo", |seq| {
-        netlink::new_addr(seq, lo, Ipv4Addr::LOCALHOST, 8)
-    })?;
+    nl.request("RTM_NEWLINK lo up", netlink::link_up(lo))?;
+    nl.request(
+        "RTM_NEWADDR 127.0.0.1/8 on lo",
+        netlink::new_addr(lo, Ipv4Addr::LOCALHOST, 8),
+    )?;
     if *config == NetConfig::None {
         return Ok(None);
     }
@@ -164,9 +165,7 @@ fn bring_up_in(
     };
     let index = ifindex(sys, &iface)?;
     let mac = ethernet_mac(sys, &iface)?;
-    nl.request(&format!("RTM_NEWLINK {iface} up"), |seq| {
-        netlink::link_up(seq, index)
-    })?;
+    nl.request(&format!("RTM_NEWLINK {iface} up"), netlink::link_up(index))?;
     wait_carrier(sys, &iface, until, deadline)?;
 
     let (address, prefix, gateway, dns, lease_secs, protocol) = match config {
@@ -186,7 +185,7 @@ fn bring_up_in(
                 lease.gateway,
                 lease.dns,
                 Some(lease.lease_secs),
-                netlink::RTPROT_DHCP,
+                RouteProtocol::Dhcp,
             )
         }
         NetConfig::Static {
@@ -200,26 +199,27 @@ fn bring_up_in(
             *gateway,
             dns.clone(),
             None,
-            netlink::RTPROT_STATIC,
+            RouteProtocol::Static,
         ),
         NetConfig::None => return Ok(None),
     };
 
     nl.request(
         &format!("RTM_NEWADDR {address}/{prefix} on {iface}"),
-        |seq| netlink::new_addr(seq, index, address, prefix),
+        netlink::new_addr(index, address, prefix),
     )?;
     if let Some(gw) = gateway {
         // A gateway outside our subnet (a /32 lease, as some clouds hand out) is on the link:
         // the kernel only accepts a route via it once a link-scope route to it exists.
         if !in_subnet(gw, address, prefix) {
-            nl.request(&format!("RTM_NEWROUTE {gw}/32 dev {iface}"), |seq| {
-                netlink::new_route(seq, index, gw, 32, None, protocol)
-            })?;
+            nl.request(
+                &format!("RTM_NEWROUTE {gw}/32 dev {iface}"),
+                netlink::new_route(index, gw, 32, None, protocol),
+            )?;
         }
         nl.request(
             &format!("RTM_NEWROUTE default via {gw} dev {iface}"),
-            |seq| netlink::new_route(seq, index, Ipv4Addr::UNSPECIFIED, 0, Some(gw), protocol),
+            netlink::new_route(index, Ipv4Addr::UNSPECIFIED, 0, Some(gw), protocol),
         )?;
     }
     Ok(Some(NetUp {

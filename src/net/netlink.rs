@@ -1,53 +1,49 @@
-//! The few rtnetlink requests the agent needs (link up, add an IPv4 address, add a route), built
-//! by hand over a `NETLINK_ROUTE` socket. The message layouts are tiny and fixed, so a
-//! hand-rolled encoder is smaller than a netlink crate and keeps every byte we send auditable;
-//! the unit tests check them against the kernel's struct layouts.
+//! The few rtnetlink requests the agent needs (link up, add an IPv4 address, add a route) over a
+//! `NETLINK_ROUTE` socket. The messages are built and the kernel's acks decoded with
+//! `netlink-packet-route` / `netlink-packet-core`, the versions libcontainer already links into
+//! the agent (one copy in the binary); the socket, the bounded wait for the ack and its matching
+//! by sequence number stay ours (nix's safe wrappers, no `unsafe`, no async runtime). The unit
+//! tests check every request's bytes against the kernel's struct layouts, written out by hand.
+//!
+//! Only the three message structs are emitted (each behind a `NetlinkHeader`) and only the error
+//! code of an `NLMSG_ERROR` is read: going through the crate's `RouteNetlinkMessage` enum links
+//! the emitters and parsers of every rtnetlink family (traffic control, neighbours, …). Measured
+//! on a small release program with the agent's profile: the enum path costs about 440 KB over
+//! hand-written bytes, this one about 115 KB (what remains if libcontainer stops linking the
+//! crate).
 //!
 //! Every request carries `NLM_F_ACK`, and the matching `NLMSG_ERROR` ack is awaited with a
 //! bounded receive, so a refused request becomes an error naming the operation.
 
 use super::NetError;
+use netlink_packet_core::{
+    Emitable, ErrorBuffer, NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST, NLMSG_ALIGNTO,
+    NLMSG_ERROR, NetlinkBuffer, NetlinkHeader,
+};
+use netlink_packet_route::AddressFamily;
+use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
+use netlink_packet_route::link::{LinkFlags, LinkMessage};
+pub(crate) use netlink_packet_route::route::RouteProtocol;
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteScope, RouteType,
+};
 use nix::errno::Errno;
 use nix::sys::socket::{
-    AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, bind, recvfrom, sendto,
-    setsockopt, socket, sockopt,
+    AddressFamily as SocketFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, bind,
+    recvfrom, sendto, setsockopt, socket, sockopt,
 };
 use nix::sys::time::TimeVal;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-// <linux/netlink.h>
-pub(crate) const NLMSG_HDRLEN: usize = 16;
-const NLMSG_ERROR: u16 = 2;
-pub(crate) const NLM_F_REQUEST: u16 = 0x1;
-pub(crate) const NLM_F_ACK: u16 = 0x4;
-pub(crate) const NLM_F_REPLACE: u16 = 0x100;
-pub(crate) const NLM_F_CREATE: u16 = 0x400;
+/// `sizeof(struct nlmsghdr)`.
+const NLMSG_HDRLEN: usize = 16;
 
-// <linux/rtnetlink.h>
-pub(crate) const RTM_NEWLINK: u16 = 16;
-pub(crate) const RTM_NEWADDR: u16 = 20;
-pub(crate) const RTM_NEWROUTE: u16 = 24;
-pub(crate) const RT_TABLE_MAIN: u8 = 254;
-pub(crate) const RTPROT_STATIC: u8 = 4;
-pub(crate) const RTPROT_DHCP: u8 = 16;
-pub(crate) const RT_SCOPE_UNIVERSE: u8 = 0;
-pub(crate) const RT_SCOPE_LINK: u8 = 253;
-pub(crate) const RT_SCOPE_HOST: u8 = 254;
-pub(crate) const RTN_UNICAST: u8 = 1;
-pub(crate) const RTA_DST: u16 = 1;
-pub(crate) const RTA_OIF: u16 = 4;
-pub(crate) const RTA_GATEWAY: u16 = 5;
-
-// <linux/if_addr.h>
-pub(crate) const IFA_ADDRESS: u16 = 1;
-pub(crate) const IFA_LOCAL: u16 = 2;
-pub(crate) const IFA_BROADCAST: u16 = 4;
-
-// <linux/if.h>, <linux/socket.h>
-pub(crate) const IFF_UP: u32 = 0x1;
-pub(crate) const AF_INET: u8 = 2;
+// <linux/rtnetlink.h> (the crate keeps its own private; a test checks they agree).
+const RTM_NEWLINK: u16 = 16;
+const RTM_NEWADDR: u16 = 20;
+const RTM_NEWROUTE: u16 = 24;
 
 /// How long the kernel gets to acknowledge one request. It answers synchronously, so this only
 /// matters if something is badly wrong; the bound keeps PID 1 from hanging on it.
@@ -58,122 +54,124 @@ const RECV_BUF: usize = 8192;
 /// socket joins no multicast group).
 const MAX_RECVS: usize = 64;
 
-/// One netlink message under construction: header, fixed struct, then attributes.
-struct Msg(Vec<u8>);
+/// One request; [`Netlink::request`] gives it its sequence number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Request {
+    kind: u16,
+    /// `NLM_F_*` beyond REQUEST|ACK, which every request carries.
+    flags: u16,
+    body: Body,
+}
 
-impl Msg {
-    fn new(kind: u16, flags: u16, seq: u32) -> Self {
-        let mut buf = Vec::with_capacity(64);
-        buf.extend_from_slice(&0u32.to_ne_bytes()); // nlmsg_len, patched in finish()
-        buf.extend_from_slice(&kind.to_ne_bytes());
-        buf.extend_from_slice(&flags.to_ne_bytes());
-        buf.extend_from_slice(&seq.to_ne_bytes());
-        buf.extend_from_slice(&0u32.to_ne_bytes()); // nlmsg_pid: 0 lets the kernel fill it in
-        Msg(buf)
-    }
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Body {
+    Link(LinkMessage),
+    Address(AddressMessage),
+    Route(RouteMessage),
+}
 
-    fn bytes(&mut self, b: &[u8]) -> &mut Self {
-        self.0.extend_from_slice(b);
-        self
-    }
-
-    /// An rtattr: u16 length (header + payload, unpadded), u16 type, payload padded to 4.
-    fn attr(&mut self, kind: u16, payload: &[u8]) -> &mut Self {
-        let len = (4 + payload.len()) as u16;
-        self.0.extend_from_slice(&len.to_ne_bytes());
-        self.0.extend_from_slice(&kind.to_ne_bytes());
-        self.0.extend_from_slice(payload);
-        while !self.0.len().is_multiple_of(4) {
-            self.0.push(0);
-        }
-        self
-    }
-
-    fn finish(mut self) -> Vec<u8> {
-        let len = self.0.len() as u32;
-        self.0[..4].copy_from_slice(&len.to_ne_bytes());
-        self.0
+/// The bytes of `msg` with sequence number `seq`.
+pub(crate) fn encode(msg: &Request, seq: u32) -> Vec<u8> {
+    match &msg.body {
+        Body::Link(m) => encode_with(msg, seq, m),
+        Body::Address(m) => encode_with(msg, seq, m),
+        Body::Route(m) => encode_with(msg, seq, m),
     }
 }
 
+fn encode_with(msg: &Request, seq: u32, body: &impl Emitable) -> Vec<u8> {
+    let mut header = NetlinkHeader::default();
+    header.message_type = msg.kind;
+    header.flags = NLM_F_REQUEST | NLM_F_ACK | msg.flags;
+    header.sequence_number = seq;
+    // nlmsg_pid 0: the kernel fills in our port id.
+    let len = header.buffer_len() + body.buffer_len();
+    // Our three messages are a few dozen bytes; u32 cannot overflow.
+    header.length = len as u32;
+    let mut buf = vec![0u8; len];
+    header.emit(&mut buf);
+    body.emit(&mut buf[NLMSG_HDRLEN..]);
+    buf
+}
+
 /// RTM_NEWLINK setting IFF_UP (and only it: `ifi_change` masks every other flag).
-pub(crate) fn link_up(seq: u32, ifindex: u32) -> Vec<u8> {
-    let mut m = Msg::new(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK, seq);
-    // struct ifinfomsg { u8 family; u8 pad; u16 type; i32 index; u32 flags; u32 change; }
-    m.bytes(&[0, 0])
-        .bytes(&0u16.to_ne_bytes())
-        .bytes(&ifindex.to_ne_bytes())
-        .bytes(&IFF_UP.to_ne_bytes())
-        .bytes(&IFF_UP.to_ne_bytes());
-    m.finish()
+pub(crate) fn link_up(ifindex: u32) -> Request {
+    let mut link = LinkMessage::default();
+    link.header.index = ifindex;
+    link.header.flags = LinkFlags::Up;
+    link.header.change_mask = LinkFlags::Up;
+    Request {
+        kind: RTM_NEWLINK,
+        flags: 0,
+        body: Body::Link(link),
+    }
 }
 
 /// RTM_NEWADDR for `address/prefix`. CREATE|REPLACE makes it idempotent: the kernel already
 /// gives `lo` 127.0.0.1/8 when it comes up, and a retried boot step must not fail on EEXIST.
-pub(crate) fn new_addr(seq: u32, ifindex: u32, address: Ipv4Addr, prefix: u8) -> Vec<u8> {
-    let scope = if address.is_loopback() {
-        RT_SCOPE_HOST
+pub(crate) fn new_addr(ifindex: u32, address: Ipv4Addr, prefix: u8) -> Request {
+    let mut addr = AddressMessage::default();
+    addr.header.family = AddressFamily::Inet;
+    addr.header.prefix_len = prefix;
+    addr.header.scope = if address.is_loopback() {
+        AddressScope::Host
     } else {
-        RT_SCOPE_UNIVERSE
+        AddressScope::Universe
     };
-    let mut m = Msg::new(
-        RTM_NEWADDR,
-        NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
-        seq,
-    );
-    // struct ifaddrmsg { u8 family; u8 prefixlen; u8 flags; u8 scope; u32 index; }
-    m.bytes(&[AF_INET, prefix, 0, scope])
-        .bytes(&ifindex.to_ne_bytes())
-        .attr(IFA_LOCAL, &address.octets())
-        .attr(IFA_ADDRESS, &address.octets());
+    addr.header.index = ifindex;
+    addr.attributes = vec![
+        AddressAttribute::Local(IpAddr::V4(address)),
+        AddressAttribute::Address(IpAddr::V4(address)),
+    ];
     // /31 and /32 have no broadcast address (RFC 3021); `ip addr add … brd +` does the same.
     if prefix <= 30 {
         let bcast = u32::from(address) | !super::mask(prefix);
-        m.attr(IFA_BROADCAST, &bcast.to_be_bytes());
+        addr.attributes
+            .push(AddressAttribute::Broadcast(Ipv4Addr::from(bcast)));
     }
-    m.finish()
+    Request {
+        kind: RTM_NEWADDR,
+        flags: NLM_F_CREATE | NLM_F_REPLACE,
+        body: Body::Address(addr),
+    }
 }
 
 /// RTM_NEWROUTE in the main table: `dst/dst_len` via `gateway` (scope universe) or, without a
 /// gateway, directly on the link (scope link), out of `ifindex`.
 pub(crate) fn new_route(
-    seq: u32,
     ifindex: u32,
     dst: Ipv4Addr,
     dst_len: u8,
     gateway: Option<Ipv4Addr>,
-    protocol: u8,
-) -> Vec<u8> {
-    let scope = if gateway.is_some() {
-        RT_SCOPE_UNIVERSE
+    protocol: RouteProtocol,
+) -> Request {
+    let mut route = RouteMessage::default();
+    route.header.address_family = AddressFamily::Inet;
+    route.header.destination_prefix_length = dst_len;
+    route.header.table = RouteHeader::RT_TABLE_MAIN;
+    route.header.protocol = protocol;
+    route.header.scope = if gateway.is_some() {
+        RouteScope::Universe
     } else {
-        RT_SCOPE_LINK
+        RouteScope::Link
     };
-    let mut m = Msg::new(
-        RTM_NEWROUTE,
-        NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
-        seq,
-    );
-    // struct rtmsg { u8 family, dst_len, src_len, tos, table, protocol, scope, type; u32 flags; }
-    m.bytes(&[
-        AF_INET,
-        dst_len,
-        0,
-        0,
-        RT_TABLE_MAIN,
-        protocol,
-        scope,
-        RTN_UNICAST,
-    ])
-    .bytes(&0u32.to_ne_bytes());
+    route.header.kind = RouteType::Unicast;
     if dst_len > 0 {
-        m.attr(RTA_DST, &dst.octets());
+        route
+            .attributes
+            .push(RouteAttribute::Destination(RouteAddress::Inet(dst)));
     }
     if let Some(gw) = gateway {
-        m.attr(RTA_GATEWAY, &gw.octets());
+        route
+            .attributes
+            .push(RouteAttribute::Gateway(RouteAddress::Inet(gw)));
     }
-    m.attr(RTA_OIF, &ifindex.to_ne_bytes());
-    m.finish()
+    route.attributes.push(RouteAttribute::Oif(ifindex));
+    Request {
+        kind: RTM_NEWROUTE,
+        flags: NLM_F_CREATE | NLM_F_REPLACE,
+        body: Body::Route(route),
+    }
 }
 
 /// What one received datagram says about the request with sequence number `seq`.
@@ -186,28 +184,28 @@ pub(crate) enum Ack {
     Malformed(&'static str),
 }
 
-/// Walk the messages in one datagram (bounded by the datagram) and find the ack for `seq`.
+/// Walk the messages in one datagram (bounded by the datagram) and find the ack for `seq`. Only
+/// an `NLMSG_ERROR` carrying `seq` is decoded; every other message is skipped by its length.
 pub(crate) fn parse_ack(mut buf: &[u8], seq: u32) -> Ack {
     while buf.len() >= NLMSG_HDRLEN {
-        let len = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-        if len < NLMSG_HDRLEN || len > buf.len() {
+        // Checks 16 <= nlmsg_len <= what is left of the datagram.
+        let Ok(msg) = NetlinkBuffer::new_checked(buf) else {
             return Ack::Malformed("message length out of bounds");
-        }
-        let kind = u16::from_ne_bytes([buf[4], buf[5]]);
-        let msg_seq = u32::from_ne_bytes([buf[8], buf[9], buf[10], buf[11]]);
-        if kind == NLMSG_ERROR && msg_seq == seq {
+        };
+        let len = msg.length() as usize;
+        if msg.message_type() == NLMSG_ERROR && msg.sequence_number() == seq {
             // struct nlmsgerr { int error; struct nlmsghdr msg; … }
-            let Some(code) = buf.get(NLMSG_HDRLEN..NLMSG_HDRLEN + 4) else {
+            let payload: &[u8] = msg.payload();
+            let Ok(err) = ErrorBuffer::new_checked(&payload) else {
                 return Ack::Malformed("short NLMSG_ERROR");
             };
-            let code = i32::from_ne_bytes([code[0], code[1], code[2], code[3]]);
-            return match code {
+            return match err.code().map_or(0, i32::from) {
                 0 => Ack::Ok,
                 c if c < 0 => Ack::Refused(Errno::from_raw(c.saturating_neg())),
                 _ => Ack::Malformed("positive error code"),
             };
         }
-        let aligned = len.div_ceil(4) * 4;
+        let aligned = len.next_multiple_of(usize::from(NLMSG_ALIGNTO));
         buf = buf.get(aligned..).unwrap_or(&[]);
     }
     Ack::NotOurs
@@ -223,7 +221,7 @@ impl Netlink {
     pub(crate) fn open() -> Result<Self, NetError> {
         let io = |op: &'static str| move |e: Errno| NetError::NetlinkSocket { op, errno: e };
         let fd = socket(
-            AddressFamily::Netlink,
+            SocketFamily::Netlink,
             SockType::Raw,
             SockFlag::SOCK_CLOEXEC,
             SockProtocol::NetlinkRoute,
@@ -233,16 +231,12 @@ impl Netlink {
         Ok(Netlink { fd, seq: 1 })
     }
 
-    /// Send the request `build(seq)` and wait for its ack; `op` names it in errors
+    /// Send `msg` under the next sequence number and wait for its ack; `op` names it in errors
     /// ("RTM_NEWADDR 10.0.2.15/24 on eth0").
-    pub(crate) fn request(
-        &mut self,
-        op: &str,
-        build: impl FnOnce(u32) -> Vec<u8>,
-    ) -> Result<(), NetError> {
+    pub(crate) fn request(&mut self, op: &str, msg: Request) -> Result<(), NetError> {
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
-        let msg = build(seq);
+        let msg = encode(&msg, seq);
         let kernel = NetlinkAddr::new(0, 0);
         let fail = |errno: Errno| NetError::Netlink {
             op: op.to_string(),
@@ -297,6 +291,8 @@ impl Netlink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
+    use netlink_packet_route::RouteNetlinkMessage;
 
     /// `struct nlmsghdr` as the kernel lays it out: len, type, flags, seq, pid (native endian).
     fn nlmsghdr(len: u32, kind: u16, flags: u16, seq: u32) -> Vec<u8> {
@@ -321,9 +317,30 @@ mod tests {
         v
     }
 
+    /// `msg` sent as `seq` is exactly `want` (the kernel's struct layouts, written out by hand
+    /// from <linux/netlink.h>, <linux/rtnetlink.h> and <linux/if_addr.h>), and the crate reads
+    /// `want` back as the same message: our builder and the crate's parser agree on every field.
+    fn assert_kernel_bytes(msg: Request, seq: u32, want: &[u8]) {
+        assert_eq!(encode(&msg, seq), want);
+        let parsed = NetlinkMessage::<RouteNetlinkMessage>::deserialize(want).expect("parses");
+        assert_eq!(parsed.header.sequence_number, seq);
+        assert_eq!(parsed.header.flags, NLM_F_REQUEST | NLM_F_ACK | msg.flags);
+        let NetlinkPayload::InnerMessage(inner) = parsed.payload else {
+            panic!("not an rtnetlink message: {parsed:?}");
+        };
+        // The crate's own message type for the body agrees with our RTM_* constant.
+        assert_eq!(inner.message_type(), msg.kind);
+        let body = match inner {
+            RouteNetlinkMessage::NewLink(m) => Body::Link(m),
+            RouteNetlinkMessage::NewAddress(m) => Body::Address(m),
+            RouteNetlinkMessage::NewRoute(m) => Body::Route(m),
+            other => panic!("unexpected {other:?}"),
+        };
+        assert_eq!(body, msg.body);
+    }
+
     #[test]
     fn link_up_matches_ifinfomsg_layout() {
-        let got = link_up(7, 3);
         // nlmsghdr (16) + ifinfomsg (16), no attributes.
         let mut want = nlmsghdr(32, 16, 0x1 | 0x4, 7);
         want.extend([0u8, 0]); // ifi_family AF_UNSPEC, pad
@@ -331,12 +348,11 @@ mod tests {
         want.extend(3i32.to_ne_bytes()); // ifi_index
         want.extend(1u32.to_ne_bytes()); // ifi_flags IFF_UP
         want.extend(1u32.to_ne_bytes()); // ifi_change IFF_UP
-        assert_eq!(got, want);
+        assert_kernel_bytes(link_up(3), 7, &want);
     }
 
     #[test]
     fn new_addr_matches_ifaddrmsg_layout() {
-        let got = new_addr(9, 2, Ipv4Addr::new(192, 168, 77, 53), 24);
         let mut body = vec![2u8, 24, 0, 0]; // AF_INET, prefixlen, flags, RT_SCOPE_UNIVERSE
         body.extend(2u32.to_ne_bytes()); // ifa_index
         body.extend(rtattr(2, &[192, 168, 77, 53])); // IFA_LOCAL
@@ -346,28 +362,20 @@ mod tests {
         let mut want = nlmsghdr((16 + body.len()) as u32, 20, flags, 9);
         want.extend(body);
         assert_eq!(want.len(), 16 + 8 + 3 * 8);
-        assert_eq!(got, want);
+        assert_kernel_bytes(new_addr(2, Ipv4Addr::new(192, 168, 77, 53), 24), 9, &want);
     }
 
     #[test]
     fn new_addr_loopback_is_host_scope_and_slash32_has_no_broadcast() {
-        let lo = new_addr(1, 1, Ipv4Addr::LOCALHOST, 8);
+        let lo = encode(&new_addr(1, Ipv4Addr::LOCALHOST, 8), 1);
         assert_eq!(lo[16..20], [2, 8, 0, 254]);
         assert_eq!(lo[lo.len() - 4..], [127, 255, 255, 255]);
-        let host = new_addr(1, 5, Ipv4Addr::new(10, 1, 2, 3), 32);
+        let host = encode(&new_addr(5, Ipv4Addr::new(10, 1, 2, 3), 32), 1);
         assert_eq!(host.len(), 16 + 8 + 2 * 8);
     }
 
     #[test]
     fn default_route_matches_rtmsg_layout() {
-        let got = new_route(
-            4,
-            2,
-            Ipv4Addr::UNSPECIFIED,
-            0,
-            Some(Ipv4Addr::new(10, 0, 0, 1)),
-            16,
-        );
         // rtm_family, dst_len, src_len, tos, table MAIN, protocol DHCP, scope UNIVERSE, RTN_UNICAST
         let mut body = vec![2u8, 0, 0, 0, 254, 16, 0, 1];
         body.extend(0u32.to_ne_bytes()); // rtm_flags
@@ -375,19 +383,27 @@ mod tests {
         body.extend(rtattr(4, &2u32.to_ne_bytes())); // RTA_OIF
         let mut want = nlmsghdr((16 + body.len()) as u32, 24, 0x1 | 0x4 | 0x400 | 0x100, 4);
         want.extend(body);
-        assert_eq!(got, want);
+        let gw = Some(Ipv4Addr::new(10, 0, 0, 1));
+        let route = new_route(2, Ipv4Addr::UNSPECIFIED, 0, gw, RouteProtocol::Dhcp);
+        assert_kernel_bytes(route, 4, &want);
     }
 
     #[test]
     fn link_route_has_dst_and_link_scope() {
-        let got = new_route(4, 6, Ipv4Addr::new(10, 0, 0, 1), 32, None, 4);
         let mut body = vec![2u8, 32, 0, 0, 254, 4, 253, 1];
         body.extend(0u32.to_ne_bytes());
         body.extend(rtattr(1, &[10, 0, 0, 1])); // RTA_DST
         body.extend(rtattr(4, &6u32.to_ne_bytes())); // RTA_OIF
         let mut want = nlmsghdr((16 + body.len()) as u32, 24, 0x1 | 0x4 | 0x400 | 0x100, 4);
         want.extend(body);
-        assert_eq!(got, want);
+        let route = new_route(
+            6,
+            Ipv4Addr::new(10, 0, 0, 1),
+            32,
+            None,
+            RouteProtocol::Static,
+        );
+        assert_kernel_bytes(route, 4, &want);
     }
 
     /// The real kernel refuses a request and the error names the operation. Link index
@@ -397,7 +413,7 @@ mod tests {
     fn kernel_refusal_names_the_operation() {
         let mut nl = Netlink::open().expect("netlink socket");
         let err = nl
-            .request("RTM_NEWLINK nosuch up", |seq| link_up(seq, 0x7fff_fff0))
+            .request("RTM_NEWLINK nosuch up", link_up(0x7fff_fff0))
             .expect_err("no such link");
         match &err {
             NetError::Netlink { op, errno } => {
@@ -411,10 +427,7 @@ mod tests {
                 .starts_with("netlink RTM_NEWLINK nosuch up: E")
         );
         // The socket stays usable after a refusal (the ack was consumed, seq moved on).
-        assert!(
-            nl.request("again", |seq| link_up(seq, 0x7fff_fff0))
-                .is_err()
-        );
+        assert!(nl.request("again", link_up(0x7fff_fff0)).is_err());
     }
 
     fn nlmsgerr(seq: u32, code: i32) -> Vec<u8> {
@@ -433,6 +446,20 @@ mod tests {
         let mut two = nlmsgerr(4, -1);
         two.extend(nlmsgerr(5, -19));
         assert_eq!(parse_ack(&two, 5), Ack::Refused(Errno::ENODEV));
+    }
+
+    /// A refusal as a kernel with extended acks sends it: NLM_F_CAPPED | NLM_F_ACK_TLVS, the
+    /// echoed header only, then an NLMSGERR_ATTR_MSG text TLV; the code is what counts.
+    #[test]
+    fn extended_acks_are_decoded() {
+        let mut v = nlmsghdr(0, 2, 0x100 | 0x200, 8);
+        v.extend((-22i32).to_ne_bytes());
+        v.extend(nlmsghdr(24, 24, 0x505, 8));
+        v.extend(rtattr(1, b"Invalid prefix for given prefix length\0"));
+        let len = v.len() as u32;
+        v[..4].copy_from_slice(&len.to_ne_bytes());
+        assert_eq!(parse_ack(&v, 8), Ack::Refused(Errno::EINVAL));
+        assert_eq!(parse_ack(&v, 9), Ack::NotOurs);
     }
 
     #[test]

@@ -11,6 +11,12 @@
 //!   `oci:<absolute dir>@sha256:<64 hex>`. As in skopeo the directory ends at its first `:`.
 //!
 //! Parsing is strict and bounded; the text is printed with `{:?}` in errors.
+//!
+//! Why ours rather than oci-spec's `distribution::Reference` (the test oracle: the tests compare
+//! both on a corpus and on random references): it takes sha384/sha512 and upper-case digests
+//! (the agent verifies sha256 only), non-ASCII tags (Unicode `\w`), ports above 65535 and hosts
+//! such as `ho_st.com`, and it would keep the `regex` crate in the guest; the deliberate
+//! differences are listed in the tests' `Deliberate`.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -518,6 +524,243 @@ mod tests {
         }
         for bad in ["", ".a", "a.", "a..b", "a---b", "a/", "/a", "a b", "a\nb"] {
             assert!(valid_ref_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    /// oci-spec's `distribution::Reference` (a port of Docker's distribution/reference) as an
+    /// oracle: on a corpus and on random references both parsers agree on the registry, the
+    /// repository, the tag and the digest, or disagree for one of the reasons in [`Deliberate`].
+    mod distribution_oracle {
+        use super::*;
+        use oci_spec::distribution::{ParseError, Reference};
+        use proptest::prelude::*;
+
+        /// Where we refuse what oci-spec accepts, on purpose.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        enum Deliberate {
+            /// Only `sha256:` with 64 lower-case hex digits (image-spec's form for sha256);
+            /// oci-spec also takes sha384/sha512 and upper-case hex.
+            Sha256Only,
+            /// Tags, like everything in a reference, are ASCII: Docker's `\w` is Go's (ASCII);
+            /// oci-spec's regex crate `\w` is Unicode, so it takes `img:ümlaut`.
+            AsciiOnly,
+            /// A port is 1..=65535; oci-spec takes any digit string.
+            PortRange,
+            /// A host label has at most 63 characters (RFC 1035).
+            HostLabel,
+            /// `ho_st.com/img`: not a host name (RFC 1123 has no `_`), so oci-spec's regex reads
+            /// it as a path component, and its split then takes it as the registry host anyway.
+            /// We refuse it.
+            HostSyntax,
+            /// The 255-character bound: we apply it to the name as written (host included);
+            /// oci-spec to the repository without the host but after `library/` is added (Docker
+            /// itself to the normalized `host/repository`). Differs both ways near the bound.
+            NameLength,
+            /// `Bad/ref`: oci-spec takes `Bad` as a Docker Hub namespace and yields an upper-case
+            /// repository no registry serves (its own FIXME); Docker takes it as a host. We
+            /// refuse it.
+            UpperFirstComponent,
+        }
+
+        /// Why `s` (accepted by oci-spec, refused by us) is refused on purpose, if it is.
+        fn deliberate(s: &str) -> Option<Deliberate> {
+            let (rest, digest) = match s.split_once('@') {
+                Some((r, d)) => (r, Some(d)),
+                None => (s, None),
+            };
+            if let Some(d) = digest
+                && Sha256Digest::parse(d).is_err()
+            {
+                return Some(Deliberate::Sha256Only);
+            }
+            if !s.is_ascii() {
+                return Some(Deliberate::AsciiOnly);
+            }
+            let last_slash = rest.rfind('/').map_or(0, |i| i + 1);
+            let name = match rest[last_slash..].rfind(':') {
+                Some(i) => &rest[..last_slash + i],
+                None => rest,
+            };
+            if name.len() > MAX_NAME {
+                return Some(Deliberate::NameLength);
+            }
+            let first = name.split('/').next().unwrap_or("");
+            if name.contains('/') && (first.contains('.') || first.contains(':')) {
+                let (host, port) = first.split_once(':').unwrap_or((first, ""));
+                if !port.is_empty() && port.parse::<u32>().map_or(true, |p| p == 0 || p > 65535) {
+                    return Some(Deliberate::PortRange);
+                }
+                if host.split('.').any(|l| l.len() > 63) {
+                    return Some(Deliberate::HostLabel);
+                }
+                if host.contains('_') {
+                    return Some(Deliberate::HostSyntax);
+                }
+            }
+            if name.contains('/') && first.bytes().any(|c| c.is_ascii_uppercase()) {
+                return Some(Deliberate::UpperFirstComponent);
+            }
+            None
+        }
+
+        /// Compare the two parsers on `s`; the disagreement, if any, and why.
+        fn compare(s: &str) -> Result<Option<Deliberate>, String> {
+            let ours = RegistryRef::parse(s);
+            let theirs = Reference::try_from(s);
+            match (ours, theirs) {
+                (Ok(o), Ok(t)) => {
+                    let o_digest = o.digest.as_ref().map(|d| d.to_string());
+                    if (o.registry.as_str(), o.repository.as_str(), o.tag.as_deref())
+                        != (t.registry(), t.repository(), t.tag())
+                        || o_digest.as_deref() != t.digest()
+                    {
+                        return Err(format!("{s:?}: ours {o:?}, theirs {t:?}"));
+                    }
+                    Ok(None)
+                }
+                (Err(_), Err(_)) => Ok(None),
+                (Err(why), Ok(t)) => match deliberate(s) {
+                    Some(d) => Ok(Some(d)),
+                    None => Err(format!("{s:?}: we refuse ({why}), oci-spec takes {t:?}")),
+                },
+                (Ok(_), Err(ParseError::NameTooLong)) => Ok(Some(Deliberate::NameLength)),
+                (Ok(o), Err(e)) => Err(format!("{s:?}: we take {o:?}, oci-spec refuses ({e})")),
+            }
+        }
+
+        #[test]
+        fn corpus() {
+            const H: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+            // 259 characters as written, a 250-character repository: we refuse, oci-spec takes.
+            let long_name = format!("host.com/{}", "a".repeat(250));
+            // 250 as written, "library/" + 250 after normalization: we take, oci-spec refuses.
+            let long_hub = "a".repeat(250);
+            let long_label = format!("{}.com/img", "h".repeat(64));
+            let upper_digest = format!("img@sha256:{}", H.to_uppercase());
+            let sha512 = format!("img@sha512:{H}{H}");
+            let sha384 = format!("img@sha384:{H}{}", &H[..32]);
+            let cases: Vec<(String, Option<Deliberate>)> = [
+                // Agreed, accepted.
+                ("busybox", None),
+                ("busybox:1.36", None),
+                ("library/busybox", None),
+                ("docker.io/busybox", None),
+                ("index.docker.io/foo/bar", None),
+                ("foo/bar/baz", None),
+                ("localhost/img", None),
+                ("localhost:5000/img:t", None),
+                ("127.0.0.1:5000/test/img:t", None),
+                ("quay.io/coreos/etcd:v3.5.0", None),
+                ("ghcr.io/a-b/c_d/e__f/g.h/i--j:tag_1.2-3", None),
+                ("test.com:tag", None),
+                ("test.com:5000", None),
+                ("foo_bar.com:8080", None),
+                ("xn--n3h.com/myimage:xn--n3h.com", None),
+                ("b.gcr.io/test.example.com/my-app:test.example.com", None),
+                ("lowercase:Uppercase", None),
+                ("img:_", None),
+                // Agreed, refused.
+                ("", None),
+                ("UPPER", None),
+                (":justtag", None),
+                ("img:", None),
+                ("img:-tag", None),
+                ("img:ta/g", None),
+                ("a//b", None),
+                ("/a", None),
+                ("a/", None),
+                ("a..b", None),
+                ("a___b", None),
+                ("a_", None),
+                ("host.com:x/img", None),
+                ("-bad.com/img", None),
+                ("bad-.com/img", None),
+                ("img:t@", None),
+                ("img@", None),
+                ("@", None),
+                ("img@sha256:abc", None),
+                ("img:t:u", None),
+                ("a b", None),
+                ("aa/asdf$$^/aa", None),
+                ("test:5000/Uppercase/lowercase:tag", None),
+                ("[::1]:5000/img", None),
+                // Refused on purpose.
+                (sha512.as_str(), Some(Deliberate::Sha256Only)),
+                (sha384.as_str(), Some(Deliberate::Sha256Only)),
+                (upper_digest.as_str(), Some(Deliberate::Sha256Only)),
+                ("img:ümlaut", Some(Deliberate::AsciiOnly)),
+                ("host.com:99999/img", Some(Deliberate::PortRange)),
+                ("host.com:0/img", Some(Deliberate::PortRange)),
+                (long_label.as_str(), Some(Deliberate::HostLabel)),
+                ("ho_st.com/img", Some(Deliberate::HostSyntax)),
+                (long_name.as_str(), Some(Deliberate::NameLength)),
+                (long_hub.as_str(), Some(Deliberate::NameLength)),
+                (
+                    "Uppercase/lowercase:tag",
+                    Some(Deliberate::UpperFirstComponent),
+                ),
+            ]
+            .into_iter()
+            .map(|(s, d)| (s.to_string(), d))
+            .collect();
+            let with_digest = [
+                format!("img@sha256:{H}"),
+                format!("host.com:5000/a/b:t@sha256:{H}"),
+                format!("docker.io/img:t@sha256:{H}"),
+            ];
+            let cases = cases.into_iter().chain(with_digest.map(|s| (s, None)));
+            for (s, want) in cases {
+                assert_eq!(compare(&s), Ok(want), "{s:?}");
+            }
+        }
+
+        /// References assembled from pieces that sit at the grammar's edges.
+        fn reference() -> impl Strategy<Value = String> {
+            let host = prop::sample::select(vec![
+                "",
+                "docker.io/",
+                "index.docker.io/",
+                "localhost/",
+                "localhost:5000/",
+                "a.b/",
+                "A.b/",
+                "a-b.c:1/",
+                "h:65535/",
+                "h.com:65536/",
+                "_h.com/",
+                "h.-c/",
+                "Upper/",
+            ]);
+            let comp = "[a-zA-Z0-9._ü-]{1,6}";
+            let path = proptest::collection::vec(comp, 1..4).prop_map(|c| c.join("/"));
+            let tag = prop::sample::select(vec!["", ":t", ":T.1-x_", ":-t", ":", ":ü", ":a.b"]);
+            let digest = prop::sample::select(vec![
+                String::new(),
+                "@sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855".into(),
+                "@sha256:E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855".into(),
+                format!("@sha512:{}", "f".repeat(128)),
+                "@sha256:ff".into(),
+                "@md5:ffffffffffffffffffffffffffffffff".into(),
+            ]);
+            (host, path, tag, digest).prop_map(|(h, p, t, d)| format!("{h}{p}{t}{d}"))
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+
+            #[test]
+            fn random_references_agree_or_differ_on_purpose(s in reference()) {
+                if let Err(e) = compare(&s) {
+                    return Err(TestCaseError::fail(e));
+                }
+            }
+
+            #[test]
+            fn random_text_agrees_or_differs_on_purpose(s in "[a-zA-Z0-9:/@._-]{0,40}") {
+                if let Err(e) = compare(&s) {
+                    return Err(TestCaseError::fail(e));
+                }
+            }
         }
     }
 

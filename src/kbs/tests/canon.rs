@@ -246,3 +246,93 @@ fn trustee_runtime_data_vector() {
         "e71ce8e70d814ba6639c3612ebee0ff1f76f650f8dbb5e47157e0f3f525cd22c4597480a186427c813ca941da78870c3"
     );
 }
+
+/// `serde_json_canonicalizer` (what guest-components hashes the runtime data with) as an oracle:
+/// on random JSON values our canonical form is byte for byte theirs.
+mod oracle {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::{Map, Number};
+
+    /// Strings that exercise the escaping rules and the UTF-16 member order: controls, `"`, `\`,
+    /// U+007F, `/`, BMP characters above the surrogates, and astral characters (surrogate pairs
+    /// sort below U+E000..U+FFFF in UTF-16 but above them in UTF-8).
+    fn text() -> impl Strategy<Value = String> {
+        let ch = prop_oneof![
+            4 => proptest::char::range(' ', '~'),
+            1 => proptest::char::range('\0', '\u{1f}'),
+            1 => prop::sample::select(vec!['"', '\\', '/', '\u{7f}', '\u{80}', '\u{2028}', 'é']),
+            1 => proptest::char::range('\u{e000}', '\u{ffff}'),
+            1 => proptest::char::range('\u{10000}', '\u{10ffff}'),
+        ];
+        proptest::collection::vec(ch, 0..8).prop_map(|v| v.into_iter().collect())
+    }
+
+    fn number() -> impl Strategy<Value = Number> {
+        const SAFE: i64 = 1 << 53;
+        prop_oneof![
+            (-SAFE..=SAFE).prop_map(Number::from),
+            (0..=SAFE as u64).prop_map(Number::from),
+            // Every finite double, by its bits (subnormals, -0, the extremes included).
+            any::<u64>().prop_filter_map("finite", |b| Number::from_f64(f64::from_bits(b))),
+            // Short decimals, the numbers JSON documents usually hold.
+            (-10_000_000i64..10_000_000, -30i32..30).prop_filter_map("finite", |(m, e)| {
+                Number::from_f64(m as f64 * 10f64.powi(e))
+            }),
+        ]
+    }
+
+    fn value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            number().prop_map(Value::Number),
+            text().prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                proptest::collection::vec((text(), inner), 0..6)
+                    .prop_map(|kv| Value::Object(kv.into_iter().collect::<Map<_, _>>())),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn ours_equals_serde_json_canonicalizer(v in value()) {
+            let ours = canonicalize(&v).expect("every value here is canonicalizable");
+            let theirs = serde_json_canonicalizer::to_string(&v).expect("theirs");
+            prop_assert_eq!(ours, theirs);
+        }
+
+        #[test]
+        fn numbers_equal_serde_json_canonicalizer(bits in any::<u64>()) {
+            let x = f64::from_bits(bits);
+            prop_assume!(x.is_finite());
+            let theirs = serde_json_canonicalizer::to_string(&x).expect("theirs");
+            prop_assert_eq!(format_number(x).expect("finite"), theirs);
+        }
+    }
+
+    /// The one deliberate difference: an integer beyond ±2^53 has no exact double; JCS (and
+    /// serde_json_canonicalizer) print the nearest double, we refuse rather than hash a number
+    /// other canonicalizers print differently.
+    #[test]
+    fn integers_beyond_2_pow_53_are_refused_where_theirs_rounds() {
+        for v in [
+            json!(9007199254740993u64),
+            json!(-9007199254740993i64),
+            json!(u64::MAX),
+        ] {
+            assert!(canonicalize(&v).is_err(), "{v}");
+            assert!(serde_json_canonicalizer::to_string(&v).is_ok(), "{v}");
+        }
+        assert_eq!(
+            serde_json_canonicalizer::to_string(&json!(9007199254740993u64)).unwrap(),
+            "9007199254740992"
+        );
+    }
+}
