@@ -62,4 +62,5 @@ qemu/boot.sh --kernel "$KERNEL" --initrd "$OUT/initrd.img" --disk "$OUT/rootfs.i
   --append "roothash=$roothash cvm.initdata=fw_cfg" --timeout 600 --quiet --console "$work/console.log" || {
   cat "$work/console.log"; echo "bench volume: the boot failed" >&2; exit 1; }
 echo "bench volume: ${SIZE_MIB} MiB LUKS2 state disk (aes-xts-plain64, 4 KiB sectors), QEMU TCG, dd of ${DD_MIB} MiB"
+# "agent memory": the agent's own RSS while the workload runs (issue 16: target <= 6 MiB).
 grep -E "state: .*LUKS2|workload: dd|agent memory|started pid" "$work/console.log" | sed 's/^/  /'

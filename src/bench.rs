@@ -167,7 +167,7 @@ pub fn boot(args: &BootBench) -> Result<(), BenchError> {
         ma / mt
     );
     println!(
-        "  agent binary          {:6.2} MiB (target <= 6 MiB)",
+        "  agent binary          {:6.2} MiB stripped (target <= 6 MiB)",
         mib(agent_size)
     );
     println!(
