@@ -82,14 +82,12 @@ impl ProvisionedAk {
     }
 }
 
-/// A swtpm serving a state directory on 127.0.0.1, killed when dropped.
-pub struct Swtpm {
+/// A swtpm serving `state` on 127.0.0.1, killed when dropped.
+struct Running {
     child: Child,
-    /// Its TPM command port.
-    pub addr: SocketAddr,
 }
 
-impl Drop for Swtpm {
+impl Drop for Running {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -103,9 +101,7 @@ fn free_port() -> Option<u16> {
         .ok()
 }
 
-/// Starts swtpm on `state` (an existing directory) and connects to it. Ports are picked free
-/// and retried with fresh ones when another process took one first.
-pub fn start(state: &Path) -> Result<(Swtpm, Tpm<TcpTransport>), SwtpmError> {
+fn start(state: &Path) -> Result<(Running, Tpm<TcpTransport>), SwtpmError> {
     let failed = |why: String| SwtpmError::Start {
         state: state.to_path_buf(),
         why,
@@ -131,8 +127,8 @@ pub fn start(state: &Path) -> Result<(Swtpm, Tpm<TcpTransport>), SwtpmError> {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(SwtpmError::Spawn)?;
+        let mut running = Running { child };
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, data));
-        let mut running = Swtpm { child, addr };
         let deadline = Instant::now() + START_TIMEOUT;
         while Instant::now() < deadline {
             if let Ok(Some(status)) = running.child.try_wait() {
