@@ -15,7 +15,7 @@ OUT := out
 STATIC := RUSTFLAGS="-C target-feature=+crt-static" CARGO_PROFILE_RELEASE_OPT_LEVEL=z
 export SOURCE_DATE_EPOCH ?= 0
 
-.PHONY: all setup build initrd rootfs images demo demo-reset test lint unit bench clean
+.PHONY: all setup build initrd rootfs images demo demo-reset test lint unit bench tcb clean
 
 all: build
 
@@ -27,7 +27,7 @@ build: setup
 	@# and their features would be unified into the agent's crates (serde_json_canonicalizer turns
 	@# on serde_json's float_roundtrip, for one); the bench's trivial init is a package of its own.
 	$(STATIC) cargo build --locked --release --target $(TARGET) -p cvm-agent -p trivial-init --bin cvm-agent --bin trivial_init
-	cargo build --locked --release --bin cvmctl
+	cargo build --locked --release -p cvmctl --bin cvmctl
 	@# static-pie keeps ASLR for PID 1; ldd calls that "statically linked" (plain static: "not a dynamic executable").
 	@ldd $(AGENT) 2>&1 | grep -Eq "not a dynamic executable|statically linked" || { echo "error: $(AGENT) is not static"; exit 1; }
 	@echo "cvm-agent: $$(stat -c %s $(AGENT)) bytes, static"
@@ -55,7 +55,7 @@ lint:
 
 test: images lint
 	CVM_AGENT=$(AGENT) CVM_INITRD=$(OUT)/initrd.img CVM_ROOTFS=$(OUT)/rootfs.img CVM_KERNEL=$(KERNEL) CVM_MODULES=$(realpath $(MODULES)) \
-	  cargo test --locked --all-targets -- --include-ignored --test-threads=2
+	  cargo test --locked --workspace --all-targets -- --include-ignored --test-threads=2
 
 bench: images
 	$(CVMCTL) bench boot --kernel $(KERNEL) --initrd $(OUT)/initrd.img --trivial-initrd $(OUT)/trivial-initrd.img --agent $(AGENT)
@@ -63,6 +63,10 @@ bench: images
 	$(CVMCTL) bench state --size-mib 1024
 	$(CVMCTL) bench unpack --size-mib 100
 	OUT=$(OUT) KERNEL=$(KERNEL) CVMCTL=$(CVMCTL) scripts/bench-volume.sh
+
+# The guest's trusted code: our crates and lines, and the third-party crates with versions.
+tcb:
+	@scripts/tcb.py
 
 clean:
 	cargo clean

@@ -10,8 +10,8 @@ use crate::initdata::launch::{
     LaunchConfig, NetworkMode, RestartPolicy, SECRETS_DIR, SecretTarget, SecretUse,
 };
 use crate::initdata::{self, InitData};
-use crate::kbs::client::KbsClient;
 use crate::kbs::{TeeKeyPair, jwe, protocol};
+use crate::kbs_client::KbsClient;
 use crate::kmod;
 use crate::logging::{self, Sink};
 use crate::measure::{Event, Measurer};
@@ -144,7 +144,7 @@ pub struct Agent {
     /// filesystems, crypto templates) when they need it.
     modules: Option<kmod::Loader<kmod::FinitModule>>,
     /// The verified root's os-release, once switched to it.
-    os_release: Option<crate::osrelease::OsRelease>,
+    os_release: Option<crate::measure::osrelease::OsRelease>,
     /// None only in debug mode without a TPM.
     tpm: Option<Tpm>,
     measurer: Option<Measurer>,
@@ -451,7 +451,7 @@ impl Agent {
                     .in_stage(Stage::Verity)?,
             );
         }
-        let os = crate::osrelease::read(Path::new("/"));
+        let os = crate::measure::osrelease::read(Path::new("/"));
         info!(
             "switched to the verified root ({fstype}) in {} ms; freed {} KiB of initramfs ({} files)",
             started.elapsed().as_millis(),
@@ -1123,7 +1123,7 @@ impl Agent {
             .and_then(|l| l.state.as_ref())
             .map(|s| s.mount.clone());
         let plan = workload::policy::plan(
-            &workload::image::image_config(&pulled.image.config),
+            &workload::policy::image_config(&pulled.image.config),
             &config,
             state_mount.as_deref(),
             self.mode,

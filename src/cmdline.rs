@@ -39,41 +39,7 @@ pub enum CmdlineError {
     DebugOnly(&'static str),
 }
 
-/// Production fails closed and powers off; debug keeps the VM up after the workload or an error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Mode {
-    #[default]
-    Production,
-    Debug,
-}
-
-impl Mode {
-    pub fn name(self) -> &'static str {
-        match self {
-            Mode::Production => "production",
-            Mode::Debug => "debug",
-        }
-    }
-}
-
-impl fmt::Display for Mode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// Where the launch configuration (init-data) comes from.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum InitDataSource {
-    #[default]
-    Auto,
-    File(String),
-    Disk,
-    FwCfg,
-    Gcp,
-    Azure,
-    Aws,
-}
+pub use cvm_initdata::{InitDataSource, Mode};
 
 /// How a block device is named on the command line (systemd's forms).
 #[derive(Debug, Clone, PartialEq, Eq)]

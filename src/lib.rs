@@ -1,40 +1,44 @@
-//! cvm-agent: the PID 1 of a confidential VM, and the host tool `cvmctl` that builds, predicts and
-//! boots what the agent runs in. Modules are named after the stage or format they own; see
-//! DESIGN in the README for the stage list.
+//! cvm-agent: the PID 1 of a confidential VM. This crate is what the guest runs: the stages
+//! (`agent`) and the PID 1 machinery around them. Formats and protocols the guest shares with
+//! the host are library crates of their own, re-exported here under the names the stages use;
+//! the host's tools (`cvmctl`, the dev KBS, the image builders) are crates this one does not
+//! depend on. `make tcb` lists everything the static agent is built from.
 
 pub mod agent;
-pub mod bench;
 pub mod blockdev;
 pub mod boot;
 pub mod cmdline;
-pub mod cpio;
 pub mod debug_shell;
-pub mod devkbs;
 pub mod dm;
 pub mod evidence;
-pub mod gpt;
-pub mod hex;
-pub mod initdata;
-pub mod initrd;
-pub mod kbs;
-pub mod kmod;
+pub mod kbs_client;
 pub mod logging;
-pub mod luks2;
-pub mod measure;
 pub mod net;
-pub mod oci;
-pub mod osrelease;
 pub mod pid1;
-pub mod relay;
+pub mod registry;
 pub mod result;
-pub mod rootfs;
 pub mod secrets;
 pub mod stage;
 pub mod state;
 pub mod switchroot;
-pub mod swtpm;
-pub mod tee;
-pub mod tpm;
-pub mod verity;
 pub mod verity_root;
 pub mod workload;
+
+/// GPT, dm-verity and LUKS2 (`cvm-disk`).
+pub use cvm_disk::{gpt, luks2, verity};
+/// The init-data, launch.toml and the image launch policy (`cvm-initdata`).
+pub use cvm_initdata as initdata;
+/// The KBS protocol: messages, report data, JWE, the TEE key (`cvm-kbs-protocol`).
+pub use cvm_kbs_protocol as kbs;
+/// Kernel modules: indexes and the loader (`cvm-kmod`).
+pub use cvm_kmod as kmod;
+/// Events, the agent's event log, PCR/RTMR replay, os-release (`cvm-measure`).
+pub use cvm_measure as measure;
+/// OCI references, manifests, layouts and unpacking (`cvm-oci`).
+pub use cvm_oci as oci;
+/// TEE evidence: SNP, TDX, CCEL, Azure, TPM quotes (`cvm-tee`).
+pub use cvm_tee as tee;
+/// Lower-case hex (`cvm-text`).
+pub use cvm_text::hex;
+/// The TPM 2.0 client (`cvm-tpm`).
+pub use cvm_tpm as tpm;

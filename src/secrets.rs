@@ -19,8 +19,8 @@ use zeroize::Zeroizing;
 
 use crate::initdata::launch::{SECRETS_DIR, Secret, SecretUse};
 use crate::kbs::KbsError;
-use crate::kbs::client::ClientError;
 use crate::kbs::jwe::JweError;
+use crate::kbs_client::ClientError;
 
 /// The secrets tmpfs: ample for keys and certificates, small enough that a hostile KBS cannot
 /// fill the guest's memory through it.

@@ -90,21 +90,8 @@ impl fmt::Display for StageError {
     }
 }
 
-/// An error and its causes on one line, `what (cause: cause …)`: the form of every console
-/// error line and of cvmctl's and the dev KBS's messages.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut causes = Vec::new();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        causes.push(cause.to_string());
-        source = cause.source();
-    }
-    if causes.is_empty() {
-        e.to_string()
-    } else {
-        format!("{e} ({})", causes.join(": "))
-    }
-}
+/// The one-line form of every console error line (and of cvmctl's and the dev KBS's messages).
+pub use cvm_text::error_chain;
 
 impl std::error::Error for StageError {}
 

@@ -5,11 +5,10 @@
 //! attest, the old 64-byte quote nonce, PCR 8 mismatch, an AK the policy does not list, debug
 //! mode, path traversal, no session, a missing resource, a tampered JWE.
 
-mod common;
+use cvm_testkit as common;
 
 use common::swtpm::{Swtpm, start};
 use cvm_agent::cmdline::Mode;
-use cvm_agent::devkbs::{KbsArgs, Server, Tamper};
 use cvm_agent::evidence;
 use cvm_agent::kbs::jwe;
 use cvm_agent::kbs::protocol::{self, Tee};
@@ -17,6 +16,7 @@ use cvm_agent::kbs::tee_key::{TeeKeyAlgorithm, TeeKeyPair};
 use cvm_agent::measure::{Event, Facts, Measurer};
 use cvm_agent::tee::detect::TeeKind;
 use cvm_agent::tpm::{HashAlg, TcpTransport, Tpm};
+use cvm_devkbs::{KbsArgs, Server, Tamper};
 use serde_json::Value;
 use sha2::Digest as _;
 use std::io::{Read, Write};

@@ -4,7 +4,7 @@
 //! fixture `tpm_evidence.json` gives the JSON shape only: its quote carries the old 64-byte
 //! padded nonce, which today's Trustee refuses.
 
-mod common;
+use cvm_testkit as common;
 
 use common::swtpm::start;
 use cvm_agent::evidence;

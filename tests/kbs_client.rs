@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cvm_agent::initdata::launch::Kbs;
-use cvm_agent::kbs::client::{ClientError, KbsClient};
 use cvm_agent::kbs::protocol::{Attestation, Challenge, Tee};
+use cvm_agent::kbs_client::{ClientError, KbsClient};
 use cvm_agent::stage::error_chain as chain;
 
 fn kbs(url: String, timeout: Duration) -> Kbs {
@@ -188,7 +188,7 @@ fn a_challenge_without_session_cookie_or_too_large_is_refused() {
 fn tls_trust_by_anchor_and_by_pin() {
     let dir = tempfile::tempdir().unwrap();
     let ready = dir.path().join("addr");
-    let mut kbs = std::process::Command::new(env!("CARGO_BIN_EXE_cvmctl"))
+    let mut kbs = std::process::Command::new(cvm_testkit::cvmctl())
         .arg("kbs")
         .args(["--listen", "127.0.0.1:0"])
         .arg("--tls-self-signed")

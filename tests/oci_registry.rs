@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 use cvm_agent::oci::layout::{Layout, LayoutError};
 use cvm_agent::oci::manifest::{self, ManifestError, ResolvedImage};
 use cvm_agent::oci::reference::ImageRef;
-use cvm_agent::oci::registry::{Registry, RegistryError, RegistryOptions, parse_auth_json};
 use cvm_agent::oci::unpack::Limits;
+use cvm_agent::registry::{Registry, RegistryError, RegistryOptions, parse_auth_json};
 
-mod common;
+use cvm_testkit as common;
 
 use common::registry::{HTPASSWD, REGISTRY, SKOPEO, push, run, start_registry, start_registry_tls};
 
@@ -589,7 +589,7 @@ fn serve(handler: Handler) -> u16 {
 
 /// [`serve`] behind TLS with the certificate and key in these PEM files.
 fn serve_tls(handler: Handler, cert: &Path, key: &Path) -> u16 {
-    let config = Arc::new(cvm_agent::devkbs::tls::server_config(cert, key).unwrap());
+    let config = Arc::new(cvm_devkbs::tls::server_config(cert, key).unwrap());
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     std::thread::spawn(move || {
@@ -768,7 +768,7 @@ fn bearer_token_blob_redirect_and_retry() {
     let layout = umoci_layout(tmp.path(), false);
     let (port, blob_auth) = fake_registry(layout.clone(), Lies::default());
     let with_creds = || RegistryOptions {
-        credentials: Some(cvm_agent::oci::registry::Credentials::new("bob", "pw")),
+        credentials: Some(cvm_agent::registry::Credentials::new("bob", "pw")),
         ..options()
     };
     let (image, mut registry) =
@@ -785,7 +785,7 @@ fn bearer_token_blob_redirect_and_retry() {
     let e = pull(
         &format!("127.0.0.1:{port}/test/img:t"),
         RegistryOptions {
-            credentials: Some(cvm_agent::oci::registry::Credentials::new("bob", "nope")),
+            credentials: Some(cvm_agent::registry::Credentials::new("bob", "nope")),
             ..options()
         },
     )
@@ -803,7 +803,7 @@ fn lying_registry_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let layout = umoci_layout(tmp.path(), false);
     let creds = || RegistryOptions {
-        credentials: Some(cvm_agent::oci::registry::Credentials::new("bob", "pw")),
+        credentials: Some(cvm_agent::registry::Credentials::new("bob", "pw")),
         ..options()
     };
     let (truth, _) = layout_manifest(&layout, "t").unwrap();
@@ -949,7 +949,7 @@ fn an_https_registry_never_sends_credentials_to_an_http_realm() {
         &key_file,
     );
     for credentials in [
-        Some(cvm_agent::oci::registry::Credentials::new("bob", "pw")),
+        Some(cvm_agent::registry::Credentials::new("bob", "pw")),
         None,
     ] {
         let with = credentials.is_some();

@@ -1,7 +1,7 @@
 //! VM tests of the bootable core: boot the real static agent as PID 1 under QEMU (TCG) with
 //! swtpm, and judge the console and how the VM ended.
 
-mod common;
+use cvm_testkit as common;
 
 use common::*;
 use std::io::Write;

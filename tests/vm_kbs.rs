@@ -3,7 +3,7 @@
 //! KBS's key pinned in launch.toml. Plain HTTP only where that is the point: production
 //! refuses it, debug mode allows it with a warning.
 
-mod common;
+use cvm_testkit as common;
 
 use common::kbs::*;
 use common::*;

@@ -2,7 +2,7 @@
 //! event log replays to the PCRs its TPM holds, and a quote taken in the guest with a host
 //! nonce verifies on the host (`cvm.test_quote=`, a debug-mode hook that production refuses).
 
-mod common;
+use cvm_testkit as common;
 
 use base64::Engine as _;
 use common::*;
@@ -41,7 +41,7 @@ fn predicted() -> (String, String) {
 
 fn predicted_for(mode: &str) -> (String, String) {
     let out = run_ok(
-        Command::new(env!("CARGO_BIN_EXE_cvmctl"))
+        Command::new(cvm_testkit::cvmctl())
             .arg("measure")
             .arg("--initdata")
             .arg(initdata())

@@ -1,7 +1,7 @@
 //! VM tests of stage 6: the network comes up only when launch.toml needs it, by DHCP from
 //! QEMU's user network (restrict=on) or statically.
 
-mod common;
+use cvm_testkit as common;
 
 use common::*;
 use std::path::Path;

@@ -6,7 +6,7 @@
 //! credentials over http), and layers that try to write outside the root are refused before
 //! anything runs.
 
-mod common;
+use cvm_testkit as common;
 
 use common::kbs::*;
 use common::registry::*;
@@ -303,7 +303,7 @@ fn malicious_layers_are_refused() {
     let layout = tmp.path().join("layout");
     for (tag, extra) in [("escape", &escape), ("symlink", &symlink)] {
         run_ok(
-            Command::new(env!("CARGO_BIN_EXE_cvmctl"))
+            Command::new(cvm_testkit::cvmctl())
                 .args(["image", "build"])
                 .arg(&tree)
                 .arg("-o")

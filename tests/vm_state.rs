@@ -2,7 +2,7 @@
 //! first boot, reopened on the next, and never formatted or written when anything is off.
 //! The host checks the guest's header with the real cryptsetup.
 
-mod common;
+use cvm_testkit as common;
 
 use common::kbs::*;
 use common::*;
@@ -240,7 +240,7 @@ fn found_by_dps_type_and_never_formats_what_it_did_not_create() {
     let keyfile = other.path().join("key");
     std::fs::write(&keyfile, &key).unwrap();
     run_ok(
-        Command::new(env!("CARGO_BIN_EXE_cvmctl"))
+        Command::new(cvm_testkit::cvmctl())
             .args(["state", "format"])
             .arg(&part)
             .arg("--key-file")
@@ -336,7 +336,7 @@ fn integrity_formats_wipes_reopens_and_detects_tampering() {
     let other = tempfile::tempdir().unwrap();
     let host_disk = blank_disk(other.path(), false);
     run_ok(
-        Command::new(env!("CARGO_BIN_EXE_cvmctl"))
+        Command::new(cvm_testkit::cvmctl())
             .args(["state", "format", "--integrity", "--key-file"])
             .arg(&keyfile)
             .arg(&host_disk),

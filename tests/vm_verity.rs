@@ -1,7 +1,7 @@
 //! VM tests of stage 4: the agent boots only a root whose every block dm-verity checks against
 //! the root hash on the command line, and stops — before any later stage — on anything else.
 
-mod common;
+use cvm_testkit as common;
 
 use common::*;
 use cvm_agent::gpt::{self, Partition};

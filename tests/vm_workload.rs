@@ -1,7 +1,7 @@
 //! VM tests of stages 10-11: the workload from the OCI layout in the verified root, its launch
 //! policy, its measured launch, its exit code, restart policies and the debug shell.
 
-mod common;
+use cvm_testkit as common;
 
 use common::kbs::*;
 use common::*;
@@ -46,7 +46,7 @@ fn predicted_pcr15(data: &[u8], mode: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let file = write_initdata(dir.path(), data);
     let out = run_ok(
-        Command::new(env!("CARGO_BIN_EXE_cvmctl"))
+        Command::new(cvm_testkit::cvmctl())
             .arg("measure")
             .arg("--initdata")
             .arg(&file)

@@ -8,13 +8,12 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::{MsFlags, mount};
 
-use super::policy::ImageConfig;
 use crate::initdata::launch;
 use crate::oci::layout::{Layout, LayoutError};
-use crate::oci::manifest::{self, ManifestError, ResolvedImage, RunConfig, UnpackSummary};
+use crate::oci::manifest::{self, ManifestError, ResolvedImage, UnpackSummary};
 use crate::oci::reference::ImageRef;
-use crate::oci::registry::{self, AuthFileError, Registry, RegistryError, RegistryOptions};
 use crate::oci::unpack::Limits;
+use crate::registry::{self, AuthFileError, Registry, RegistryError, RegistryOptions};
 
 /// The unpacked root when there is no state volume.
 pub const TMPFS_ROOT: &str = "/run/cvm-agent/rootfs";
@@ -155,16 +154,4 @@ fn resolve_and_unpack<F: manifest::Fetch>(
     let image = manifest::resolve(source)?;
     let summary = manifest::unpack(source, &image, root, limits)?;
     Ok((image, summary))
-}
-
-/// The image config as the launch policy reads it.
-pub fn image_config(config: &RunConfig) -> ImageConfig {
-    ImageConfig {
-        entrypoint: config.entrypoint.clone().unwrap_or_default(),
-        cmd: config.cmd.clone().unwrap_or_default(),
-        env: config.env.clone(),
-        working_dir: config.working_dir.clone(),
-        user: config.user.clone(),
-        labels: config.labels.clone(),
-    }
 }

@@ -12,6 +12,8 @@
 
 pub mod dev;
 pub mod image;
-pub mod policy;
 pub mod run;
 pub mod spec;
+
+/// The image launch policy: shared with the host's prediction, so it lives in `cvm-initdata`.
+pub use cvm_initdata::policy;

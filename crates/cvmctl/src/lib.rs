@@ -1,0 +1,7 @@
+//! The commands of `cvmctl` that are more than a call into a library crate; `main.rs` parses the
+//! command line and dispatches. Host only.
+
+pub mod bench;
+pub mod measure;
+pub mod relay;
+pub mod swtpm;

@@ -1,0 +1,429 @@
+//! The dev KBS's policy: which TEEs, whether debug is allowed, the reference values the
+//! evidence's claims must have, and which TPM attestation keys are trusted.
+//!
+//! Every field is optional and defaults to the refusing side: only `tpm`, no debug, init-data
+//! required, and no trusted AK (so a `tpm` attestation is refused until the operator lists the
+//! vTPM's AK in `trusted_aks`, as Trustee's `tpm` verifier refuses every AK not in its
+//! `trusted_ak_keys_dir`). There is no trust on first use: the first quote a KBS sees may come
+//! from a TPM the host runs, and trusting it would let the host sign whatever PCRs it likes.
+//!
+//! SNP and TDX without a vTPM have no AK and no PCRs: what booted is only in the launch
+//! registers, so a policy that allows them must pin those ([`Policy::check_launch_pins`], at
+//! load and again for every attestation): `snp` needs `snp_measurement` (firmware, and with
+//! measured direct boot the kernel, initrd and command line hashes); `tdx` needs `tdx_mrtd`
+//! (the TD firmware) and `tdx_rtmr` 1 (what the firmware loaded: the kernel, or the whole
+//! UKI). MRTD alone would let any kernel and initrd run under the genuine firmware and write
+//! any event log. RTMR2 holds the agent's events and is checked by replaying its log.
+
+use std::collections::BTreeMap;
+
+use cvm_measure::EventLog;
+use kbs_types::Tee;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// Largest policy or reference file read.
+const MAX_FILE: u64 = 4 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("cannot read {path}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is larger than {MAX_FILE} bytes")]
+    TooLarge { path: PathBuf },
+    #[error("policy: {0}")]
+    Syntax(String),
+    #[error("policy: unknown TEE type {0:?}")]
+    UnknownTee(String),
+    #[error("policy: {field} is not lower-case hex of {len} bytes")]
+    Hex { field: &'static str, len: usize },
+    #[error("policy: reference {path}: {why}")]
+    Reference { path: PathBuf, why: String },
+    #[error("policy: tdx_rtmr has key {0:?}; RTMRs are 0, 1, 2 and 3")]
+    RtmrIndex(String),
+    #[error("policy: {tee} is allowed but {field} is not pinned: {why}")]
+    Unpinned {
+        tee: &'static str,
+        field: &'static str,
+        why: &'static str,
+    },
+}
+
+/// SNP MEASUREMENT, TDX MRTD and RTMRs are SHA-384 sized.
+pub const LAUNCH_DIGEST_LEN: usize = 48;
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Wire {
+    tee: Option<Vec<String>>,
+    allow_debug: Option<bool>,
+    roothash: Option<String>,
+    image_version: Option<String>,
+    initdata_digest: Option<String>,
+    require_initdata: Option<bool>,
+    trusted_aks: Option<Vec<String>>,
+    /// Removed; read only to refuse it with a clear message.
+    trust_on_first_use: Option<bool>,
+    reference: Option<PathBuf>,
+    snp_measurement: Option<String>,
+    tdx_mrtd: Option<String>,
+    tdx_rtmr: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    pub tee: Vec<Tee>,
+    pub allow_debug: bool,
+    /// Lower-case hex.
+    pub roothash: Option<String>,
+    pub image_version: Option<String>,
+    /// Lower-case hex.
+    pub initdata_digest: Option<String>,
+    pub require_initdata: bool,
+    /// SHA-256 of AK SPKI DER, lower-case hex.
+    pub trusted_aks: Vec<String>,
+    /// The reference event log (`log` of a `cvmctl measure` output).
+    pub reference: Option<EventLog>,
+    /// SNP launch MEASUREMENT, lower-case hex of 48 bytes.
+    pub snp_measurement: Option<String>,
+    /// TDX MRTD, lower-case hex of 48 bytes.
+    pub tdx_mrtd: Option<String>,
+    /// TDX RTMR0-3 as quoted at attestation, lower-case hex of 48 bytes each; `None`: any.
+    pub tdx_rtmr: [Option<String>; 4],
+}
+
+impl Default for Policy {
+    fn default() -> Policy {
+        Policy {
+            tee: vec![Tee::Tpm],
+            allow_debug: false,
+            roothash: None,
+            image_version: None,
+            initdata_digest: None,
+            require_initdata: true,
+            trusted_aks: Vec::new(),
+            reference: None,
+            snp_measurement: None,
+            tdx_mrtd: None,
+            tdx_rtmr: [None, None, None, None],
+        }
+    }
+}
+
+/// The TEE names the dev KBS can verify (and so may appear in a policy).
+pub fn tee_from_name(name: &str) -> Option<Tee> {
+    match name {
+        "tpm" => Some(Tee::Tpm),
+        "snp" => Some(Tee::Snp),
+        "tdx" => Some(Tee::Tdx),
+        "az-snp-vtpm" => Some(Tee::AzSnpVtpm),
+        "az-tdx-vtpm" => Some(Tee::AzTdxVtpm),
+        _ => None,
+    }
+}
+
+pub fn tee_name(tee: Tee) -> String {
+    // kbs-types serializes a Tee to its wire name; a unit variant always serializes.
+    serde_json::to_value(tee)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_else(|| format!("{tee:?}"))
+}
+
+fn hex_field(
+    field: &'static str,
+    value: Option<String>,
+    len: usize,
+) -> Result<Option<String>, PolicyError> {
+    match value {
+        None => Ok(None),
+        Some(v) => {
+            let v = v.to_ascii_lowercase();
+            match cvm_text::hex::decode(&v) {
+                Some(b) if b.len() == len => Ok(Some(v)),
+                _ => Err(PolicyError::Hex { field, len }),
+            }
+        }
+    }
+}
+
+pub(crate) fn read_bounded(path: &Path) -> Result<Vec<u8>, PolicyError> {
+    use std::io::Read as _;
+    let io = |source| PolicyError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .map_err(io)?
+        .take(MAX_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if bytes.len() as u64 > MAX_FILE {
+        return Err(PolicyError::TooLarge {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(bytes)
+}
+
+impl Policy {
+    /// Reads a policy file; `reference` is relative to the policy file's directory.
+    pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+        let text = String::from_utf8(read_bounded(path)?)
+            .map_err(|_| PolicyError::Syntax("not UTF-8".into()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Policy::parse(&text, base)
+    }
+
+    pub fn parse(text: &str, base: &Path) -> Result<Policy, PolicyError> {
+        let wire: Wire = toml::from_str(text).map_err(|e| PolicyError::Syntax(e.to_string()))?;
+        if wire.trust_on_first_use.is_some() {
+            return Err(PolicyError::Syntax(
+                "trust_on_first_use is gone: Trustee trusts only the AKs it lists, so list the \
+                 vTPM's AK in trusted_aks (`cvmctl tpm-ak` provisions one and prints its SHA-256)"
+                    .into(),
+            ));
+        }
+        let default = Policy::default();
+        let tee = match wire.tee {
+            None => default.tee,
+            Some(names) => names
+                .iter()
+                .map(|n| tee_from_name(n).ok_or_else(|| PolicyError::UnknownTee(n.clone())))
+                .collect::<Result<Vec<_>, _>>()?,
+        };
+        let trusted_aks = wire
+            .trusted_aks
+            .unwrap_or_default()
+            .into_iter()
+            .map(|ak| hex_field("trusted_aks", Some(ak), 32).map(Option::unwrap_or_default))
+            .collect::<Result<Vec<_>, _>>()?;
+        let reference = wire
+            .reference
+            .map(|rel| load_reference(&base.join(rel)))
+            .transpose()?;
+        let mut tdx_rtmr: [Option<String>; 4] = Default::default();
+        for (key, value) in wire.tdx_rtmr.unwrap_or_default() {
+            const FIELDS: [&str; 4] = ["tdx_rtmr.0", "tdx_rtmr.1", "tdx_rtmr.2", "tdx_rtmr.3"];
+            let index = match key.as_str() {
+                "0" => 0,
+                "1" => 1,
+                "2" => 2,
+                "3" => 3,
+                _ => return Err(PolicyError::RtmrIndex(key)),
+            };
+            tdx_rtmr[index] = hex_field(FIELDS[index], Some(value), LAUNCH_DIGEST_LEN)?;
+        }
+        let policy = Policy {
+            tee,
+            allow_debug: wire.allow_debug.unwrap_or(default.allow_debug),
+            // A verity root hash is SHA-256 (32 bytes) in every image cvmctl builds.
+            roothash: hex_field("roothash", wire.roothash, 32)?,
+            image_version: wire.image_version,
+            initdata_digest: match wire.initdata_digest {
+                // sha256, sha384 or sha512 init-data.
+                Some(d) if matches!(d.len(), 64 | 96 | 128) => {
+                    hex_field("initdata_digest", Some(d.clone()), d.len() / 2)?
+                }
+                Some(_) => {
+                    return Err(PolicyError::Hex {
+                        field: "initdata_digest",
+                        len: 32,
+                    });
+                }
+                None => None,
+            },
+            require_initdata: wire.require_initdata.unwrap_or(default.require_initdata),
+            trusted_aks,
+            reference,
+            snp_measurement: hex_field("snp_measurement", wire.snp_measurement, LAUNCH_DIGEST_LEN)?,
+            tdx_mrtd: hex_field("tdx_mrtd", wire.tdx_mrtd, LAUNCH_DIGEST_LEN)?,
+            tdx_rtmr,
+        };
+        policy.check_launch_pins()?;
+        Ok(policy)
+    }
+
+    pub fn allows_tee(&self, tee: Tee) -> bool {
+        self.tee.contains(&tee)
+    }
+
+    /// A policy that allows `snp` or `tdx` pins what those TEEs launched (see the module
+    /// docs for why these fields and not fewer).
+    pub fn check_launch_pins(&self) -> Result<(), PolicyError> {
+        if self.allows_tee(Tee::Snp) && self.snp_measurement.is_none() {
+            return Err(PolicyError::Unpinned {
+                tee: "snp",
+                field: "snp_measurement",
+                why: "without a vTPM the launch MEASUREMENT is the only record of what \
+                      booted (firmware, and with measured direct boot kernel, initrd and \
+                      command line), so any image would get the secrets",
+            });
+        }
+        if self.allows_tee(Tee::Tdx) {
+            if self.tdx_mrtd.is_none() {
+                return Err(PolicyError::Unpinned {
+                    tee: "tdx",
+                    field: "tdx_mrtd",
+                    why: "MRTD is the TD firmware; any firmware could measure anything",
+                });
+            }
+            if self.tdx_rtmr[1].is_none() {
+                return Err(PolicyError::Unpinned {
+                    tee: "tdx",
+                    field: "tdx_rtmr.1",
+                    why: "RTMR1 holds the kernel (or UKI) the firmware loaded; MRTD alone \
+                          lets any kernel and initrd run and write any event log",
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The `log` of a `cvmctl measure` output (or a bare log array).
+fn load_reference(path: &Path) -> Result<EventLog, PolicyError> {
+    let bad = |why: String| PolicyError::Reference {
+        path: path.to_path_buf(),
+        why,
+    };
+    let value: serde_json::Value =
+        serde_json::from_slice(&read_bounded(path)?).map_err(|e| bad(e.to_string()))?;
+    let log = match value.get("log") {
+        Some(log) => log,
+        None => &value,
+    };
+    let log = EventLog::from_json(log).map_err(|e| bad(e.to_string()))?;
+    log.verify().map_err(|e| bad(e.to_string()))?;
+    Ok(log)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_refuse() {
+        let p = Policy::parse("", Path::new(".")).unwrap();
+        assert_eq!(p, Policy::default());
+        assert_eq!(p.tee, vec![Tee::Tpm]);
+        assert!(!p.allow_debug && p.require_initdata);
+        assert!(p.trusted_aks.is_empty());
+    }
+
+    #[test]
+    fn full_policy() {
+        let text = format!(
+            "tee = [\"tpm\", \"snp\", \"az-tdx-vtpm\"]\nallow_debug = true\nroothash = \"{}\"\n\
+             image_version = \"cvm-demo 1\"\ninitdata_digest = \"{}\"\nrequire_initdata = false\n\
+             trusted_aks = [\"{}\"]\nsnp_measurement = \"{}\"\n",
+            "AB".repeat(32),
+            "cd".repeat(48),
+            "01".repeat(32),
+            "ef".repeat(48)
+        );
+        let p = Policy::parse(&text, Path::new(".")).unwrap();
+        assert_eq!(p.tee, vec![Tee::Tpm, Tee::Snp, Tee::AzTdxVtpm]);
+        assert!(p.allow_debug && !p.require_initdata);
+        assert_eq!(p.roothash.as_deref(), Some("ab".repeat(32).as_str()));
+        assert_eq!(p.initdata_digest.as_deref(), Some("cd".repeat(48).as_str()));
+        assert_eq!(p.trusted_aks, vec!["01".repeat(32)]);
+        assert!(p.allows_tee(Tee::Snp) && !p.allows_tee(Tee::Tdx));
+    }
+
+    #[test]
+    fn rejects_bad_policies() {
+        for bad in [
+            "unknown = 1",
+            "tee = [\"sgx\"]",
+            "tee = \"tpm\"",
+            "allow_debug = \"yes\"",
+            "roothash = \"zz\"",
+            "roothash = \"abcd\"",
+            "initdata_digest = \"00\"",
+            "trusted_aks = [\"00\"]",
+            "trust_on_first_use = true",
+            "trust_on_first_use = false",
+            "reference = \"/nonexistent/reference.json\"",
+        ] {
+            assert!(Policy::parse(bad, Path::new(".")).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn snp_and_tdx_policies_must_pin_the_launch() {
+        let m = "AA".repeat(48);
+        let r1 = "bb".repeat(48);
+        let text = format!(
+            "tee = [\"snp\", \"tdx\"]\nsnp_measurement = \"{m}\"\ntdx_mrtd = \"{m}\"\n\
+             tdx_rtmr = {{ 1 = \"{r1}\", 3 = \"{r1}\" }}\n"
+        );
+        let p = Policy::parse(&text, Path::new(".")).unwrap();
+        assert_eq!(p.snp_measurement.as_deref(), Some("aa".repeat(48).as_str()));
+        assert_eq!(p.tdx_mrtd.as_deref(), Some("aa".repeat(48).as_str()));
+        assert_eq!(p.tdx_rtmr, [None, Some(r1.clone()), None, Some(r1.clone())]);
+
+        let err = Policy::parse("tee = [\"snp\"]", Path::new(".")).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("policy: snp is allowed but snp_measurement is not pinned: "),
+            "{err}"
+        );
+        let err = Policy::parse("tee = [\"tdx\"]", Path::new(".")).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("policy: tdx is allowed but tdx_mrtd is not pinned: "),
+            "{err}"
+        );
+        let err = Policy::parse(
+            &format!("tee = [\"tdx\"]\ntdx_mrtd = \"{m}\"\n"),
+            Path::new("."),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("policy: tdx is allowed but tdx_rtmr.1 is not pinned: "),
+            "{err}"
+        );
+        // Pins for a TEE the policy does not allow are harmless; the vTPM kinds need none.
+        Policy::parse(&format!("snp_measurement = \"{m}\""), Path::new(".")).unwrap();
+        Policy::parse("tee = [\"az-snp-vtpm\", \"az-tdx-vtpm\"]", Path::new(".")).unwrap();
+        for bad in [
+            "snp_measurement = \"abcd\"".to_string(),
+            format!("snp_measurement = \"{}\"", "ab".repeat(32)),
+            format!("tdx_mrtd = \"{}zz\"", "ab".repeat(47)),
+            format!("tdx_rtmr = {{ 4 = \"{r1}\" }}"),
+            format!("tdx_rtmr = {{ 01 = \"{r1}\" }}"),
+            "tdx_rtmr = { 2 = \"00\" }".to_string(),
+            format!("tdx_rtmr = [\"{r1}\"]"),
+        ] {
+            assert!(Policy::parse(&bad, Path::new(".")).is_err(), "{bad}");
+        }
+        let err =
+            Policy::parse(&format!("tdx_rtmr = {{ 4 = \"{r1}\" }}"), Path::new(".")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "policy: tdx_rtmr has key \"4\"; RTMRs are 0, 1, 2 and 3"
+        );
+    }
+
+    #[test]
+    fn reference_is_relative_to_the_policy() {
+        let dir = tempfile::tempdir().unwrap();
+        let prediction =
+            cvm_measure::predict(&cvm_measure::Facts::default(), &[cvm_tpm::HashAlg::Sha256])
+                .unwrap();
+        std::fs::write(
+            dir.path().join("ref.json"),
+            serde_json::to_vec(&prediction).unwrap(),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("policy.toml"), "reference = \"ref.json\"\n").unwrap();
+        let p = Policy::load(&dir.path().join("policy.toml")).unwrap();
+        assert_eq!(p.reference, Some(prediction.log));
+    }
+}

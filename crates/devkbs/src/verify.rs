@@ -1,0 +1,1328 @@
+//! Evidence verification per TEE, with the parsers and verifiers of [`crate::tee`], and the
+//! policy checks on what it establishes. Each refusal is one [`VerifyError`] whose text is the
+//! precise reason: it goes to the guest as the KBS error's `detail` and ends up in the guest's
+//! console error line.
+//!
+//! Order per TEE: structure and signatures first (nothing is believed before), then what was
+//! launched (SNP MEASUREMENT, TDX MRTD and RTMRs against the policy's pins), then the nonce
+//! (report data), then the key / platform trust, then the init-data binding, then claims.
+//!
+//! `tdx` claims come from the agent's event log (`cel_eventlog`, the same member and form as
+//! in `tpm` evidence): RTMR2 holds the firmware's, boot loader's and EFI stub's PCR 8-15
+//! events (in the CCEL, `cc_eventlog`), then the agent's PCR 15 events. The log is replayed on
+//! top of the CCEL's RTMR2 part and must give the quoted RTMR2; it may hold only the agent's
+//! records and no launch separator, and the separator's (constant) digest may not be among
+//! the CCEL's RTMR2 events either, so a log taken after launch cannot pass by hiding the
+//! separator in the part the verifier does not interpret.
+
+use crate::policy::{Policy, PolicyError, tee_name};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use cvm_initdata::InitData;
+use cvm_kbs_protocol::protocol;
+use cvm_measure::rtmr::{self, RTMR_LEN};
+use cvm_measure::{EventKind, EventLog, PCR_AGENT};
+use cvm_tee::azure::{AzSnpVtpmEvidence, AzTdxVtpmEvidence, AzVerified, HwReport};
+use cvm_tee::snp::{self, AttestationReport, CertTableKind, EndorsementKey};
+use cvm_tee::tpm::TpmEvidence;
+use cvm_tee::{ccel, tdx};
+use cvm_text::error_chain as chain;
+use cvm_text::hex;
+use cvm_tpm::HashAlg;
+use kbs_types::Tee;
+use serde_json::{Map, Value, json};
+
+/// Largest base64 member of SNP/TDX evidence accepted.
+const MAX_B64: usize = 256 << 10;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("TEE {0} is not allowed by policy")]
+    TeeNotAllowed(String),
+    #[error("{0} evidence is not supported by the dev KBS")]
+    Unsupported(String),
+    #[error("{tee} evidence is malformed: {why}")]
+    Malformed { tee: &'static str, why: String },
+    #[error("{tee} evidence does not verify: {why}")]
+    Signature { tee: &'static str, why: String },
+    #[error(
+        "{0} does not match the report data of this session's runtime data (wrong nonce or TEE key)"
+    )]
+    ReportData(&'static str),
+    #[error("the AK (sha256 {0}) is not in the policy's trusted_aks")]
+    AkNotTrusted(String),
+    #[error(
+        "the TPM quote's nonce is {0} bytes: Trustee (v0.16 and later) expects exactly the first \
+         32 bytes of the runtime-data digest, not the 64-byte padded form"
+    )]
+    TpmNonceForm(usize),
+    #[error("runtime data: {0}")]
+    RuntimeData(String),
+    #[error("the policy requires init-data and the request has none")]
+    InitDataMissing,
+    #[error("init-data: {0}")]
+    InitData(String),
+    #[error("PCR 8 does not match the init-data digest")]
+    Pcr8,
+    #[error("{0} does not match the init-data digest")]
+    InitDataBinding(&'static str),
+    #[error("event log: {0}")]
+    EventLog(String),
+    #[error("policy forbids debug mode")]
+    Debug,
+    #[error("{what} {got:?} is not the policy's {want:?}")]
+    Claim {
+        what: &'static str,
+        got: String,
+        want: String,
+    },
+    #[error("{0} is missing from the evidence and the policy requires it")]
+    ClaimMissing(&'static str),
+    #[error("{register} is {got}, but the policy pins {want}")]
+    Register {
+        register: &'static str,
+        got: String,
+        want: String,
+    },
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+}
+
+/// What verified evidence establishes.
+#[derive(Debug, Clone, Default)]
+pub struct Verified {
+    pub debug: bool,
+    pub mode: Option<String>,
+    pub roothash: Option<String>,
+    pub image_version: Option<String>,
+    /// Hex digest of the bound init-data.
+    pub initdata_digest: Option<String>,
+    /// Everything for the token.
+    pub claims: Map<String, Value>,
+}
+
+/// The trusted AKs: exactly the policy's list (SHA-256 of each AK's DER SPKI), as Trustee's
+/// `tpm` verifier holds them.
+#[derive(Debug)]
+pub struct AkStore {
+    listed: Vec<String>,
+}
+
+impl AkStore {
+    pub fn new(policy: &Policy) -> AkStore {
+        AkStore {
+            listed: policy.trusted_aks.clone(),
+        }
+    }
+
+    pub fn check(&self, ak: &str) -> Result<(), VerifyError> {
+        if self.listed.iter().any(|l| l == ak) {
+            Ok(())
+        } else {
+            Err(VerifyError::AkNotTrusted(ak.into()))
+        }
+    }
+}
+
+/// The parsed `init-data` of the attest request (format already checked by the caller).
+pub fn parse_init_data(body: &str) -> Result<InitData, VerifyError> {
+    InitData::parse(body.as_bytes()).map_err(|e| VerifyError::InitData(chain(&e)))
+}
+
+/// Verifies `evidence` of `tee` against the runtime-data `digest` (in the form each TEE's
+/// verifier compares, [`protocol::tee_report_data`]) and the policy.
+pub fn verify(
+    tee: Tee,
+    evidence: &Value,
+    digest: &[u8],
+    init_data: Option<&InitData>,
+    policy: &Policy,
+    aks: &AkStore,
+) -> Result<Verified, VerifyError> {
+    if !policy.allows_tee(tee) {
+        return Err(VerifyError::TeeNotAllowed(tee_name(tee)));
+    }
+    if init_data.is_none() && policy.require_initdata {
+        return Err(VerifyError::InitDataMissing);
+    }
+    let report_data =
+        protocol::tee_report_data(tee, digest).map_err(|e| VerifyError::RuntimeData(chain(&e)))?;
+    let report_data = report_data.as_slice();
+    let mut v = match tee {
+        Tee::Tpm => verify_tpm(evidence, report_data, init_data, policy, aks)?,
+        Tee::Snp => verify_snp(evidence, report_data, init_data, policy)?,
+        Tee::Tdx => verify_tdx(evidence, report_data, init_data, policy)?,
+        Tee::AzSnpVtpm => {
+            let ev = AzSnpVtpmEvidence::from_json(evidence.to_string().as_bytes())
+                .map_err(|e| malformed("az-snp-vtpm", &e))?;
+            let verified = ev.verify().map_err(|e| signature("az-snp-vtpm", &e))?;
+            verify_azure("az-snp-vtpm", &verified, report_data, init_data)?
+        }
+        Tee::AzTdxVtpm => {
+            let ev = AzTdxVtpmEvidence::from_json(evidence.to_string().as_bytes())
+                .map_err(|e| malformed("az-tdx-vtpm", &e))?;
+            let verified = ev.verify().map_err(|e| signature("az-tdx-vtpm", &e))?;
+            verify_azure("az-tdx-vtpm", &verified, report_data, init_data)?
+        }
+        other => return Err(VerifyError::Unsupported(tee_name(other))),
+    };
+    if let Some(init) = init_data {
+        v.initdata_digest = Some(hex::encode(&init.digest()));
+    }
+    check_policy(&v, policy)?;
+    v.claims.insert("debug".into(), json!(v.debug));
+    for (name, value) in [
+        ("mode", &v.mode),
+        ("roothash", &v.roothash),
+        ("image-version", &v.image_version),
+        ("init-data", &v.initdata_digest),
+    ] {
+        if let Some(value) = value {
+            v.claims.insert(name.into(), json!(value));
+        }
+    }
+    Ok(v)
+}
+
+fn check_policy(v: &Verified, policy: &Policy) -> Result<(), VerifyError> {
+    if v.debug && !policy.allow_debug {
+        return Err(VerifyError::Debug);
+    }
+    let pairs = [
+        ("root hash", &v.roothash, &policy.roothash),
+        ("image version", &v.image_version, &policy.image_version),
+        (
+            "init-data digest",
+            &v.initdata_digest,
+            &policy.initdata_digest,
+        ),
+    ];
+    for (what, got, want) in pairs {
+        match (got, want) {
+            (_, None) => {}
+            (None, Some(_)) => return Err(VerifyError::ClaimMissing(what)),
+            (Some(got), Some(want)) if got != want => {
+                return Err(VerifyError::Claim {
+                    what,
+                    got: got.clone(),
+                    want: want.clone(),
+                });
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn verify_tpm(
+    evidence: &Value,
+    report_data: &[u8],
+    init_data: Option<&InitData>,
+    policy: &Policy,
+    aks: &AkStore,
+) -> Result<Verified, VerifyError> {
+    let ev = TpmEvidence::from_json(evidence.to_string().as_bytes())
+        .map_err(|e| malformed("tpm", &e))?;
+    // Trustee's order: the AK must be trusted before anything signed with it is looked at.
+    let ak = hex::encode(&ev.ak_sha256());
+    aks.check(&ak)?;
+    let attest = ev.verify().map_err(|e| signature("tpm", &e))?;
+    if attest.extra_data != report_data {
+        if attest.extra_data.len() != report_data.len() {
+            return Err(VerifyError::TpmNonceForm(attest.extra_data.len()));
+        }
+        return Err(VerifyError::ReportData("the TPM quote's nonce"));
+    }
+    let pcrs = &ev.tpm_quote.pcrs;
+    if let Some(init) = init_data
+        && pcrs[8] != init.pcr8_expected()
+    {
+        return Err(VerifyError::Pcr8);
+    }
+
+    // PCR 15 and what it claims, from the agent's log.
+    let log_json = ev.cel_eventlog.as_ref().ok_or_else(|| {
+        VerifyError::EventLog("the tpm evidence has no cel_eventlog (cvm-agent's log)".into())
+    })?;
+    let log = EventLog::from_json(log_json).map_err(|e| VerifyError::EventLog(chain(&e)))?;
+    if log.has_separator() {
+        return Err(VerifyError::EventLog(
+            "the launch separator is in the log: the workload was already launched".into(),
+        ));
+    }
+    let replayed = log
+        .replay(&[HashAlg::Sha256])
+        .map_err(|e| VerifyError::EventLog(chain(&e)))?;
+    let zero = [0u8; 32];
+    let got15 = replayed.get(HashAlg::Sha256, PCR_AGENT).unwrap_or(&zero);
+    if got15 != pcrs[PCR_AGENT as usize] {
+        return Err(VerifyError::EventLog(format!(
+            "the replayed log does not give the quoted PCR {PCR_AGENT}"
+        )));
+    }
+    for (alg, pcr, value) in replayed.iter() {
+        if alg == HashAlg::Sha256 && pcrs.get(pcr as usize).map(|p| &p[..]) != Some(value) {
+            return Err(VerifyError::EventLog(format!(
+                "the replayed log does not give the quoted PCR {pcr}"
+            )));
+        }
+    }
+    let mut v = claims_from_log(&log, policy)?;
+    let pcr_claims: Map<String, Value> = pcrs
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (i.to_string(), json!(hex::encode(p))))
+        .collect();
+    v.claims.insert("pcrs".into(), Value::Object(pcr_claims));
+    v.claims.insert("ak".into(), json!(ak));
+    Ok(v)
+}
+
+/// What a verified (replayed) agent log claims: mode (and so debug), root hash, image version;
+/// with a reference in the policy, the log must be its start ([`check_prefix`]).
+fn claims_from_log(log: &EventLog, policy: &Policy) -> Result<Verified, VerifyError> {
+    if let Some(reference) = &policy.reference {
+        check_prefix(log, reference)?;
+    }
+    let mut v = Verified::default();
+    for record in log.records() {
+        match record.agent_event() {
+            Some((EventKind::Mode, s)) => v.mode = Some(s.into()),
+            Some((EventKind::RootHash, s)) => v.roothash = Some(s.into()),
+            Some((EventKind::ImageVersion, s)) => v.image_version = Some(s.into()),
+            _ => {}
+        }
+    }
+    match v.mode.as_deref() {
+        Some("production") => {}
+        Some("debug") => v.debug = true,
+        _ => {
+            return Err(VerifyError::EventLog(
+                "no mode event in the log (it is the agent's first measurement)".into(),
+            ));
+        }
+    }
+    Ok(v)
+}
+
+/// The guest's log must be the start of the reference log: same PCR, same content, same
+/// SHA-256 digest, record for record — and at least as long as the reference's pre-attestation
+/// part (mode, roothash, image-version, initdata, which the agent measures before it attests):
+/// otherwise a boot that measured nothing (PCR 15 all zeros, empty log) would pass as "a
+/// prefix".
+fn check_prefix(log: &EventLog, reference: &EventLog) -> Result<(), VerifyError> {
+    let pre_attest = reference
+        .records()
+        .iter()
+        .take_while(|r| {
+            r.agent_event().is_some_and(|(k, _)| {
+                matches!(
+                    k,
+                    EventKind::Mode
+                        | EventKind::RootHash
+                        | EventKind::ImageVersion
+                        | EventKind::InitData
+                )
+            })
+        })
+        .count();
+    if log.len() < pre_attest {
+        return Err(VerifyError::EventLog(format!(
+            "the log has {} records, but the reference measures {pre_attest} before attestation",
+            log.len()
+        )));
+    }
+    if log.len() > reference.len() {
+        return Err(VerifyError::EventLog(format!(
+            "the log has {} records, the reference only {}",
+            log.len(),
+            reference.len()
+        )));
+    }
+    for (i, (got, want)) in log.records().iter().zip(reference.records()).enumerate() {
+        if got.pcr != want.pcr
+            || got.content != want.content
+            || got.digest(HashAlg::Sha256) != want.digest(HashAlg::Sha256)
+        {
+            let what = got
+                .agent_event()
+                .map(|(k, _)| k.name().to_string())
+                .unwrap_or_else(|| "a foreign record".into());
+            return Err(VerifyError::EventLog(format!(
+                "record {i} ({what}) differs from the reference"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn b64_member(
+    tee: &'static str,
+    evidence: &Value,
+    name: &str,
+) -> Result<Option<Vec<u8>>, VerifyError> {
+    match evidence.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.len() <= MAX_B64 => {
+            STANDARD
+                .decode(s)
+                .map(Some)
+                .map_err(|_| VerifyError::Malformed {
+                    tee,
+                    why: format!("{name} is not base64"),
+                })
+        }
+        Some(_) => Err(VerifyError::Malformed {
+            tee,
+            why: format!("{name} is not a base64 string of at most {MAX_B64} bytes"),
+        }),
+    }
+}
+
+/// A launch register against the policy's pin (lower-case hex; `None`: not pinned).
+fn check_pin(register: &'static str, got: &[u8], want: Option<&str>) -> Result<(), VerifyError> {
+    match want {
+        Some(want) if hex::encode(got) != want => Err(VerifyError::Register {
+            register,
+            got: hex::encode(got),
+            want: want.to_string(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn verify_snp(
+    evidence: &Value,
+    report_data: &[u8],
+    init_data: Option<&InitData>,
+    policy: &Policy,
+) -> Result<Verified, VerifyError> {
+    // Also for policies not read from a file: without the pin nothing ties the report to an
+    // image.
+    policy.check_launch_pins()?;
+    let raw = b64_member("snp", evidence, "attestation_report")?.ok_or_else(|| {
+        VerifyError::Malformed {
+            tee: "snp",
+            why: "no attestation_report".into(),
+        }
+    })?;
+    let report = AttestationReport::parse(&raw).map_err(|e| malformed("snp", &e))?;
+    // The VCEK/VLEK must come with the evidence: the dev KBS does not fetch from AMD's KDS.
+    let table =
+        b64_member("snp", evidence, "cert_chain")?.ok_or_else(|| VerifyError::Signature {
+            tee: "snp",
+            why: "no cert_chain with the VCEK/VLEK (the dev KBS does not fetch from AMD KDS)"
+                .into(),
+        })?;
+    let entries = snp::parse_cert_table(&table).map_err(|e| malformed("snp", &e))?;
+    let vek_der = entries
+        .iter()
+        .find(|e| matches!(e.kind, CertTableKind::Vcek | CertTableKind::Vlek))
+        .ok_or_else(|| VerifyError::Signature {
+            tee: "snp",
+            why: "the cert_chain has no VCEK or VLEK".into(),
+        })?;
+    let vek = EndorsementKey::from_der(&vek_der.data).map_err(|e| signature("snp", &e))?;
+    snp::verify_report_builtin(&report, &vek).map_err(|e| signature("snp", &e))?;
+    check_pin(
+        "the SNP MEASUREMENT",
+        &report.measurement,
+        policy.snp_measurement.as_deref(),
+    )?;
+    if report.report_data[..] != *report_data {
+        return Err(VerifyError::ReportData("the SNP REPORT_DATA"));
+    }
+    if let Some(init) = init_data
+        && report.host_data != init.host_data()
+    {
+        return Err(VerifyError::InitDataBinding("the SNP HOST_DATA"));
+    }
+    let mut v = Verified {
+        debug: report.debug_allowed(),
+        ..Verified::default()
+    };
+    v.claims.insert(
+        "measurement".into(),
+        json!(hex::encode(&report.measurement)),
+    );
+    v.claims
+        .insert("host-data".into(), json!(hex::encode(&report.host_data)));
+    v.claims.insert("policy".into(), json!(report.policy.0));
+    v.claims.insert("vmpl".into(), json!(report.vmpl));
+    v.claims
+        .insert("reported-tcb".into(), json!(report.reported_tcb.raw));
+    Ok(v)
+}
+
+fn verify_tdx(
+    evidence: &Value,
+    report_data: &[u8],
+    init_data: Option<&InitData>,
+    policy: &Policy,
+) -> Result<Verified, VerifyError> {
+    policy.check_launch_pins()?;
+    let raw = b64_member("tdx", evidence, "quote")?.ok_or_else(|| VerifyError::Malformed {
+        tee: "tdx",
+        why: "no quote".into(),
+    })?;
+    let quote = tdx::Quote::parse(&raw).map_err(|e| malformed("tdx", &e))?;
+    // Signature, QE binding and PCK chain to Intel's root; TCB status needs Intel PCS
+    // collateral, which the dev KBS does not fetch.
+    quote.verify().map_err(|e| signature("tdx", &e))?;
+    let body = &quote.body;
+    check_pin("the TDX MRTD", &body.mr_td, policy.tdx_mrtd.as_deref())?;
+    const RTMRS: [&str; 4] = [
+        "the TDX RTMR0",
+        "the TDX RTMR1",
+        "the TDX RTMR2",
+        "the TDX RTMR3",
+    ];
+    for (i, register) in RTMRS.into_iter().enumerate() {
+        check_pin(register, &body.rtmr[i], policy.tdx_rtmr[i].as_deref())?;
+    }
+    if body.report_data[..] != *report_data {
+        return Err(VerifyError::ReportData("the TDX REPORTDATA"));
+    }
+    if let Some(init) = init_data
+        && body.mr_config_id != init.mrconfigid()
+    {
+        return Err(VerifyError::InitDataBinding("the TDX MRCONFIGID"));
+    }
+    let mut v = tdx_agent_log(evidence, &body.rtmr[2], policy)?;
+    v.debug |= body.td_attributes.debug();
+    v.claims
+        .insert("mrtd".into(), json!(hex::encode(&body.mr_td)));
+    v.claims
+        .insert("mrconfigid".into(), json!(hex::encode(&body.mr_config_id)));
+    for (i, r) in body.rtmr.iter().enumerate() {
+        v.claims.insert(format!("rtmr{i}"), json!(hex::encode(r)));
+    }
+    Ok(v)
+}
+
+/// What the agent's log in `tdx` evidence establishes, given the quoted (already verified)
+/// RTMR2: see the module docs.
+fn tdx_agent_log(
+    evidence: &Value,
+    quoted_rtmr2: &[u8; RTMR_LEN],
+    policy: &Policy,
+) -> Result<Verified, VerifyError> {
+    let log_json = evidence
+        .get("cel_eventlog")
+        .filter(|v| !v.is_null())
+        .ok_or_else(|| {
+            VerifyError::EventLog(
+                "the tdx evidence has no cel_eventlog (cvm-agent's log): the mode and what \
+                 booted are unknown"
+                    .into(),
+            )
+        })?;
+    let log = EventLog::from_json(log_json).map_err(|e| VerifyError::EventLog(chain(&e)))?;
+    if log.has_separator() {
+        return Err(VerifyError::EventLog(
+            "the launch separator is in the log: the workload was already launched".into(),
+        ));
+    }
+    let start = ccel_rtmr2(evidence)?;
+    let replayed =
+        rtmr::replay_rtmr2(&start, &log).map_err(|e| VerifyError::EventLog(chain(&e)))?;
+    if replayed != *quoted_rtmr2 {
+        return Err(VerifyError::EventLog(format!(
+            "the replayed log gives RTMR2 {}, the quote has {}",
+            hex::encode(&replayed),
+            hex::encode(quoted_rtmr2)
+        )));
+    }
+    let v = claims_from_log(&log, policy)?;
+    Ok(v)
+}
+
+/// RTMR2 before the agent: the CCEL's RTMR2 events replayed from zero (zero without a CCEL).
+/// Refuses a CCEL that has the launch separator's digest in RTMR2.
+fn ccel_rtmr2(evidence: &Value) -> Result<[u8; RTMR_LEN], VerifyError> {
+    let Some(raw) = b64_member("tdx", evidence, "cc_eventlog")? else {
+        return Ok([0; RTMR_LEN]);
+    };
+    let bad = |why: String| VerifyError::EventLog(format!("cc_eventlog: {why}"));
+    let log = ccel::EventLog::parse(&raw).map_err(|e| bad(chain(&e)))?;
+    let separator = rtmr::separator_digest();
+    let mut rtmr2 = [0; RTMR_LEN];
+    for event in &log.events {
+        if event.event_type == ccel::EV_NO_ACTION
+            || ccel::rtmr_for_mr_index(event.mr_index) != Some(2)
+        {
+            continue;
+        }
+        let digest: [u8; RTMR_LEN] = event
+            .digest(ccel::TPM_ALG_SHA384)
+            .and_then(|d| d.try_into().ok())
+            .ok_or_else(|| {
+                bad(format!(
+                    "the RTMR2 event at offset {} has no SHA-384 digest",
+                    event.offset
+                ))
+            })?;
+        if digest == separator {
+            return Err(bad(format!(
+                "the RTMR2 event at offset {} is cvm-agent's launch separator: the workload \
+                 was already launched",
+                event.offset
+            )));
+        }
+        rtmr2 = rtmr::extend_value(&rtmr2, &digest);
+    }
+    Ok(rtmr2)
+}
+
+fn verify_azure(
+    tee: &'static str,
+    verified: &AzVerified,
+    report_data: &[u8],
+    init_data: Option<&InitData>,
+) -> Result<Verified, VerifyError> {
+    // The Azure attesters quote the digest itself (48 bytes for SHA-384), and Trustee's
+    // `verify_nonce` compares exactly: a zero-padded nonce is refused.
+    if verified.attest.extra_data != report_data {
+        return Err(VerifyError::ReportData("the vTPM quote's nonce"));
+    }
+    if let Some(init) = init_data
+        && verified.pcrs.get(8) != Some(&init.pcr8_expected())
+    {
+        return Err(VerifyError::Pcr8);
+    }
+    let debug = match &verified.hcl.hw_report {
+        HwReport::Snp(r) => r.debug_allowed(),
+        HwReport::Tdx(r) => r.td_attributes.debug(),
+    };
+    let mut v = Verified {
+        debug,
+        ..Verified::default()
+    };
+    let pcr_claims: Map<String, Value> = verified
+        .pcrs
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (i.to_string(), json!(hex::encode(p))))
+        .collect();
+    v.claims.insert("pcrs".into(), Value::Object(pcr_claims));
+    v.claims.insert(
+        "ak".into(),
+        json!(hex::encode(&sha2::Digest::finalize(
+            <sha2::Sha256 as sha2::Digest>::new_with_prefix(&verified.ak.spki_der)
+        ))),
+    );
+    v.claims.insert("platform".into(), json!(tee));
+    Ok(v)
+}
+
+fn malformed(tee: &'static str, e: &(dyn std::error::Error + 'static)) -> VerifyError {
+    VerifyError::Malformed { tee, why: chain(e) }
+}
+
+fn signature(tee: &'static str, e: &(dyn std::error::Error + 'static)) -> VerifyError {
+    VerifyError::Signature { tee, why: chain(e) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cvm_initdata::Mode;
+    use cvm_measure::{Event, Facts, predict};
+
+    fn fixture(path: &str) -> Vec<u8> {
+        let p = format!(
+            "{}/tests/fixtures/{path}",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../..")
+        );
+        std::fs::read(&p).unwrap_or_else(|e| panic!("{p}: {e}"))
+    }
+
+    /// SHA-256 of the fixture's AK, as an operator would list it.
+    fn fixture_ak() -> String {
+        let json = fixture("tpm/tpm_evidence.json");
+        hex::encode(&TpmEvidence::from_json(&json).unwrap().ak_sha256())
+    }
+
+    fn open_policy() -> Policy {
+        Policy {
+            tee: vec![Tee::Tpm, Tee::Snp, Tee::Tdx, Tee::AzSnpVtpm, Tee::AzTdxVtpm],
+            require_initdata: false,
+            trusted_aks: vec![fixture_ak()],
+            ..Policy::default()
+        }
+    }
+
+    /// [`open_policy`] with the launch registers of `evidence` (snp or tdx) pinned: what an
+    /// operator who measured this image would write.
+    fn pinned_policy(evidence: &Value) -> Policy {
+        let mut policy = open_policy();
+        let b64 = |name: &str| {
+            evidence
+                .get(name)
+                .and_then(Value::as_str)
+                .and_then(|s| STANDARD.decode(s).ok())
+        };
+        let snp = b64("attestation_report")
+            .and_then(|raw| AttestationReport::parse(&raw).ok())
+            .unwrap_or_else(|| AttestationReport::parse(&fixture("snp/test-report.bin")).unwrap());
+        let tdx = b64("quote")
+            .and_then(|raw| tdx::Quote::parse(&raw).ok())
+            .unwrap_or_else(|| tdx::Quote::parse(&fixture("tdx/tdx_quote_4.dat")).unwrap())
+            .body;
+        policy.snp_measurement = Some(hex::encode(&snp.measurement));
+        policy.tdx_mrtd = Some(hex::encode(&tdx.mr_td));
+        policy.tdx_rtmr[1] = Some(hex::encode(&tdx.rtmr[1]));
+        policy
+    }
+
+    fn run(tee: Tee, evidence: &Value) -> Result<Verified, VerifyError> {
+        let policy = pinned_policy(evidence);
+        verify(
+            tee,
+            evidence,
+            &[0x5a; 48],
+            None,
+            &policy,
+            &AkStore::new(&policy),
+        )
+    }
+
+    /// Real evidence from a real vTPM passes every signature check and fails exactly at the
+    /// nonce. `tpm_evidence.json` is the OLD form (before Trustee v0.16): its quote carries a
+    /// 64-byte padded nonce, which today's Trustee refuses whatever the session — as we do.
+    #[test]
+    fn real_tpm_evidence_of_the_old_form_is_refused_at_the_nonce() {
+        let json = fixture("tpm/tpm_evidence.json");
+        let attest = TpmEvidence::from_json(&json).unwrap().verify().unwrap();
+        assert_eq!(
+            attest.extra_data.len(),
+            64,
+            "the fixture's old 64-byte form"
+        );
+        let ev: Value = serde_json::from_slice(&json).unwrap();
+        let err = run(Tee::Tpm, &ev).unwrap_err();
+        assert!(matches!(err, VerifyError::TpmNonceForm(64)), "{err}");
+        // Even for the session it was made for (its own first 48 bytes as the digest): the
+        // 64-byte form is not Trustee's.
+        let policy = open_policy();
+        let err = verify(
+            Tee::Tpm,
+            &ev,
+            &attest.extra_data[..48],
+            None,
+            &policy,
+            &AkStore::new(&policy),
+        )
+        .unwrap_err();
+        assert!(matches!(err, VerifyError::TpmNonceForm(64)), "{err}");
+        // An AK the policy does not list is refused before its quote is looked at.
+        let untrusted = Policy {
+            trusted_aks: vec!["00".repeat(32)],
+            ..open_policy()
+        };
+        let err = verify(
+            Tee::Tpm,
+            &ev,
+            &[0x5a; 48],
+            None,
+            &untrusted,
+            &AkStore::new(&untrusted),
+        )
+        .unwrap_err();
+        assert!(matches!(err, VerifyError::AkNotTrusted(_)), "{err}");
+        // A changed PCR value fails before the nonce.
+        let mut bad = ev.clone();
+        bad["tpm_quote"]["pcrs"][0] = Value::from("11".repeat(32));
+        assert!(matches!(
+            run(Tee::Tpm, &bad),
+            Err(VerifyError::Signature { tee: "tpm", .. })
+        ));
+        assert!(matches!(
+            run(Tee::Tpm, &serde_json::json!({"ak_public": 1})),
+            Err(VerifyError::Malformed { tee: "tpm", .. })
+        ));
+    }
+
+    fn cert_table(vcek: &[u8]) -> Vec<u8> {
+        let guid = 0x63da758d_e664_4564_adc5_f4b93be8accdu128.to_be_bytes();
+        let mut t = guid.to_vec();
+        t.extend_from_slice(&48u32.to_le_bytes());
+        t.extend_from_slice(&(vcek.len() as u32).to_le_bytes());
+        t.extend_from_slice(&[0; 24]);
+        t.extend_from_slice(vcek);
+        t
+    }
+
+    #[test]
+    fn real_snp_tdx_azure_evidence_verifies_up_to_the_report_data() {
+        let snp = serde_json::json!({
+            "attestation_report": STANDARD.encode(fixture("snp/test-report.bin")),
+            "cert_chain": STANDARD.encode(cert_table(&fixture("snp/test-vcek.der"))),
+        });
+        let err = run(Tee::Snp, &snp).unwrap_err();
+        assert!(
+            matches!(err, VerifyError::ReportData("the SNP REPORT_DATA")),
+            "{err}"
+        );
+        // The VLEK's certificate does not sign this report.
+        let mut bad = snp.clone();
+        bad["cert_chain"] = Value::from(STANDARD.encode(cert_table(&fixture("snp/test-vlek.der"))));
+        assert!(matches!(
+            run(Tee::Snp, &bad),
+            Err(VerifyError::Signature { .. })
+        ));
+        bad["cert_chain"] = Value::Null;
+        let err = run(Tee::Snp, &bad).unwrap_err();
+        assert!(err.to_string().contains("no cert_chain"), "{err}");
+
+        for quote in ["tdx/tdx_quote_4.dat", "tdx/tdx_quote_5.dat"] {
+            let tdx =
+                serde_json::json!({"quote": STANDARD.encode(fixture(quote)), "cc_eventlog": null});
+            let err = run(Tee::Tdx, &tdx).unwrap_err();
+            assert!(
+                matches!(err, VerifyError::ReportData("the TDX REPORTDATA")),
+                "{quote}: {err}"
+            );
+        }
+
+        let az: Value = serde_json::from_slice(&fixture("az-snp-vtpm/evidence-v2.json")).unwrap();
+        let err = run(Tee::AzSnpVtpm, &az).unwrap_err();
+        assert!(
+            matches!(err, VerifyError::ReportData("the vTPM quote's nonce")),
+            "{err}"
+        );
+        let az: Value = serde_json::from_slice(&fixture("az-tdx-vtpm/evidence-v1.json")).unwrap();
+        let err = run(Tee::AzTdxVtpm, &az).unwrap_err();
+        assert!(
+            matches!(err, VerifyError::ReportData("the vTPM quote's nonce")),
+            "{err}"
+        );
+
+        // A TEE the policy does not list, and one the dev KBS cannot verify.
+        let policy = Policy::default();
+        let aks = AkStore::new(&policy);
+        let err = verify(Tee::Snp, &snp, &[0; 48], None, &policy, &aks).unwrap_err();
+        assert_eq!(err.to_string(), "TEE snp is not allowed by policy");
+        let mut policy = pinned_policy(&snp);
+        policy.tee.push(Tee::Sgx);
+        let err = verify(Tee::Sgx, &snp, &[0; 48], None, &policy, &aks).unwrap_err();
+        assert!(matches!(err, VerifyError::Unsupported(_)), "{err}");
+    }
+
+    fn snp_evidence() -> Value {
+        serde_json::json!({
+            "attestation_report": STANDARD.encode(fixture("snp/test-report.bin")),
+            "cert_chain": STANDARD.encode(cert_table(&fixture("snp/test-vcek.der"))),
+        })
+    }
+
+    fn verify_with(tee: Tee, evidence: &Value, policy: &Policy) -> Result<Verified, VerifyError> {
+        verify(
+            tee,
+            evidence,
+            &[0x5a; 64],
+            None,
+            policy,
+            &AkStore::new(policy),
+        )
+    }
+
+    /// The real report with a wrong MEASUREMENT pin is refused, naming the register and both
+    /// values; with the right pin it gets past that check and stops at the report data (the
+    /// fixture was made for another session). A policy built without the pin refuses too.
+    #[test]
+    fn snp_measurement_pin() {
+        let ev = snp_evidence();
+        let report = AttestationReport::parse(&fixture("snp/test-report.bin")).unwrap();
+        let mut policy = pinned_policy(&ev);
+        let wrong = "00".repeat(48);
+        policy.snp_measurement = Some(wrong.clone());
+        let err = verify_with(Tee::Snp, &ev, &policy).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "the SNP MEASUREMENT is {}, but the policy pins {wrong}",
+                hex::encode(&report.measurement)
+            )
+        );
+        policy.snp_measurement = Some(hex::encode(&report.measurement));
+        let err = verify_with(Tee::Snp, &ev, &policy).unwrap_err();
+        assert!(
+            matches!(err, VerifyError::ReportData("the SNP REPORT_DATA")),
+            "{err}"
+        );
+        policy.snp_measurement = None;
+        let err = verify_with(Tee::Snp, &ev, &policy).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                VerifyError::Policy(PolicyError::Unpinned {
+                    field: "snp_measurement",
+                    ..
+                })
+            ),
+            "{err}"
+        );
+        // The signature is checked before the pin: a report whose MEASUREMENT was changed to
+        // the pinned value does not verify.
+        let mut forged = fixture("snp/test-report.bin");
+        forged[0x90..0xC0].fill(0);
+        let mut forged_ev = ev.clone();
+        forged_ev["attestation_report"] = Value::from(STANDARD.encode(&forged));
+        policy.snp_measurement = Some(wrong);
+        assert!(matches!(
+            verify_with(Tee::Snp, &forged_ev, &policy),
+            Err(VerifyError::Signature { tee: "snp", .. })
+        ));
+    }
+
+    /// Each TDX pin (MRTD, RTMR0-3) against the real v4 and v5 quotes: a wrong one is refused
+    /// naming the register, all right ones get to the report data.
+    #[test]
+    fn tdx_mrtd_and_rtmr_pins() {
+        for name in ["tdx/tdx_quote_4.dat", "tdx/tdx_quote_5.dat"] {
+            let ev = serde_json::json!({"quote": STANDARD.encode(fixture(name))});
+            let body = tdx::Quote::parse(&fixture(name)).unwrap().body;
+            let mut policy = pinned_policy(&ev);
+            for (i, value) in body.rtmr.iter().enumerate() {
+                policy.tdx_rtmr[i] = Some(hex::encode(value));
+            }
+            let err = verify_with(Tee::Tdx, &ev, &policy).unwrap_err();
+            assert!(
+                matches!(err, VerifyError::ReportData("the TDX REPORTDATA")),
+                "{name}: {err}"
+            );
+            let wrong = "ff".repeat(48);
+            let mut bad = policy.clone();
+            bad.tdx_mrtd = Some(wrong.clone());
+            assert_eq!(
+                verify_with(Tee::Tdx, &ev, &bad).unwrap_err().to_string(),
+                format!(
+                    "the TDX MRTD is {}, but the policy pins {wrong}",
+                    hex::encode(&body.mr_td)
+                ),
+                "{name}"
+            );
+            for i in 0..4 {
+                let mut bad = policy.clone();
+                bad.tdx_rtmr[i] = Some(wrong.clone());
+                let err = verify_with(Tee::Tdx, &ev, &bad).unwrap_err();
+                assert_eq!(
+                    err.to_string(),
+                    format!(
+                        "the TDX RTMR{i} is {}, but the policy pins {wrong}",
+                        hex::encode(&body.rtmr[i])
+                    ),
+                    "{name}"
+                );
+            }
+            for unpin in ["mrtd", "rtmr1"] {
+                let mut bad = policy.clone();
+                match unpin {
+                    "mrtd" => bad.tdx_mrtd = None,
+                    _ => bad.tdx_rtmr[1] = None,
+                }
+                assert!(
+                    matches!(
+                        verify_with(Tee::Tdx, &ev, &bad),
+                        Err(VerifyError::Policy(PolicyError::Unpinned {
+                            tee: "tdx",
+                            ..
+                        }))
+                    ),
+                    "{name}: {unpin}"
+                );
+            }
+        }
+    }
+
+    /// RTMR2 by hand: SHA384(RTMR ‖ SHA384("<event>:<value>")) for each PCR 15 event, written
+    /// out here rather than through `measure::rtmr`, so the replay is checked against the
+    /// TDX extend rule itself.
+    fn rtmr2_by_hand(start: [u8; 48], events: &[&str]) -> [u8; 48] {
+        use sha2::{Digest as _, Sha384};
+        events.iter().fold(start, |rtmr, event| {
+            let digest = Sha384::digest(event.as_bytes());
+            Sha384::new()
+                .chain_update(rtmr)
+                .chain_update(digest)
+                .finalize()
+                .into()
+        })
+    }
+
+    /// The agent's log as it is at attestation on a vTPM with a SHA-256 bank only (the
+    /// RTMR2 digests are recomputed from the content).
+    fn agent_log(mode: Mode) -> EventLog {
+        let mut m = cvm_measure::Measurer::new(&[HashAlg::Sha256]).unwrap();
+        m.record(Event::mode(mode)).unwrap();
+        m.record(Event::roothash(&"ab".repeat(32)).unwrap())
+            .unwrap();
+        m.record(Event::image_version("cvm-demo 1").unwrap())
+            .unwrap();
+        m.record(Event::initdata(b"version = \"0.1.0\"\n")).unwrap();
+        m.log().clone()
+    }
+
+    fn pre_attest_events(mode: &str) -> Vec<String> {
+        vec![
+            format!("mode:{mode}"),
+            format!("roothash:{}", "ab".repeat(32)),
+            "image-version:cvm-demo 1".to_string(),
+        ]
+    }
+
+    /// A CCEL with one RTMR2 (MR index 3) event of each given SHA-384 digest.
+    fn ccel_with_rtmr2(digests: &[[u8; 48]]) -> Vec<u8> {
+        let mut spec = b"Spec ID Event03\0".to_vec();
+        spec.extend_from_slice(&0u32.to_le_bytes()); // platform class
+        spec.extend_from_slice(&[0, 2, 0, 2]); // minor, major, errata, uintn size
+        spec.extend_from_slice(&1u32.to_le_bytes());
+        spec.extend_from_slice(&ccel::TPM_ALG_SHA384.to_le_bytes());
+        spec.extend_from_slice(&48u16.to_le_bytes());
+        spec.push(0); // no vendor info
+        let mut log = 0u32.to_le_bytes().to_vec();
+        log.extend_from_slice(&ccel::EV_NO_ACTION.to_le_bytes());
+        log.extend_from_slice(&[0; 20]);
+        log.extend_from_slice(&(spec.len() as u32).to_le_bytes());
+        log.extend_from_slice(&spec);
+        for d in digests {
+            log.extend_from_slice(&3u32.to_le_bytes());
+            log.extend_from_slice(&0xDu32.to_le_bytes()); // EV_IPL
+            log.extend_from_slice(&1u32.to_le_bytes());
+            log.extend_from_slice(&ccel::TPM_ALG_SHA384.to_le_bytes());
+            log.extend_from_slice(d);
+            log.extend_from_slice(&4u32.to_le_bytes());
+            log.extend_from_slice(b"boot");
+        }
+        log
+    }
+
+    fn with_log(log: &EventLog, ccel: Option<&[u8]>) -> Value {
+        serde_json::json!({
+            "quote": "",
+            "cc_eventlog": ccel.map(|c| STANDARD.encode(c)),
+            "cel_eventlog": log.to_json(),
+        })
+    }
+
+    /// `tdx` claims through the agent's log: replayed into RTMR2 after the CCEL's part, then
+    /// the same mode/roothash/image-version claims and policy checks as `tpm`.
+    #[test]
+    fn tdx_agent_log_into_rtmr2() {
+        let policy = open_policy();
+        let log = agent_log(Mode::Production);
+        let events = pre_attest_events("production");
+        let events: Vec<&str> = events.iter().map(String::as_str).collect();
+        let rtmr2 = rtmr2_by_hand([0; 48], &events);
+
+        let v = tdx_agent_log(&with_log(&log, None), &rtmr2, &policy).unwrap();
+        assert!(!v.debug);
+        assert_eq!(v.mode.as_deref(), Some("production"));
+        assert_eq!(v.roothash, Some("ab".repeat(32)));
+        assert_eq!(v.image_version.as_deref(), Some("cvm-demo 1"));
+        // roothash / image_version pins work as for tpm.
+        let mut pins = policy.clone();
+        pins.roothash = Some("ab".repeat(32));
+        pins.image_version = Some("cvm-demo 1".into());
+        check_policy(&v, &pins).unwrap();
+        pins.roothash = Some("cd".repeat(32));
+        assert!(matches!(
+            check_policy(&v, &pins),
+            Err(VerifyError::Claim {
+                what: "root hash",
+                ..
+            })
+        ));
+        // The reference prefix check applies too.
+        let facts = cvm_measure::Facts {
+            roothash: Some("ab".repeat(32)),
+            image_version: Some("cvm-demo 1".into()),
+            initdata: Some(b"version = \"0.1.0\"\n".to_vec()),
+            ..cvm_measure::Facts::default()
+        };
+        let mut with_ref = policy.clone();
+        with_ref.reference = Some(predict(&facts, &[HashAlg::Sha256]).unwrap().log);
+        tdx_agent_log(&with_log(&log, None), &rtmr2, &with_ref).unwrap();
+        let mut other = facts.clone();
+        other.image_version = Some("cvm-demo 2".into());
+        with_ref.reference = Some(predict(&other, &[HashAlg::Sha256]).unwrap().log);
+        let err = tdx_agent_log(&with_log(&log, None), &rtmr2, &with_ref).unwrap_err();
+        assert!(
+            err.to_string().contains("differs from the reference"),
+            "{err}"
+        );
+
+        // A different RTMR2 (another boot, or events the log does not show).
+        let err = tdx_agent_log(&with_log(&log, None), &[7; 48], &policy).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("event log: the replayed log gives RTMR2 "),
+            "{err}"
+        );
+        // No log: the mode is unknown.
+        let err = tdx_agent_log(&serde_json::json!({"quote": ""}), &rtmr2, &policy).unwrap_err();
+        assert!(err.to_string().contains("no cel_eventlog"), "{err}");
+
+        // Debug mode is a debug claim: refused unless the policy allows debug.
+        let debug = agent_log(Mode::Debug);
+        let events = pre_attest_events("debug");
+        let events: Vec<&str> = events.iter().map(String::as_str).collect();
+        let v = tdx_agent_log(
+            &with_log(&debug, None),
+            &rtmr2_by_hand([0; 48], &events),
+            &policy,
+        )
+        .unwrap();
+        assert!(v.debug);
+        assert!(matches!(check_policy(&v, &policy), Err(VerifyError::Debug)));
+    }
+
+    #[test]
+    fn tdx_agent_log_after_the_ccel() {
+        let policy = open_policy();
+        let log = agent_log(Mode::Production);
+        let events = pre_attest_events("production");
+        let events: Vec<&str> = events.iter().map(String::as_str).collect();
+
+        // The real OVMF CCEL: its RTMR2 part is the start (the CCEL's own replay gives it).
+        let real = fixture("tdx/CCEL_data_ovmf");
+        let start = ccel::EventLog::parse(&real)
+            .unwrap()
+            .replay_rtmrs()
+            .unwrap()[2];
+        let rtmr2 = rtmr2_by_hand(start, &events);
+        tdx_agent_log(&with_log(&log, Some(&real)), &rtmr2, &policy).unwrap();
+        if start != [0; 48] {
+            // Without the CCEL the replay starts at zero and cannot match.
+            assert!(tdx_agent_log(&with_log(&log, None), &rtmr2, &policy).is_err());
+        }
+
+        // A synthetic CCEL with two RTMR2 events.
+        let boot = [[1u8; 48], [2u8; 48]];
+        let ccel = ccel_with_rtmr2(&boot);
+        let mut start = [0u8; 48];
+        for d in &boot {
+            start = rtmr2_by_hand_digest(start, d);
+        }
+        let rtmr2 = rtmr2_by_hand(start, &events);
+        tdx_agent_log(&with_log(&log, Some(&ccel)), &rtmr2, &policy).unwrap();
+        assert!(
+            tdx_agent_log(
+                &with_log(&log, Some(&ccel[..ccel.len() - 3])),
+                &rtmr2,
+                &policy
+            )
+            .unwrap_err()
+            .to_string()
+            .starts_with("event log: cc_eventlog: ")
+        );
+
+        // A log taken after launch, with the separator moved into the CCEL part: the
+        // separator's digest is a constant and is refused there too.
+        use sha2::{Digest as _, Sha384};
+        let separator: [u8; 48] = Sha384::digest(b"separator:").into();
+        let mut hidden = boot.to_vec();
+        hidden.push(separator);
+        let ccel = ccel_with_rtmr2(&hidden);
+        let start = rtmr2_by_hand_digest(start, &separator);
+        let err = tdx_agent_log(
+            &with_log(&log, Some(&ccel)),
+            &rtmr2_by_hand(start, &events),
+            &policy,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("is cvm-agent's launch separator"),
+            "{err}"
+        );
+    }
+
+    fn rtmr2_by_hand_digest(rtmr: [u8; 48], digest: &[u8; 48]) -> [u8; 48] {
+        use sha2::{Digest as _, Sha384};
+        Sha384::new()
+            .chain_update(rtmr)
+            .chain_update(digest)
+            .finalize()
+            .into()
+    }
+
+    /// Only the agent's records, and no separator, may be in a `tdx` log.
+    #[test]
+    fn tdx_agent_log_refuses_foreign_records_and_the_separator() {
+        let policy = open_policy();
+        let log = agent_log(Mode::Production);
+        let events = pre_attest_events("production");
+        let events: Vec<&str> = events.iter().map(String::as_str).collect();
+        let rtmr2 = rtmr2_by_hand([0; 48], &events);
+        let records = log.to_json().as_array().unwrap().clone();
+
+        // The separator, as the agent records it, after the pre-attestation events.
+        let mut sealed = cvm_measure::Measurer::new(&[HashAlg::Sha256]).unwrap();
+        for r in log.records() {
+            let (kind, value) = r.agent_event().unwrap();
+            let event = match kind {
+                EventKind::Mode => Event::mode(Mode::Production),
+                EventKind::RootHash => Event::roothash(value).unwrap(),
+                EventKind::ImageVersion => Event::image_version(value).unwrap(),
+                _ => Event::initdata(b"version = \"0.1.0\"\n"),
+            };
+            sealed.record(event).unwrap();
+        }
+        sealed.record(Event::separator()).unwrap();
+        let mut all = events.clone();
+        all.push("separator:");
+        let err = tdx_agent_log(
+            &with_log(sealed.log(), None),
+            &rtmr2_by_hand([0; 48], &all),
+            &policy,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("launch separator"), "{err}");
+
+        // The separator relabelled as another content type (same digest): not the agent's.
+        let mut relabelled = sealed.log().to_json().as_array().unwrap().clone();
+        let last = relabelled.len() - 1;
+        relabelled[last]["content_type"] = Value::from("systemd");
+        let relabelled = EventLog::from_json(&Value::Array(relabelled)).unwrap();
+        let err = tdx_agent_log(
+            &with_log(&relabelled, None),
+            &rtmr2_by_hand([0; 48], &all),
+            &policy,
+        )
+        .unwrap_err();
+        // The log check itself refuses it (PCR 15 takes only agent records).
+        assert!(
+            err.to_string()
+                .contains("a \"systemd\" record in PCR 15: only cvm-agent records may extend it"),
+            "{err}"
+        );
+
+        // A foreign record inserted in PCR 15 (whatever it extended).
+        let mut foreign = records.clone();
+        foreign.insert(
+            1,
+            serde_json::json!({
+                "pcr": 15,
+                "digests": [{"hashAlg": "sha256", "digest": "00".repeat(32)}],
+                "content_type": "systemd",
+                "content": {"string": "x"},
+            }),
+        );
+        for (i, r) in foreign.iter_mut().enumerate() {
+            r["recnum"] = Value::from(i);
+        }
+        let foreign = EventLog::from_json(&Value::Array(foreign)).unwrap();
+        let err = tdx_agent_log(&with_log(&foreign, None), &rtmr2, &policy).unwrap_err();
+        // The log check itself refuses it (PCR 15 takes only agent records).
+        assert!(
+            err.to_string()
+                .contains("a \"systemd\" record in PCR 15: only cvm-agent records may extend it"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn ak_store_is_the_policy_list() {
+        let listed = "aa".repeat(32);
+        let policy = Policy {
+            trusted_aks: vec![listed.clone()],
+            ..Policy::default()
+        };
+        let store = AkStore::new(&policy);
+        store.check(&listed).unwrap();
+        assert!(matches!(
+            store.check(&"bb".repeat(32)),
+            Err(VerifyError::AkNotTrusted(_))
+        ));
+        // No list, no AK: nothing is trusted on first use.
+        let store = AkStore::new(&Policy::default());
+        assert!(store.check(&listed).is_err());
+        assert!(store.check(&listed).is_err());
+    }
+
+    #[test]
+    fn prefix_and_policy_checks() {
+        let facts = Facts {
+            roothash: Some("ab".repeat(32)),
+            image_version: Some("img 1".into()),
+            ..Facts::default()
+        };
+        let reference = predict(&facts, &[HashAlg::Sha256]).unwrap().log;
+        let mut shorter = facts.clone();
+        shorter.image_version = None;
+        let log = predict(&shorter, &[HashAlg::Sha256]).unwrap().log;
+        // The prediction ends in a separator; the guest's log stops before it.
+        let prefix = EventLog::from_json(&Value::Array(
+            reference.to_json().as_array().unwrap()[..2].to_vec(),
+        ))
+        .unwrap();
+        // mode + roothash + image-version: everything measured before attestation.
+        let pre_attest = EventLog::from_json(&Value::Array(
+            reference.to_json().as_array().unwrap()[..3].to_vec(),
+        ))
+        .unwrap();
+        check_prefix(&pre_attest, &reference).unwrap();
+        check_prefix(&reference, &reference).unwrap();
+        // A log that stops early (here: without the image version) is not enough.
+        let err = check_prefix(&prefix, &reference).unwrap_err();
+        assert!(
+            err.to_string().contains("measures 3 before attestation"),
+            "{err}"
+        );
+        let empty = EventLog::from_json(&Value::Array(vec![])).unwrap();
+        assert!(check_prefix(&empty, &reference).is_err());
+        let err = check_prefix(&log, &reference).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "event log: record 2 (separator) differs from the reference"
+        );
+        let err = check_prefix(&reference, &pre_attest).unwrap_err();
+        assert!(err.to_string().contains("the reference only 3"), "{err}");
+        let mut longer = reference.to_json().as_array().unwrap().clone();
+        let mut extra = longer[0].clone();
+        extra["recnum"] = serde_json::json!(longer.len());
+        longer.push(extra);
+        let err = check_prefix(
+            &EventLog::from_json(&Value::Array(longer)).unwrap(),
+            &reference,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("the reference only"), "{err}");
+
+        let v = Verified {
+            debug: false,
+            roothash: Some("ab".repeat(32)),
+            ..Verified::default()
+        };
+        let mut p = Policy::default();
+        check_policy(&v, &p).unwrap();
+        p.roothash = Some("cd".repeat(32));
+        assert!(matches!(
+            check_policy(&v, &p),
+            Err(VerifyError::Claim {
+                what: "root hash",
+                ..
+            })
+        ));
+        p.roothash = None;
+        p.image_version = Some("img 1".into());
+        assert_eq!(
+            check_policy(&v, &p).unwrap_err().to_string(),
+            "image version is missing from the evidence and the policy requires it"
+        );
+        let debug = Verified {
+            debug: true,
+            ..Verified::default()
+        };
+        assert!(matches!(
+            check_policy(&debug, &Policy::default()),
+            Err(VerifyError::Debug)
+        ));
+        let allow = Policy {
+            allow_debug: true,
+            ..Policy::default()
+        };
+        check_policy(&debug, &allow).unwrap();
+    }
+}

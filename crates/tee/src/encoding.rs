@@ -1,0 +1,92 @@
+//! serde adapters for the byte encodings KBS evidence JSON uses (Trustee's `serde_with`
+//! `Hex`, `Base64<UrlSafe>` and plain standard base64), so evidence structs hold decoded bytes
+//! and a malformed encoding is a deserialization error.
+
+use base64::Engine as _;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use serde::{Deserialize as _, Deserializer, Serializer, de::Error as _};
+
+/// URL-safe alphabet; writes padding (as `serde_with`'s default `Padded` does) and accepts
+/// input with or without it.
+const URL_SAFE: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::URL_SAFE,
+    GeneralPurposeConfig::new()
+        .with_encode_padding(true)
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+/// `Vec<u8>` as a hex string (either case on input, lower case on output).
+pub mod hex_bytes {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&cvm_text::hex::encode(v))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = String::deserialize(d)?;
+        cvm_text::hex::decode(&s).ok_or_else(|| D::Error::custom("invalid hex string"))
+    }
+}
+
+/// `Vec<[u8; 32]>` as a list of hex strings (SHA-256 PCR values).
+pub mod hex_pcrs {
+    use super::*;
+    use serde::ser::SerializeSeq as _;
+
+    pub fn serialize<S: Serializer>(v: &[[u8; 32]], s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(v.len()))?;
+        for p in v {
+            seq.serialize_element(&cvm_text::hex::encode(p))?;
+        }
+        seq.end()
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<[u8; 32]>, D::Error> {
+        let list = Vec::<String>::deserialize(d)?;
+        list.iter()
+            .map(|s| {
+                cvm_text::hex::decode(s)
+                    .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                    .ok_or_else(|| D::Error::custom("PCR value is not 32 bytes of hex"))
+            })
+            .collect()
+    }
+}
+
+/// `Vec<u8>` as URL-safe base64.
+pub mod b64url_bytes {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&URL_SAFE.encode(v))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = String::deserialize(d)?;
+        URL_SAFE
+            .decode(s.as_bytes())
+            .map_err(|_| D::Error::custom("invalid URL-safe base64"))
+    }
+}
+
+/// `Vec<u8>` as standard, padded base64.
+pub mod b64_bytes {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(v))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = String::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(s.as_bytes())
+            .map_err(|_| D::Error::custom("invalid base64"))
+    }
+}
+
+/// Unpadded URL-safe base64 as JWK uses it (RFC 7518 §2 "Base64urlUInt").
+pub(crate) fn b64url_decode(s: &str) -> Option<Vec<u8>> {
+    URL_SAFE.decode(s.as_bytes()).ok()
+}

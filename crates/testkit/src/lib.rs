@@ -1,0 +1,228 @@
+//! The test harness (dev-only; never built into anything shipped): boot the real static agent
+//! as PID 1 under QEMU (TCG) with swtpm through qemu/boot.sh and look at the console and how
+//! the VM ended; start swtpm ([`swtpm`]), a real OCI registry ([`registry`]) and the dev KBS
+//! ([`kbs`]) on 127.0.0.1. The VM inputs come from `make` (CVM_KERNEL, CVM_INITRD,
+//! CVM_ROOTFS); a bare `cargo test` skips the VM tests.
+
+pub mod kbs;
+pub mod registry;
+pub mod swtpm;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// The workspace root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+}
+
+/// The `cvmctl` binary: `$CVMCTL_BIN` if set, else the one cargo built next to the running test
+/// (`target/<profile>/cvmctl`; `cargo test --workspace` builds it because the cvmctl package
+/// has integration tests).
+pub fn cvmctl() -> PathBuf {
+    if let Some(p) = std::env::var_os("CVMCTL_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("the test binary's path");
+    // target/<profile>/deps/<test> -> target/<profile>/cvmctl
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|dir| dir.join("cvmctl"))
+        .expect("the test binary has a target directory");
+    assert!(
+        bin.exists(),
+        "{} is missing: run the tests with `cargo test --workspace` (which builds cvmctl) or set CVMCTL_BIN",
+        bin.display()
+    );
+    bin
+}
+
+pub fn input(var: &str, default: &str) -> PathBuf {
+    let p = std::env::var_os(var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(default));
+    assert!(
+        p.exists(),
+        "{var}: {} is missing — VM tests need `make test` (it builds the kernel cache and images)",
+        p.display()
+    );
+    p
+}
+
+pub fn rootfs() -> PathBuf {
+    input("CVM_ROOTFS", "out/rootfs.img")
+}
+
+/// The root hash `cvmctl rootfs` wrote next to the image.
+pub fn roothash() -> String {
+    let mut p = rootfs().into_os_string();
+    p.push(".roothash");
+    std::fs::read_to_string(&p)
+        .expect("read the .roothash next to the rootfs image")
+        .trim()
+        .to_string()
+}
+
+/// `roothash=…` plus the verified root disk, as a production boot needs.
+pub fn verified_root() -> (String, Vec<String>) {
+    (
+        format!("roothash={}", roothash()),
+        vec!["--disk".into(), format!("{}:ro", rootfs().display())],
+    )
+}
+
+pub struct Boot {
+    pub code: i32,
+    pub console: String,
+}
+
+impl Boot {
+    pub fn lines(&self, prefix: &str) -> Vec<&str> {
+        self.console
+            .lines()
+            .map(|l| l.trim_end_matches('\r'))
+            .filter(|l| l.starts_with(prefix))
+            .collect()
+    }
+
+    pub fn errors(&self) -> Vec<&str> {
+        self.lines("cvm-agent: error:")
+    }
+
+    pub fn has(&self, needle: &str) -> bool {
+        self.console.contains(needle)
+    }
+
+    pub fn result(&self) -> Option<serde_json::Value> {
+        cvm_agent::result::find_result(&self.console)
+    }
+
+    /// The kernel's own last words on an orderly power-off (pr_emerg, shown at any loglevel).
+    pub fn powered_off(&self) -> bool {
+        self.has("reboot: Power down")
+    }
+
+    pub fn show(&self) -> String {
+        format!("exit code {}\n--- console ---\n{}", self.code, self.console)
+    }
+
+    /// Exactly one error line, and it starts with `prefix`; no result line; the boot failed.
+    pub fn assert_one_error(&self, prefix: &str) {
+        assert_ne!(self.code, 0, "{}", self.show());
+        let errors = self.errors();
+        assert_eq!(errors.len(), 1, "{}", self.show());
+        assert!(
+            errors[0].starts_with(prefix),
+            "expected an error line starting with {prefix:?}\n{}",
+            self.show()
+        );
+        assert!(self.result().is_none(), "{}", self.show());
+    }
+}
+
+/// Run a host tool; its stdout, or a panic with its stderr.
+pub fn run_ok(cmd: &mut Command) -> Vec<u8> {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+pub fn spawn(append: &str, extra: &[String], console: &Path, timeout: u64) -> Child {
+    Command::new(repo().join("qemu/boot.sh"))
+        .arg("--kernel")
+        .arg(input("CVM_KERNEL", ".cache/kernel/vmlinuz"))
+        .arg("--initrd")
+        .arg(input("CVM_INITRD", "out/initrd.img"))
+        .arg("--append")
+        .arg(append)
+        .arg("--console")
+        .arg(console)
+        .args(["--timeout", &timeout.to_string(), "--quiet"])
+        .args(extra)
+        // The guestfwd relay: this build's cvmctl.
+        .env("CVMCTL", cvmctl())
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("run qemu/boot.sh")
+}
+
+pub fn boot(append: &str, extra: &[String]) -> Boot {
+    let dir = tempfile::tempdir().unwrap();
+    let console = dir.path().join("console.log");
+    let status = spawn(append, extra, &console, 180).wait().unwrap();
+    Boot {
+        code: status.code().unwrap_or(-1),
+        console: std::fs::read_to_string(&console).unwrap_or_default(),
+    }
+}
+
+/// Waits until `needle` is in the console file.
+pub fn wait_for(console: &Path, needle: &str, timeout: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        if std::fs::read_to_string(console).is_ok_and(|c| c.contains(needle)) {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    false
+}
+
+/// A debug boot (it stays up): runs until `needle` is on the console, then powers the VM off
+/// from the debug shell (`--serial-socket`). `None` in the Boot's code when the needle never
+/// came.
+pub fn boot_debug_until(append: &str, extra: &[String], needle: &str) -> (bool, Boot) {
+    use std::io::Write as _;
+    let dir = tempfile::tempdir().unwrap();
+    let console = dir.path().join("console.log");
+    let socket = dir.path().join("serial.sock");
+    let mut args = extra.to_vec();
+    args.extend(["--serial-socket".into(), socket.display().to_string()]);
+    let mut child = spawn(append, &args, &console, 180);
+    let seen = wait_for(&console, needle, std::time::Duration::from_secs(150));
+    let shell = seen
+        && wait_for(
+            &console,
+            "debug shell on the console",
+            std::time::Duration::from_secs(30),
+        );
+    // The connection stays open until QEMU is gone, so the typed line is read. busybox's line
+    // editor first asks the terminal for the cursor position and eats what answers it, so the
+    // line is typed again until the VM is gone.
+    let mut serial = shell
+        .then(|| std::os::unix::net::UnixStream::connect(&socket).ok())
+        .flatten();
+    for _ in 0..10 {
+        let Some(s) = serial.as_mut() else { break };
+        let _ = s.write_all(b"poweroff -f\n");
+        std::thread::sleep(std::time::Duration::from_secs(3));
+        if child.try_wait().ok().flatten().is_some() {
+            break;
+        }
+    }
+    if child.try_wait().ok().flatten().is_none() {
+        let _ = child.kill();
+    }
+    let status = child.wait().unwrap();
+    (
+        seen,
+        Boot {
+            code: status.code().unwrap_or(-1),
+            console: std::fs::read_to_string(&console).unwrap_or_default(),
+        },
+    )
+}
+
+/// A verified boot with extra command-line words.
+pub fn boot_verified(extra_append: &str) -> Boot {
+    let (hash, disk) = verified_root();
+    boot(&format!("{hash} {extra_append}"), &disk)
+}
