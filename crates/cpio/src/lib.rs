@@ -1,4 +1,5 @@
 //! The newc ("070701") cpio format the kernel unpacks as an initramfs, written reproducibly.
+#![forbid(unsafe_code)]
 
 /// What one archive member is.
 #[derive(Debug, Clone, PartialEq, Eq)]

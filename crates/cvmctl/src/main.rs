@@ -2,6 +2,7 @@
 //! replays measurements, serves the dev KBS, provisions swtpm's attestation key and runs the
 //! benchmarks. Each command is thin over a library crate (`cvm-image`, `cvm-measure`,
 //! `cvm-devkbs`, …); none of this code runs in the guest.
+#![forbid(unsafe_code)]
 
 use cvmctl::{bench, measure, relay, swtpm};
 

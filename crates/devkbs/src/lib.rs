@@ -20,6 +20,7 @@
 //!
 //! The HTTP server ([`http`]) is our own, over `std::net`, optionally in rustls ([`tls`]); it
 //! binds loopback addresses only.
+#![forbid(unsafe_code)]
 
 pub mod http;
 pub mod policy;

@@ -38,6 +38,7 @@
 //!
 //! Parsing is strict: the size is bounded, unknown top-level keys, another version or
 //! algorithm, non-string documents and odd document names are errors, never ignored.
+#![forbid(unsafe_code)]
 
 pub mod launch;
 pub mod mode;

@@ -14,6 +14,7 @@
 //! 5. `GET /kbs/v0/resource/…` ([`protocol::resource_path`]); [`jwe::decrypt`] with `key`.
 //!
 //! Any non-2xx answer goes through [`protocol::parse_error`].
+#![forbid(unsafe_code)]
 
 pub mod canon;
 pub mod jwe;

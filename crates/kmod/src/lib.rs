@@ -14,6 +14,7 @@
 //! The guest reads these files from its own (measured) initrd, but parsing is still strictly
 //! bounded: a malformed index must end the boot with a line naming the file and line, never a
 //! panic or an unbounded allocation.
+#![forbid(unsafe_code)]
 
 mod glob;
 mod index;

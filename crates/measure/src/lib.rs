@@ -52,6 +52,7 @@
 //! Event values are public: they are written to a log the workload and the host can read.
 //! `env` is the final environment as given, so secrets must reach the workload as files under
 //! `/run/secrets`, never through the environment.
+#![forbid(unsafe_code)]
 
 pub mod eventlog;
 pub mod osrelease;

@@ -8,6 +8,7 @@
 //! The host's image builder (`cvmctl image build`) is in `cvm-image`.
 //!
 //! Re-exports [`oci_spec`], whose image and runtime types the API uses.
+#![forbid(unsafe_code)]
 
 pub mod digest;
 pub mod layout;

@@ -7,6 +7,7 @@
 //!
 //! Guest side: [`tsm`] (configfs-tsm reports) and [`detect`]. Host side (the dev KBS and
 //! `cvmctl`): the `verify*` functions. All of it is pure Rust, so the static agent links it.
+#![forbid(unsafe_code)]
 
 pub mod azure;
 pub mod binding;

@@ -3,6 +3,7 @@
 //! the VM ended; start swtpm ([`swtpm`]), a real OCI registry ([`registry`]) and the dev KBS
 //! ([`kbs`]) on 127.0.0.1. The VM inputs come from `make` (CVM_KERNEL, CVM_INITRD,
 //! CVM_ROOTFS); a bare `cargo test` skips the VM tests.
+#![forbid(unsafe_code)]
 
 pub mod kbs;
 pub mod registry;

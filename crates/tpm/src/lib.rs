@@ -15,6 +15,7 @@
 //! panic. Commands are built with `tpm2-protocol`; responses go through its validating
 //! unmarshaller where its types fit, and through a local bounds-checked reader where they do not
 //! (a capability answer may list hash algorithms the crate cannot name, which must be skipped).
+#![forbid(unsafe_code)]
 
 mod ak;
 mod error;

@@ -1,5 +1,6 @@
 //! The baseline for `cvmctl bench boot`: a static init that prints a result line and powers off
 //! at once, so the difference to cvm-agent's boot is the agent's own work.
+#![forbid(unsafe_code)]
 
 use std::io::Write;
 
