@@ -150,6 +150,14 @@ pub fn printable(data: &[u8]) -> String {
     format!("0x{}{}", hex(shown), if data.len() > 64 { "…" } else { "" })
 }
 
+/// The PCRs' values after TPM2_Startup(CLEAR) without a DRTM launch (TCG PC Client Platform TPM
+/// Profile, PCR attributes): PCRs 17–22 all ones, the others zero.
+pub fn initial_pcrs(alg: HashAlg) -> Vec<Vec<u8>> {
+    (0..24)
+        .map(|n| vec![if (17..=22).contains(&n) { 0xff } else { 0 }; alg.digest_len()])
+        .collect()
+}
+
 /// A parsed log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventLog {
@@ -281,9 +289,9 @@ impl EventLog {
             .collect()
     }
 
-    /// Replays the log for `alg`: the 24 PCRs' values.
+    /// Replays the log for `alg` from [`initial_pcrs`]: the 24 PCRs' values.
     pub fn replay(&self, alg: HashAlg) -> Result<Vec<Vec<u8>>, EventLogError> {
-        let mut pcrs = vec![vec![0u8; alg.digest_len()]; 24];
+        let mut pcrs = initial_pcrs(alg);
         for e in &self.events {
             if e.pcr >= 24 {
                 return Err(EventLogError::BadPcr {

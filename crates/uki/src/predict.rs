@@ -12,24 +12,31 @@
 //!   `DxeTpm2MeasureBootLib` measures every PE image that `LoadImage()` loads from outside the
 //!   firmware volume as `EV_EFI_BOOT_SERVICES_APPLICATION` with its Authenticode digest. That
 //!   is first the UKI and then the kernel, because systemd-stub 252 (`linux.c`, `linux_exec`)
-//!   hands `.linux` to `LoadImage()` from memory (the EFI handover protocol only for kernels
-//!   without `LINUX_INITRD_MEDIA_GUID` support, i.e. before 5.8). Where the ReadyToBoot pair
-//!   falls depends on the boot path, see [`BootPath`].
-//! * **PCR 9**: Linux's EFI stub (since 5.19, so 6.1 does) measures the initrd it gets through
-//!   the `LINUX_INITRD_MEDIA_GUID` `LoadFile2` protocol — which systemd-stub installs for
-//!   `.initrd` — as an `EV_EVENT_TAG` (tagged event id 0x8F3B22ED, "Linux initrd"), digest of
-//!   the initrd's bytes. Measuring the `LoadOptions` (the command line) came with 6.4; 6.1 does
-//!   not.
+//!   hands `.linux` to `LoadImage()` from memory for a kernel with an EFI stub like 6.1's (the
+//!   real logs show the kernel's own `EV_EFI_BOOT_SERVICES_APPLICATION`, digest = the
+//!   Authenticode digest of `.linux`, signature table excluded). Where the ReadyToBoot pair
+//!   falls depends on the boot path, see [`BootPath`]. The full order seen in both boots:
+//!   PCR 4 (UKI, action, separator — or action, separator, UKI), the PCR 11 sections, PCR 4
+//!   the kernel, PCR 9 LoadOptions, PCR 9 initrd.
+//! * **PCR 9**: Linux's EFI stub (6.1 as Debian builds `6.1.0-57-cloud-amd64`) measures, as
+//!   `EV_EVENT_TAG` events (TCG PFP 10.4.1), first its `LoadOptions` — the command line
+//!   systemd-stub hands it, see [`stub_load_options`] — (tagged event id 0x8F3B22ED, data
+//!   "LOADED_IMAGE::LoadOptions"), then the initrd it gets through the
+//!   `LINUX_INITRD_MEDIA_GUID` `LoadFile2` protocol that systemd-stub installs for `.initrd`
+//!   (id 0x8F3B22EC, "Linux initrd"), each with the digest of the bytes. Older kernels lack
+//!   one or both; for a kernel without the LoadOptions event set
+//!   [`Profile::linux_measures_load_options`] to false (not checked against a real boot).
 //! * **PCR 11**: systemd-stub 252 (`stub.c`) measures each UKI section it knows, in the fixed
 //!   order of `enum UnifiedSection` (`.linux`, `.osrel`, `.cmdline`, `.initrd`, `.splash`,
 //!   `.dtb`, `.pcrpkey`; `.pcrsig` never), skipping absent or empty ones, as two `EV_IPL`
 //!   events: the section name with its NUL, then the section's `VirtualSize` bytes.
-//!   `systemd-measure calculate` computes the same value; the systemd-pcrphase words it adds
-//!   for `--phase=` are not ours to predict (our PID 1 is not systemd).
+//!   `systemd-measure calculate --phase=` (an empty phase: no systemd-pcrphase word, which
+//!   our PID 1, not being systemd, never measures) computes the same value.
 //! * **PCR 12**: systemd-stub 252 measures a command line that overrides `.cmdline` (only
 //!   possible without Secure Boot), credentials (`*.cred`) and, into PCR 13, sysexts from the
-//!   ESP. None of these is passed in our boots, so PCR 12 stays all zeros. A prediction with
-//!   overrides is not provided.
+//!   ESP. None of these is passed in our boots, so PCR 12 stays all zeros (also with QEMU's
+//!   `-kernel`, where OVMF gives the UKI an empty `LoadOptions` string, which the stub ignores).
+//!   A prediction with overrides is not provided.
 
 use crate::eventlog::{
     EV_EFI_ACTION, EV_EFI_BOOT_SERVICES_APPLICATION, EV_EVENT_TAG, EV_IPL, EV_NO_ACTION,
@@ -70,6 +77,25 @@ pub enum BootPath {
     /// A UEFI boot option, e.g. the removable-media path `\EFI\BOOT\BOOTX64.EFI` on a disk:
     /// BDS's `EfiBootManagerBoot()` signals ReadyToBoot before it loads the image.
     BootOption,
+}
+
+/// What to predict for: the boot path and the kernel's behaviour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Profile {
+    pub path: BootPath,
+    /// Whether Linux's EFI stub measures its LoadOptions into PCR 9 (true for Debian's
+    /// 6.1.0-57, seen in its log).
+    pub linux_measures_load_options: bool,
+}
+
+impl Profile {
+    /// `path` with the kernel measuring its LoadOptions, as Debian 12's kernel does.
+    pub fn new(path: BootPath) -> Profile {
+        Profile {
+            path,
+            linux_measures_load_options: true,
+        }
+    }
 }
 
 /// One event the boot is expected to log.
@@ -165,12 +191,47 @@ fn pcr11_events_parsed(
     Ok(ev)
 }
 
-/// Every event expected in PCRs 4, 9, 11 and 12 when OVMF boots `uki` by `path`, in the order
-/// of the log.
+/// The `LoadOptions` systemd-stub 252 gives the kernel for the `.cmdline` section `cmdline`
+/// (when nothing overrides it): `xstrn8_to_16()` (UTF-8 up to the first NUL to UCS-2), then
+/// `mangle_stub_cmdline()`: whitespace (every character up to 0x20, and 0x7F) at the start and
+/// the end is dropped and each one inside becomes a space (runs are kept, not collapsed);
+/// NUL-terminated UTF-16LE, and `linux_exec()` sets `LoadOptionsSize` to include the
+/// terminator. Checked on a real boot: a `.cmdline` with a tab inside and a newline at the
+/// end is measured with a space and without the newline. Non-ASCII command lines are untested.
+pub fn stub_load_options(cmdline: &[u8]) -> Vec<u8> {
+    let end = cmdline
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(cmdline.len());
+    let text = String::from_utf8_lossy(&cmdline[..end]);
+    let ws = |u: u16| u <= 0x20 || u == 0x7f;
+    let units: Vec<u16> = text.encode_utf16().collect();
+    let first = units.iter().position(|&u| !ws(u)).unwrap_or(units.len());
+    let last = units.iter().rposition(|&u| !ws(u)).map_or(first, |p| p + 1);
+    let mut out = Vec::with_capacity(2 * (last - first) + 2);
+    for &u in &units[first..last] {
+        let u = if ws(u) { 0x20 } else { u };
+        out.extend_from_slice(&u.to_le_bytes());
+    }
+    out.extend_from_slice(&[0, 0]);
+    out
+}
+
+/// Every event expected in PCRs 4, 9, 11 and 12 when OVMF boots `uki` by `path` (with the
+/// default [`Profile`]), in the order of the log.
 pub fn expected_events(
     uki: &[u8],
     bank: HashAlg,
     path: BootPath,
+) -> Result<Vec<ExpectedEvent>, PredictError> {
+    expected_events_for(uki, bank, &Profile::new(path))
+}
+
+/// [`expected_events`] for a [`Profile`].
+pub fn expected_events_for(
+    uki: &[u8],
+    bank: HashAlg,
+    profile: &Profile,
 ) -> Result<Vec<ExpectedEvent>, PredictError> {
     let img = PeImage::parse(uki).map_err(PredictError::Uki)?;
     let linux = img
@@ -206,7 +267,7 @@ pub fn expected_events(
         what: "the kernel from .linux (Authenticode)".into(),
     };
     let mut ev = Vec::new();
-    match path {
+    match profile.path {
         BootPath::QemuKernel => {
             ev.push(uki_app);
             ev.extend(ready_to_boot);
@@ -219,6 +280,19 @@ pub fn expected_events(
     // The stub measures its sections before it loads the kernel.
     ev.extend(pcr11_events_parsed(uki, &img, bank)?);
     ev.push(kernel_app);
+    if profile.linux_measures_load_options
+        && let Some(s) = img.section(".cmdline")
+    {
+        let cmdline = s.memory_contents(uki).map_err(PredictError::Uki)?;
+        if !cmdline.is_empty() {
+            ev.push(ExpectedEvent {
+                pcr: 9,
+                event_type: EV_EVENT_TAG,
+                digest: bank.digest(&stub_load_options(&cmdline)),
+                what: "LOADED_IMAGE::LoadOptions (the .cmdline as UTF-16)".into(),
+            });
+        }
+    }
     if let Some(s) = img.section(".initrd") {
         let initrd = s.memory_contents(uki).map_err(PredictError::Uki)?;
         if !initrd.is_empty() {
@@ -233,9 +307,10 @@ pub fn expected_events(
     Ok(ev)
 }
 
-/// Replays `events` (all of one bank) from zeroed PCRs; returns PCRs 0–23.
+/// Replays `events` (all of one bank) from the PCRs' reset values ([`crate::eventlog::initial_pcrs`]); returns
+/// PCRs 0–23.
 pub fn replay(events: &[ExpectedEvent], bank: HashAlg) -> Vec<Vec<u8>> {
-    let mut pcrs = vec![vec![0u8; bank.digest_len()]; 24];
+    let mut pcrs = crate::eventlog::initial_pcrs(bank);
     for e in events {
         if let Some(p) = pcrs.get_mut(e.pcr as usize) {
             *p = bank.extend(p, &e.digest);
@@ -246,7 +321,16 @@ pub fn replay(events: &[ExpectedEvent], bank: HashAlg) -> Vec<Vec<u8>> {
 
 /// The predicted PCRs 4, 9, 11, 12 in `bank` after OVMF boots `uki` by `path`.
 pub fn boot_pcrs(uki: &[u8], bank: HashAlg, path: BootPath) -> Result<BootPcrs, PredictError> {
-    let events = expected_events(uki, bank, path)?;
+    boot_pcrs_for(uki, bank, &Profile::new(path))
+}
+
+/// [`boot_pcrs`] for a [`Profile`].
+pub fn boot_pcrs_for(
+    uki: &[u8],
+    bank: HashAlg,
+    profile: &Profile,
+) -> Result<BootPcrs, PredictError> {
+    let events = expected_events_for(uki, bank, profile)?;
     let mut pcrs = replay(&events, bank);
     Ok(BootPcrs {
         bank,
@@ -319,4 +403,60 @@ pub fn first_mismatch(
         position: expected.len(),
         actual: describe(got, bank),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::eventlog::tests::make_log;
+
+    fn utf16z(s: &str) -> Vec<u8> {
+        let mut v: Vec<u8> = s.encode_utf16().flat_map(|u| u.to_le_bytes()).collect();
+        v.extend_from_slice(&[0, 0]);
+        v
+    }
+
+    #[test]
+    fn load_options_are_mangled_like_systemd_stub() {
+        assert_eq!(stub_load_options(b"a b"), utf16z("a b"));
+        assert_eq!(stub_load_options(b" \ta\tb  c\n\n"), utf16z("a b  c"));
+        assert_eq!(stub_load_options(b"a\0b"), utf16z("a"));
+        assert_eq!(stub_load_options(b"\n"), utf16z(""));
+        assert_eq!(stub_load_options("é".as_bytes()), utf16z("é"));
+    }
+
+    #[test]
+    fn first_mismatch_names_extra_and_missing_events() {
+        let bank = HashAlg::Sha256;
+        let sep = ExpectedEvent {
+            pcr: 4,
+            event_type: EV_SEPARATOR,
+            digest: bank.digest(&[0, 0, 0, 0]),
+            what: "separator".into(),
+        };
+        let log = EventLog::parse(&make_log(&[
+            (0, EV_SEPARATOR, &[0, 0, 0, 0]),
+            (4, EV_SEPARATOR, &[0, 0, 0, 0]),
+            (9, EV_EVENT_TAG, b"x"),
+        ]))
+        .unwrap();
+        // PCR 0 is not compared; the PCR 9 event was not predicted.
+        match first_mismatch(std::slice::from_ref(&sep), &log, bank) {
+            Some(Mismatch::Unexpected {
+                position: 1,
+                actual,
+            }) => {
+                assert!(actual.contains("PCR 9 EV_EVENT_TAG"), "{actual}")
+            }
+            m => panic!("{m:?}"),
+        }
+        let two = [sep.clone(), sep.clone(), sep];
+        assert!(matches!(
+            first_mismatch(&two, &log, bank),
+            Some(Mismatch::Differs { position: 1, .. })
+        ));
+        let pcrs = replay(&two, bank);
+        assert_eq!(pcrs[17], vec![0xff; 32]);
+        assert_eq!(pcrs[9], vec![0; 32]);
+    }
 }

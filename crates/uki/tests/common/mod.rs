@@ -205,7 +205,9 @@ pub fn test_initrd() -> Vec<u8> {
 
 pub const TEST_OSREL: &[u8] =
     b"NAME=\"cvm-uki test\"\nID=cvm-uki-test\nVERSION_ID=1\nPRETTY_NAME=\"cvm-uki test UKI\"\n";
-pub const TEST_CMDLINE: &[u8] = b"console=ttyS0 quiet loglevel=1 panic=-1";
+/// With a tab inside and a newline at the end, as a file written by `echo` has: systemd-stub
+/// turns control characters into spaces before it hands the line on (and Linux measures that).
+pub const TEST_CMDLINE: &[u8] = b"console=ttyS0\tquiet loglevel=1 panic=-1\n";
 
 /// The inputs of the test UKI: (stub, kernel, initrd).
 pub struct TestInputs {
@@ -267,4 +269,26 @@ pub fn between<'a>(log: &'a str, begin: &str, end: &str) -> Option<&'a str> {
     let s = log.find(begin)? + begin.len();
     let e = s + log[s..].find(end)?;
     Some(&log[s..e])
+}
+
+/// `sha256 <hex> <what>` lines naming the test UKI's inputs and the UKI itself, so a fixture
+/// says exactly what was booted.
+pub fn inputs_manifest(t: &TestInputs, uki: &[u8]) -> String {
+    use cvm_uki::HashAlg;
+    use cvm_uki::hash::hex;
+    let h = |d: &[u8]| hex(&HashAlg::Sha256.digest(d));
+    format!(
+        "sha256 {} stub {}\nsha256 {} kernel {}\nsha256 {} busybox {}\nsha256 {} initrd (tests/common test_initrd)\nsha256 {} uki\n",
+        h(&t.stub),
+        stub_path().display(),
+        h(&t.kernel),
+        std::fs::canonicalize(kernel_path())
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_default(),
+        h(&read(Path::new(BUSYBOX))),
+        BUSYBOX,
+        h(&t.initrd),
+        h(uki),
+    )
 }
