@@ -145,32 +145,30 @@ impl Geometry {
             reason: "too small to hold the boot sector, two FATs, the root directory and one cluster",
         };
         let bits = fat_type.entry_bits();
-        // Size of one FAT: start at one sector and grow it until it holds an entry for every
-        // cluster that remains. Each step only shrinks the cluster count, so this settles in a
-        // few steps; the bound is for certainty.
-        let mut reserved: u64 = reserved;
-        let mut fat: u64 = 1;
-        let mut settled = false;
-        for _ in 0..16 {
+        // Size of one FAT: the smallest that holds an entry for every cluster that remains
+        // beside it (plus the two reserved entries). `demand(f) <= f` is monotone (a larger
+        // FAT leaves fewer clusters), so a binary search finds it; what a one-sector FAT would
+        // demand is an upper bound.
+        let demand = |fat: u64| {
             let meta = reserved + root_dir_sectors + 2 * fat;
-            let Some(data) = sectors.checked_sub(meta) else {
-                return Err(too_small);
-            };
-            let clusters = data / spc;
-            let need = ((clusters + 2) * bits)
+            let clusters = sectors.saturating_sub(meta) / spc;
+            ((clusters + 2) * bits)
                 .div_ceil(8)
-                .div_ceil(u64::from(SECTOR));
-            if need <= fat {
-                settled = true;
-                break;
+                .div_ceil(u64::from(SECTOR))
+        };
+        let (mut lo, mut hi) = (1u64, demand(1).max(1));
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if demand(mid) <= mid {
+                hi = mid;
+            } else {
+                lo = mid + 1;
             }
-            fat = need;
         }
-        if !settled {
-            return Err(Error::InvalidSize {
-                size,
-                reason: "no FAT size fits",
-            });
+        let fat = lo;
+        let mut reserved: u64 = reserved;
+        if reserved + root_dir_sectors + 2 * fat >= sectors {
+            return Err(too_small);
         }
         if fat_type == FatType::Fat32 {
             // Start the data region on a cluster boundary (as mkfs.fat does), by growing the
@@ -282,6 +280,14 @@ mod tests {
             assert!(g.cluster_bytes() <= 32 * 1024);
             if g.fat_type == FatType::Fat32 {
                 assert_eq!(g.first_data_sector % g.sectors_per_cluster, 0);
+            }
+            // The smallest FAT: one sector less would be too small.
+            if g.fat_sectors > 1 {
+                let base = if g.fat_type == FatType::Fat32 { 32 } else { 1 };
+                let f = u64::from(g.fat_sectors) - 1;
+                let meta = base + u64::from(g.root_dir_sectors) + 2 * f;
+                let c = (sectors - meta) / u64::from(g.sectors_per_cluster);
+                assert!(f * 512 * 8 < (c + 2) * g.fat_type.entry_bits(), "{sectors}");
             }
         }
         assert!(Geometry::for_size(513).is_err());

@@ -17,9 +17,11 @@
 //!
 //! # FAT type and the size rule
 //!
-//! The UEFI specification (2.10, §13.3.1.1 "System Partition") defines the ESP's file system as
-//! FAT32 and allows FAT12 and FAT16 for removable media; firmware (OVMF/EDK II's FatPkg, every
-//! vendor's) reads all three. The FAT type is not a choice an implementation may make freely:
+//! The UEFI specification (2.10, §13.3 "File System Format") bases the ESP's file system on FAT
+//! as Microsoft's FAT specification defines it (fatgen103: "Microsoft Extensible Firmware
+//! Initiative FAT32 File System Specification", 1.03) and "encompasses the use of FAT32 for a
+//! system partition, and FAT12 or FAT16 for removable media"; firmware (EDK II's FatPkg in OVMF,
+//! every vendor's) reads all three. The FAT type is not a choice an implementation may make freely:
 //! Microsoft's FAT specification (fatgen103, "FAT Type Determination") fixes it by the cluster
 //! count alone — fewer than 4085 clusters is FAT12, fewer than 65525 is FAT16, anything more is
 //! FAT32 — and drivers (Linux, mtools, EDK II) compute it the same way. So the volume size
@@ -41,7 +43,7 @@
 //! ESP (FAT32, as UEFI requires of a fixed disk); the smaller types exist so that small test
 //! volumes are valid too, not as a recommendation.
 //!
-//! Each FAT is the smallest that has an entry for every cluster; on FAT32 the reserved region
+//! Each FAT is the smallest that holds an entry for every cluster; on FAT32 the reserved region
 //! (32 sectors: boot sector 0, FSInfo 1, backup boot sector 6, backup FSInfo 7) grows so that the
 //! data region starts on a cluster boundary. FAT12/16 volumes have 1 reserved sector and a fixed
 //! root directory of 512 entries. There are always two FATs, media byte 0xF8, FAT\[0\] = media
@@ -56,7 +58,9 @@
 //! Windows reserves (CON, NUL, …) are refused with an error instead of being mapped. Why:
 //!
 //! - The ESP needs nothing else: the removable-media boot path is `\EFI\BOOT\BOOTX64.EFI`
-//!   (UEFI §3.5.1.1) and vendor directories are short by convention.
+//!   (UEFI 2.10 §3.5.1.1 "Removable Media Boot Behavior") and vendor directories are short by
+//!   convention. UEFI §13.3.1.2 "File Names": "FAT 8.3 file names are always stored as uppercase
+//!   ASCII characters".
 //! - Long file names are a second, redundant encoding of every name (UTF-16 entries plus a
 //!   generated short alias with a checksum). The alias (`PROGRA~1`) depends on what else is in the
 //!   directory and on the order of creation; keeping it reproducible and equal to what other
