@@ -73,11 +73,10 @@ pub fn fsck_clean(img: &Path) -> String {
 
 fn mtools(cmd: &str) -> Command {
     let mut c = Command::new(cmd);
-    // A private, empty configuration: no ~/.mtoolsrc or /etc/mtools.conf quirks, and no
-    // MTOOLS_SKIP_CHECK, so mtools' own sanity checks of the boot sector apply.
+    // No user configuration (MTOOLSRC=/dev/null; Debian's /etc/mtools.conf only names floppy
+    // drives) and no MTOOLS_SKIP_CHECK, so mtools' own sanity checks of the boot sector apply.
     c.env_remove("MTOOLS_SKIP_CHECK")
-        .env("MTOOLSRC", "/dev/null")
-        .env("MTOOLS_NO_VFAT", "0");
+        .env("MTOOLSRC", "/dev/null");
     c
 }
 
