@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bench;
+pub mod disk;
 pub mod measure;
 pub mod relay;
 pub mod swtpm;

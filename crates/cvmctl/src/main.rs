@@ -4,7 +4,7 @@
 //! `cvm-devkbs`, …); none of this code runs in the guest.
 #![forbid(unsafe_code)]
 
-use cvmctl::{bench, measure, relay, swtpm, uki};
+use cvmctl::{bench, disk, measure, relay, swtpm, uki};
 
 use clap::{Parser, Subcommand};
 use cvm_text::error_chain;
@@ -65,6 +65,10 @@ enum Command {
     /// A Unified Kernel Image (systemd 252 stub): kernel, the agent's initrd, os-release and the
     /// measured command line, byte-identical for the same inputs.
     Uki(uki::UkiArgs),
+    /// The bootable disk: GPT with an ESP holding the UKI as /EFI/BOOT/BOOTX64.EFI, then the
+    /// root and root-verity partitions of a `cvmctl rootfs` image, byte-identical on rebuild
+    /// (disk GUID and ESP PARTUUID derived from the UKI and the root hash).
+    Disk(disk::DiskArgs),
     /// The LUKS2 state disk, with the same library code as the guest.
     State {
         #[command(subcommand)]
@@ -185,6 +189,9 @@ fn main() -> ExitCode {
                     r.authenticode_sha256
                 )
             })
+            .map_err(|e| error_chain(&e)),
+        Command::Disk(args) => disk::run(&args)
+            .map(|r| println!("{r}"))
             .map_err(|e| error_chain(&e)),
         Command::State { what } => state(what),
         Command::Image {

@@ -40,7 +40,8 @@ const REVISION: u32 = 0x0001_0000;
 /// Sectors holding a full 128 × 128-byte entry array.
 const ENTRY_ARRAY_SECTORS: u64 = (MAX_ENTRIES * ENTRY_SIZE) as u64 / SECTOR;
 
-/// Discoverable Partitions Specification type GUIDs used by `cvmctl rootfs`.
+/// Partition type GUIDs `cvmctl rootfs` and `cvmctl disk` write (the Discoverable Partitions
+/// Specification's, and UEFI's for the ESP).
 pub mod types {
     use super::Guid;
     /// Root partition, x86-64.
@@ -49,6 +50,8 @@ pub mod types {
     pub const ROOT_X86_64_VERITY: Guid = Guid::from_u128(0x2c7357ed_ebd2_46d9_aec1_23d437ec2bf5);
     /// `/var` (the state disk).
     pub const VAR: Guid = Guid::from_u128(0x4d21b016_b534_45c2_a9fb_5c16e091fd2d);
+    /// EFI System Partition (UEFI 2.10 §5.3.3), where `cvmctl disk` puts the UKI.
+    pub const ESP: Guid = Guid::from_u128(0xc12a7328_f81f_11d2_ba4b_00a0c93ec93b);
 }
 
 /// A GUID, held in the byte order of its canonical text form ("RFC 4122 order": the text

@@ -3,9 +3,11 @@
 //! - [`initrd`]: the agent's initrd (`cvmctl initrd`): the agent as /init, the kernel-module
 //!   subset, the spec's files, as a reproducible newc cpio;
 //! - [`rootfs`]: a directory tree → the verity-protected GPT root disk (`cvmctl rootfs`);
+//! - [`disk`]: a UKI and that root → the bootable GPT disk with an ESP (`cvmctl disk`);
 //! - [`oci_build`]: a directory tree → an OCI image layout (`cvmctl image build`).
 #![forbid(unsafe_code)]
 
+pub mod disk;
 pub mod initrd;
 pub mod oci_build;
 pub mod rootfs;
