@@ -1,8 +1,14 @@
 //! `cvmctl measure` and `cvmctl replay`: the command-line side of [`cvm_measure::predict`].
 //! Predicting a boot and replaying a guest's log go through the agent's own measurement code;
-//! this module only reads files and flags and prints JSON.
+//! this module only reads files and flags and prints JSON. With `--uki`, `cvmctl measure` also
+//! predicts what comes before the agent — the firmware's and the stubs' PCRs 4, 9, 11 and 12 —
+//! through [`cvm_uki::predict`], and lists those events so that a verifier holding a firmware
+//! event log against them can name the first one that differs. `cvm-uki` has its own
+//! `HashAlg` (it predicts banks the agent's TPM code need not know); banks cross over by TPM
+//! algorithm id.
 
-use std::path::PathBuf;
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
@@ -55,6 +61,136 @@ fn parse_rtmr(text: &str) -> Result<[u8; RTMR_LEN], String> {
 
 fn parse_bank(text: &str) -> Result<HashAlg, String> {
     bank_from_name(text).ok_or_else(|| "expected sha1, sha256, sha384 or sha512".into())
+}
+
+/// The largest UKI `--uki` reads (as `cvmctl disk`: FAT32 holds less than 4 GiB anyway).
+const MAX_UKI: u64 = 1 << 30;
+
+/// How the firmware reaches the UKI: it decides where OVMF's ReadyToBoot events fall in PCR 4.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BootPathArg {
+    /// `\EFI\BOOT\BOOTX64.EFI` from the disk's ESP (`cvmctl disk`), as a cloud boots.
+    Disk,
+    /// QEMU's `-kernel uki.efi`.
+    Kernel,
+}
+
+impl BootPathArg {
+    fn path(self) -> cvm_uki::BootPath {
+        match self {
+            BootPathArg::Disk => cvm_uki::BootPath::BootOption,
+            BootPathArg::Kernel => cvm_uki::BootPath::QemuKernel,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            BootPathArg::Disk => "disk",
+            BootPathArg::Kernel => "kernel",
+        }
+    }
+}
+
+/// What `cvmctl measure` can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum MeasureCommandError {
+    #[error(transparent)]
+    Measure(#[from] MeasureError),
+    #[error("cannot read the UKI {}", path.display())]
+    UkiRead {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the UKI {} is larger than {MAX_UKI} bytes", path.display())]
+    UkiTooLarge { path: PathBuf },
+    #[error("cannot predict the boot of the UKI {}", path.display())]
+    Predict {
+        path: PathBuf,
+        #[source]
+        source: cvm_uki::predict::PredictError,
+    },
+    #[error("the boot-chain prediction (--uki) has no {0} bank (sha1, sha256, sha384, sha512)")]
+    BootBank(&'static str),
+    #[error("internal error: the boot events of banks {0} and {1} differ in order")]
+    EventsDiffer(&'static str, &'static str),
+}
+
+fn read_uki(path: &Path) -> Result<Vec<u8>, MeasureCommandError> {
+    let io = |source| MeasureCommandError::UkiRead {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .map_err(io)?
+        .take(MAX_UKI + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if bytes.len() as u64 > MAX_UKI {
+        return Err(MeasureCommandError::UkiTooLarge {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(bytes)
+}
+
+/// PCRs 4, 9, 11 and 12 of booting `uki` by `path` in every bank of `banks`, added to `pcrs`,
+/// and the events behind them as JSON: `{"path", "uki_sha256", "events": [{"pcr", "type",
+/// "type_id", "digests": {bank: hex}, "description"}]}` in log order.
+fn predict_boot(
+    uki_path: &Path,
+    path: BootPathArg,
+    banks: &[HashAlg],
+    pcrs: &mut Pcrs,
+) -> Result<Value, MeasureCommandError> {
+    let uki = read_uki(uki_path)?;
+    let mut per_bank = Vec::with_capacity(banks.len());
+    for &bank in banks {
+        let alg = cvm_uki::HashAlg::from_tpm_alg_id(bank.tpm_alg_id())
+            .ok_or(MeasureCommandError::BootBank(bank.name()))?;
+        let p = cvm_uki::boot_pcrs(&uki, alg, path.path()).map_err(|source| {
+            MeasureCommandError::Predict {
+                path: uki_path.to_path_buf(),
+                source,
+            }
+        })?;
+        for n in cvm_uki::predict::PREDICTED_PCRS {
+            if let Some(value) = p.get(n) {
+                pcrs.insert(bank, n, value.to_vec());
+            }
+        }
+        per_bank.push((bank, p.events));
+    }
+    let mut events = Vec::new();
+    if let Some((first_bank, first)) = per_bank.first() {
+        for (i, e) in first.iter().enumerate() {
+            let mut digests = serde_json::Map::new();
+            for (bank, evs) in &per_bank {
+                let same = evs
+                    .get(i)
+                    .filter(|o| o.pcr == e.pcr && o.event_type == e.event_type && o.what == e.what)
+                    .ok_or(MeasureCommandError::EventsDiffer(
+                        first_bank.name(),
+                        bank.name(),
+                    ))?;
+                digests.insert(bank.name().into(), hex::encode(&same.digest).into());
+            }
+            events.push(json!({
+                "pcr": e.pcr,
+                "type": cvm_uki::eventlog::event_type_name(e.event_type),
+                "type_id": e.event_type,
+                "digests": digests,
+                "description": e.what,
+            }));
+        }
+    }
+    use sha2::Digest as _;
+    Ok(json!({
+        "path": path.name(),
+        "uki_sha256": hex::encode(&sha2::Sha256::digest(&uki)),
+        "events": events,
+    }))
 }
 
 fn parse_json_strings(flag: &str, text: &str) -> Result<Vec<String>, MeasureError> {
@@ -119,11 +255,20 @@ pub struct MeasureArgs {
     /// events (boot loader, EFI stub: initrd and command line); default all zeros.
     #[arg(long, value_parser = parse_rtmr)]
     pub rtmr2_start: Option<[u8; RTMR_LEN]>,
+    /// The UKI the VM boots (`cvmctl uki`): also predict PCRs 4, 9, 11 and 12 (firmware,
+    /// systemd-stub, the kernel's EFI stub) in every bank of --banks, and list their events
+    /// under "boot".
+    #[arg(long)]
+    pub uki: Option<PathBuf>,
+    /// How the firmware reaches the UKI: `disk` (`\EFI\BOOT\BOOTX64.EFI` on the ESP of
+    /// `cvmctl disk`, as a cloud boots) or `kernel` (QEMU's `-kernel uki.efi`).
+    #[arg(long, value_enum, default_value_t = BootPathArg::Disk, requires = "uki")]
+    pub boot_path: BootPathArg,
 }
 
 /// Runs `cvmctl measure`: the prediction as pretty JSON, plus, with `--initdata`, the values
 /// a host sets or a verifier expects for it (`digest`, `host_data`, `mrconfigid`, `pcr8`).
-pub fn measure_command(args: &MeasureArgs) -> Result<String, MeasureError> {
+pub fn measure_command(args: &MeasureArgs) -> Result<String, MeasureCommandError> {
     let initdata = args
         .initdata
         .as_deref()
@@ -171,8 +316,16 @@ pub fn measure_command(args: &MeasureArgs) -> Result<String, MeasureError> {
     if let Some(root) = &args.image_root {
         workload_facts(initdata.as_ref(), root, args.mode, &mut facts)?;
     }
-    let prediction = predict(&facts, &args.banks)?;
+    let mut prediction = predict(&facts, &args.banks)?;
+    let boot = args
+        .uki
+        .as_deref()
+        .map(|uki| predict_boot(uki, args.boot_path, &args.banks, &mut prediction.pcrs))
+        .transpose()?;
     let mut out = json!({"pcrs": prediction.pcrs.to_json(), "log": prediction.log.to_json()});
+    if let Some(boot) = boot {
+        out["boot"] = boot;
+    }
     match (args.tee, args.rtmr2_start) {
         (Some(MeasureTee::Tdx), start) => {
             let start = start.unwrap_or([0; RTMR_LEN]);
@@ -189,7 +342,7 @@ pub fn measure_command(args: &MeasureArgs) -> Result<String, MeasureError> {
             });
         }
         (_, Some(_)) => {
-            return Err(MeasureError::Usage("--rtmr2-start needs --tee tdx".into()));
+            return Err(MeasureError::Usage("--rtmr2-start needs --tee tdx".into()).into());
         }
         _ => {}
     }
@@ -204,7 +357,7 @@ pub fn measure_command(args: &MeasureArgs) -> Result<String, MeasureError> {
             "tpm_binding": initdata.check_tpm_binding().is_ok(),
         });
     }
-    to_pretty(&out)
+    Ok(to_pretty(&out)?)
 }
 
 fn to_pretty(value: &Value) -> Result<String, MeasureError> {
