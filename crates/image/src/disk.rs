@@ -226,10 +226,10 @@ pub enum DiskError {
 
 /// The default ESP size for a UKI of `uki_len` bytes (the rule in the module doc).
 pub fn default_esp_size(uki_len: u64) -> u64 {
-    let need = uki_len.saturating_add(uki_len / 4).saturating_add(MIB);
-    (need / MIB)
-        .saturating_add(u64::from(!need.is_multiple_of(MIB)))
-        .saturating_mul(MIB)
+    let mib = u128::from(MIB);
+    let need = u128::from(uki_len) * 5 / 4 + mib;
+    u64::try_from(need.div_ceil(mib) * mib)
+        .unwrap_or(u64::MAX / MIB * MIB)
         .max(MIN_ESP_SIZE)
 }
 
