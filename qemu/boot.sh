@@ -6,6 +6,16 @@
 #                [--console FILE] [--tpm-state DIR] [--no-tpm] [--no-net] [--fw-cfg NAME=FILE]
 #                [--guestfwd PORT|GUESTPORT:HOSTPORT] [--memory MB] [--monitor SOCKET] [--quiet]
 #                [--serial-socket SOCKET] [--allow-reboot]
+#                [--direct | --uki FILE [--host-append "..."] | --boot-disk FILE]
+#
+# How the VM boots. By default, as a confidential VM does: OVMF (UEFI, measured boot into the
+# vTPM) runs a UKI that `cvmctl uki` makes from --kernel, --initrd and the command line
+# ("console=ttyS0 panic=-1 loglevel=4" + --append), loaded through QEMU's -kernel; the stub
+# measures the UKI's sections into PCR 11. --uki FILE boots a given UKI instead (--host-append
+# then plays a host that overrides its command line: the stub measures that into PCR 12).
+# --boot-disk FILE boots a whole disk (`cvmctl disk`) from its ESP. --direct is the old
+# unmeasured path (QEMU loads kernel and initrd itself, no firmware measurements): a production
+# agent refuses it.
 #
 # --serial-socket: the console is also a unix socket (server) a test can type into (the debug
 # shell); the console file still gets everything. --allow-reboot: a guest reboot (a restart
@@ -18,7 +28,7 @@
 set -euo pipefail
 
 kernel="" initrd="" append="" timeout=120 console="" tpm_state="" tpm=1 net=1 memory=512 quiet=0
-monitor="" serial_socket="" reboot=0
+monitor="" serial_socket="" reboot=0 mode=uki uki="" host_append="" boot_disk=""
 disks=() fwcfg=() fwds=()
 die() { echo "boot.sh: error: $*" >&2; exit 125; }
 while [ $# -gt 0 ]; do
@@ -39,12 +49,23 @@ while [ $# -gt 0 ]; do
     --quiet) quiet=1; shift ;;
     --serial-socket) serial_socket=$2; shift 2 ;;
     --allow-reboot) reboot=1; shift ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    --direct) mode=direct; shift ;;
+    --uki) mode=uki; uki=$2; shift 2 ;;
+    --host-append) host_append=$2; shift 2 ;;
+    --boot-disk) mode=disk; boot_disk=$2; shift 2 ;;
+    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
     *) die "unknown argument $1" ;;
   esac
 done
-[ -f "$kernel" ] || die "no kernel at '$kernel' (run scripts/setup.sh)"
-[ -f "$initrd" ] || die "no initrd at '$initrd'"
+if [ "$mode" = disk ]; then
+  [ -f "$boot_disk" ] || die "no disk image at '$boot_disk'"
+elif [ -z "$uki" ]; then
+  [ -f "$kernel" ] || die "no kernel at '$kernel' (run scripts/setup.sh)"
+  [ -f "$initrd" ] || die "no initrd at '$initrd'"
+else
+  [ -f "$uki" ] || die "no UKI at '$uki'"
+fi
+[ -z "$host_append" ] || [ -n "$uki" ] || die "--host-append needs --uki"
 [[ "$timeout" =~ ^[0-9]+$ ]] || die "--timeout takes seconds"
 command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 not installed (run scripts/setup.sh)"
 
@@ -65,11 +86,33 @@ if [ -n "$serial_socket" ]; then
 else
   serial=(-chardev "file,id=ser0,path=$console")
 fi
+cvmctl=${CVMCTL:-$(cd "$(dirname "$0")/.." && pwd)/target/release/cvmctl}
 args=(-machine q35 -m "$memory" -smp 1 -nographic -no-user-config -nodefaults
       -display none
-      "${serial[@]}" -serial chardev:ser0
-      -kernel "$kernel" -initrd "$initrd"
-      -append "console=ttyS0 panic=-1 loglevel=4 $append")
+      "${serial[@]}" -serial chardev:ser0)
+cmdline="console=ttyS0 panic=-1 loglevel=4 $append"
+if [ "$mode" = direct ]; then
+  args+=(-kernel "$kernel" -initrd "$initrd" -append "$cmdline")
+else
+  code_fd=/usr/share/OVMF/OVMF_CODE_4M.fd vars_fd=/usr/share/OVMF/OVMF_VARS_4M.fd
+  [ -f "$code_fd" ] || die "no OVMF at $code_fd (run scripts/setup.sh)"
+  cp "$vars_fd" "$work/vars.fd"
+  args+=(-drive "if=pflash,format=raw,unit=0,readonly=on,file=$code_fd"
+         -drive "if=pflash,format=raw,unit=1,file=$work/vars.fd")
+  if [ "$mode" = disk ]; then
+    args+=(-drive "file=$boot_disk,if=none,id=boot,format=raw,readonly=on"
+           -device "virtio-blk-pci,drive=boot,serial=cvm-boot,bootindex=0")
+  else
+    if [ -z "$uki" ]; then
+      [ -x "$cvmctl" ] || die "making a UKI needs cvmctl at '$cvmctl' (set CVMCTL)"
+      uki=$work/uki.efi
+      "$cvmctl" uki --kernel "$kernel" --initrd "$initrd" --cmdline "$cmdline" -o "$uki" >/dev/null \
+        || die "cvmctl uki failed"
+    fi
+    args+=(-kernel "$uki")
+    [ -z "$host_append" ] || args+=(-append "$host_append")
+  fi
+fi
 [ "$reboot" = 1 ] || args+=(-no-reboot)
 # A human monitor on a unix socket lets tests press keys (ctrl-alt-delete) or quit.
 if [ -n "$monitor" ]; then args+=(-monitor "unix:$monitor,server=on,wait=off"); else args+=(-monitor none); fi
@@ -108,9 +151,8 @@ for f in "${fwcfg[@]}"; do args+=(-fw_cfg "name=${f%%=*},file=${f#*=}"); done
 
 if [ "$net" = 1 ]; then
   netdev="user,id=n0,restrict=on,net=10.0.2.0/24"
-  # One `cvmctl relay` per guest connection, to 127.0.0.1 only (see src/relay.rs for why not
-  # the tcp: chardev form).
-  cvmctl=${CVMCTL:-$(cd "$(dirname "$0")/.." && pwd)/target/release/cvmctl}
+  # One `cvmctl relay` per guest connection, to 127.0.0.1 only (see crates/cvmctl/src/relay.rs
+  # for why not the tcp: chardev form).
   for p in "${fwds[@]}"; do
     [[ "$p" =~ ^[0-9]+(:[0-9]+)?$ ]] || die "--guestfwd takes PORT or GUESTPORT:HOSTPORT"
     [ -x "$cvmctl" ] || die "--guestfwd needs cvmctl at '$cvmctl' (set CVMCTL)"

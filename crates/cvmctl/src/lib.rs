@@ -6,3 +6,4 @@ pub mod bench;
 pub mod measure;
 pub mod relay;
 pub mod swtpm;
+pub mod uki;

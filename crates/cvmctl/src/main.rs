@@ -4,7 +4,7 @@
 //! `cvm-devkbs`, …); none of this code runs in the guest.
 #![forbid(unsafe_code)]
 
-use cvmctl::{bench, measure, relay, swtpm};
+use cvmctl::{bench, measure, relay, swtpm, uki};
 
 use clap::{Parser, Subcommand};
 use cvm_text::error_chain;
@@ -62,6 +62,9 @@ enum Command {
     /// `kbs --tls-self-signed DIR` does) and print its pin for launch.toml's `[kbs] pin`: the
     /// init-data, and so the policy, need the pin before the KBS starts.
     KbsTls { dir: PathBuf },
+    /// A Unified Kernel Image (systemd 252 stub): kernel, the agent's initrd, os-release and the
+    /// measured command line, byte-identical for the same inputs.
+    Uki(uki::UkiArgs),
     /// The LUKS2 state disk, with the same library code as the guest.
     State {
         #[command(subcommand)]
@@ -171,6 +174,17 @@ fn main() -> ExitCode {
         Command::TpmAk(args) => swtpm::run(&args).map_err(|e| error_chain(&e)),
         Command::KbsTls { dir } => cvm_devkbs::tls::self_signed(&dir)
             .map(|(_, _, pin)| println!("{pin}"))
+            .map_err(|e| error_chain(&e)),
+        Command::Uki(args) => uki::run(&args)
+            .map(|r| {
+                println!(
+                    "{}: {} bytes, sha256 {}, authenticode sha256 {}",
+                    args.output.display(),
+                    r.size,
+                    r.sha256,
+                    r.authenticode_sha256
+                )
+            })
             .map_err(|e| error_chain(&e)),
         Command::State { what } => state(what),
         Command::Image {
