@@ -63,6 +63,7 @@ bench: images
 	$(CVMCTL) bench state --size-mib 1024
 	$(CVMCTL) bench unpack --size-mib 100
 	OUT=$(OUT) KERNEL=$(KERNEL) CVMCTL=$(CVMCTL) scripts/bench-volume.sh
+	OUT=$(OUT) KERNEL=$(KERNEL) CVMCTL=$(CVMCTL) scripts/bench-boot-chain.sh
 
 # The guest's trusted code: our crates and lines, and the third-party crates with versions.
 tcb:

@@ -3,6 +3,7 @@
 //! production or an idle VM in debug.
 
 use crate::boot;
+use crate::boot_chain;
 use crate::cmdline::{self, Cmdline, Mode};
 use crate::evidence;
 use crate::hex::encode as hex;
@@ -93,6 +94,8 @@ pub enum AgentError {
     NoTpm(#[source] kmod::KmodError),
     #[error("the TPM has no active SHA-256 PCR bank (active: {0})")]
     NoSha256Bank(String),
+    #[error("the boot chain")]
+    BootChain(#[source] crate::boot_chain::BootChainError),
     #[error("no roothash= on the kernel command line (production boots only a verified root)")]
     NoRootHash,
     #[error(
@@ -506,11 +509,37 @@ impl Agent {
             ));
         }
         let pcrs = tpm
-            .pcr_read(HashAlg::Sha256, &[8, 15])
+            .pcr_read(HashAlg::Sha256, &[8, 11, 12, 15])
             .in_stage(Stage::Tpm)?;
         info!("active PCR banks: {}", active.join(" "));
-        for (index, digest) in pcrs {
-            info!("PCR {index} sha256={}", hex(&digest));
+        for (index, digest) in &pcrs {
+            info!("PCR {index} sha256={}", hex(digest));
+        }
+        let value = |pcr: u32| {
+            pcrs.iter()
+                .find(|(i, _)| *i == pcr)
+                .map(|(_, d)| d.as_slice())
+                .unwrap_or(&[])
+        };
+        let chain =
+            boot_chain::classify(value(boot_chain::PCR_UKI), value(boot_chain::PCR_OVERRIDES))
+                .map_err(AgentError::BootChain)
+                .in_stage(Stage::Tpm)?;
+        match std::fs::metadata(boot_chain::FIRMWARE_LOG) {
+            Ok(m) => info!(
+                "booted {chain}; firmware event log {} ({} bytes)",
+                boot_chain::FIRMWARE_LOG,
+                m.len()
+            ),
+            Err(_) => info!("booted {chain}; no firmware event log"),
+        }
+        // Judged as production would; debug only warns.
+        if let Err(e) = boot_chain::require(&chain, Mode::Production) {
+            if self.mode == Mode::Debug {
+                warn!("{e}; debug mode carries on");
+            } else {
+                return Err(StageError::new(Stage::Tpm, AgentError::BootChain(e)));
+            }
         }
         let banks: Vec<HashAlg> = banks
             .iter()

@@ -4,7 +4,11 @@
 //! Forms (as the CoCo attesters send them and Trustee's verifiers read them):
 //! - `tpm`: `{"ak_public": b64(DER SPKI), "tpm_quote": {"signature": b64(TPMT_SIGNATURE),
 //!   "message": b64(TPMS_ATTEST), "pcrs": [hex × 24]}}` — a quote of SHA-256 PCRs 0–23 by the
-//!   persistent AK, with the first 32 bytes of the runtime-data digest as qualifying data.
+//!   persistent AK, with the first 32 bytes of the runtime-data digest as qualifying data —
+//!   plus `cel_eventlog` (the agent's log) and `eventlog`: b64 of the firmware's TCG log
+//!   (`/sys/kernel/security/tpm0/binary_bios_measurements`, read bounded, absent after a
+//!   direct kernel boot), so a verifier can replay the boot chain's PCRs 0–7, 9, 11, 12 too
+//!   (`tee::tpm` says which Trustee reads it).
 //! - `tdx`: `{"quote": b64(DCAP quote), "cc_eventlog": b64(CCEL)}` from configfs-tsm, the
 //!   digest zero-padded to 64 bytes in REPORTDATA.
 //! - `snp`: `{"attestation_report": b64(report), "cert_chain": b64(auxblob)}` from
@@ -22,11 +26,11 @@ use crate::kbs::KbsError;
 use crate::kbs::protocol;
 use crate::measure::eventlog::EventLog;
 use crate::tee::detect::{self, Detection, TeeKind};
-use crate::tee::tpm::{TpmEvidence, TpmQuoteJson};
+use crate::tee::tpm::{FIRMWARE_LOG_PATH, MAX_FIRMWARE_LOG, TpmEvidence, TpmQuoteJson};
 use crate::tee::tsm;
 use crate::tpm::{HashAlg, Tpm, TpmError, Transport};
 use base64::Engine as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// NV index of the Azure CVM's HCL report.
 pub const AZURE_HCL_NV_INDEX: u32 = 0x0140_0001;
@@ -45,6 +49,10 @@ pub enum EvidenceError {
     Tsm(#[source] tsm::TsmError),
     #[error("cannot read the CCEL event log {0}")]
     Ccel(&'static str, #[source] std::io::Error),
+    #[error("cannot read the firmware event log {0}")]
+    FirmwareLog(PathBuf, #[source] std::io::Error),
+    #[error("the firmware event log {0} is larger than {MAX_FIRMWARE_LOG} bytes")]
+    FirmwareLogTooLarge(PathBuf),
     #[error("cannot encode the evidence")]
     Json(#[source] serde_json::Error),
     #[error("{0} evidence is not supported yet")]
@@ -89,6 +97,7 @@ pub fn tpm_evidence<T: Transport>(
             pcrs,
         },
         cel_eventlog: None,
+        eventlog: None,
     };
     // A PCR extended between the quote and the read would make evidence no verifier accepts;
     // better to find out here, with a clear error.
@@ -129,6 +138,7 @@ pub fn collect<T: Transport>(
             let tpm = tpm.ok_or(EvidenceError::NoTpm(kind))?;
             let mut ev = tpm_evidence(tpm, &report_data)?;
             ev.cel_eventlog = eventlog.map(EventLog::to_json);
+            ev.eventlog = firmware_log(root)?;
             serde_json::to_value(ev).map_err(EvidenceError::Json)
         }
         TeeKind::Tdx => {
@@ -154,6 +164,27 @@ pub fn collect<T: Transport>(
         }
         TeeKind::AzSnpVtpm | TeeKind::AzTdxVtpm => Err(EvidenceError::Unsupported(kind)),
     }
+}
+
+/// The firmware's TCG event log under `root`, at most [`MAX_FIRMWARE_LOG`] bytes (a larger one
+/// is an error naming the file, never read whole); `None` when there is none (no file: a direct
+/// kernel boot or no TPM driver; an empty file: firmware that hands over no log).
+pub fn firmware_log(root: &Path) -> Result<Option<Vec<u8>>, EvidenceError> {
+    use std::io::Read as _;
+    let path = root.join(FIRMWARE_LOG_PATH.trim_start_matches('/'));
+    let file = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(EvidenceError::FirmwareLog(path, e)),
+    };
+    let mut bytes = Vec::new();
+    file.take(MAX_FIRMWARE_LOG as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| EvidenceError::FirmwareLog(path.clone(), e))?;
+    if bytes.len() > MAX_FIRMWARE_LOG {
+        return Err(EvidenceError::FirmwareLogTooLarge(path));
+    }
+    Ok((!bytes.is_empty()).then_some(bytes))
 }
 
 /// configfs-tsm's report directory under `root`.
@@ -211,5 +242,47 @@ mod tests {
         )
         .unwrap();
         assert_eq!(value["attestation_report"], "cXVvdGU=");
+    }
+
+    /// The firmware log: absent file or empty file = no member, the bytes up to the cap, a
+    /// larger file an error naming it (read no further than the cap).
+    #[test]
+    fn firmware_log_is_read_bounded() {
+        let root = tempfile::tempdir().unwrap();
+        assert_eq!(firmware_log(root.path()).unwrap(), None);
+        let dir = root.path().join("sys/kernel/security/tpm0");
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("binary_bios_measurements");
+        std::fs::write(&file, b"").unwrap();
+        assert_eq!(firmware_log(root.path()).unwrap(), None);
+        let real = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/crates/uki/tests/fixtures/ovmf-boot-option.eventlog.bin"
+        ))
+        .unwrap();
+        std::fs::write(&file, &real).unwrap();
+        assert_eq!(firmware_log(root.path()).unwrap(), Some(real));
+        std::fs::write(&file, vec![7u8; MAX_FIRMWARE_LOG]).unwrap();
+        assert_eq!(
+            firmware_log(root.path()).unwrap().map(|l| l.len()),
+            Some(MAX_FIRMWARE_LOG)
+        );
+        std::fs::write(&file, vec![7u8; MAX_FIRMWARE_LOG + 1]).unwrap();
+        let err = firmware_log(root.path()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "the firmware event log {} is larger than 1048576 bytes",
+                file.display()
+            )
+        );
+        std::fs::remove_file(&file).unwrap();
+        std::fs::create_dir(&file).unwrap();
+        let err = firmware_log(root.path()).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("cannot read the firmware event log "),
+            "{err}"
+        );
     }
 }

@@ -3,7 +3,9 @@
 //! KBS in-process on 127.0.0.1:0, through a std-only HTTP client, so what is checked is the
 //! bytes on the wire. Then the refusals, with Trustee's error types: wrong nonce, replayed
 //! attest, the old 64-byte quote nonce, PCR 8 mismatch, an AK the policy does not list, debug
-//! mode, path traversal, no session, a missing resource, a tampered JWE.
+//! mode, path traversal, no session, a missing resource, a tampered JWE. And the boot chain:
+//! a vTPM extended as a real OVMF firmware log says, quoted, with the log in the evidence and
+//! boot PCR pins in the policy.
 
 use cvm_testkit as common;
 
@@ -238,12 +240,17 @@ fn auth(addr: SocketAddr) -> (String, String) {
 
 /// The attest body for `nonce`, with evidence over that nonce's report data.
 fn attest_body(g: &mut Guest, nonce: &str, init: Option<&str>) -> Vec<u8> {
+    attest_body_in(g, nonce, init, Path::new("/nonexistent"))
+}
+
+/// [`attest_body`] with the guest's file system at `root` (for the firmware log).
+fn attest_body_in(g: &mut Guest, nonce: &str, init: Option<&str>, root: &Path) -> Vec<u8> {
     let jwk = g.key.public_jwk();
     let rd = protocol::runtime_data(nonce, &jwk, protocol::NO_ADDITIONAL_EVIDENCE);
     let digest = protocol::runtime_data_digest(protocol::RuntimeDataHash::Sha384, &rd).unwrap();
     let ev = evidence::collect(
         TeeKind::Tpm,
-        Path::new("/nonexistent"),
+        root,
         Some(&mut g.tpm),
         &digest,
         Some(g.log.log()),
@@ -642,4 +649,219 @@ fn tampered_resources_do_not_decrypt() {
         assert_eq!(r.status, 200);
         assert!(jwe::decrypt(&g.key, &r.body).is_err(), "{t:?}");
     }
+}
+
+/// A real OVMF + swtpm boot's firmware log (cvm-uki's fixture, see its PROVENANCE.md).
+fn fixture_log(tag: &str) -> Vec<u8> {
+    std::fs::read(format!(
+        "{}/crates/uki/tests/fixtures/{tag}.eventlog.bin",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+}
+
+/// A guest file system whose firmware log is `log`.
+fn root_with_log(log: &[u8]) -> tempfile::TempDir {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("sys/kernel/security/tpm0");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("binary_bios_measurements"), log).unwrap();
+    root
+}
+
+/// The SHA-256 PCRs tpm2_eventlog (tpm2-tools) computes for a log file.
+fn tpm2_eventlog_sha256(path: &Path) -> Vec<(u32, String)> {
+    let out = std::process::Command::new("tpm2_eventlog")
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "tpm2_eventlog: {out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let pcrs = &text[text.rfind("pcrs:").unwrap()..];
+    let mut bank = "";
+    let mut values = Vec::new();
+    for line in pcrs.lines().skip(1) {
+        let t = line.trim();
+        if let Some(b) = t.strip_suffix(':') {
+            bank = if b == "sha256" { "sha256" } else { "" };
+        } else if let (true, Some((n, v))) = (bank == "sha256", t.split_once(':')) {
+            values.push((
+                n.trim().parse().unwrap(),
+                v.trim().trim_start_matches("0x").to_ascii_lowercase(),
+            ));
+        }
+    }
+    values
+}
+
+/// The boot chain end to end: swtpm extended exactly as a real OVMF log says (before the
+/// agent's own measurements), a real quote over it with the log in the evidence. Pins that
+/// hold and a log that replays pass; a changed pin, a log that does not replay to the quote
+/// and a truncated log are refused with the reason; without a log the pins still hold against
+/// the quote. tpm2_eventlog computes the same PCRs from the same log as the vTPM holds.
+#[test]
+fn firmware_log_and_boot_pcr_pins() {
+    use cvm_tcglog::{EventLog as TcgLog, HashAlg as TcgAlg};
+    const BOOT: [u32; 11] = [0, 1, 2, 3, 4, 5, 6, 7, 9, 11, 12];
+    let raw = fixture_log("ovmf-boot-option");
+    let firmware = TcgLog::parse(&raw).unwrap();
+
+    // The guest: the firmware's events first, as OVMF, the stub and the kernel extend them.
+    let (swtpm, mut tpm) = start();
+    for e in &firmware.events {
+        if e.event_type != cvm_tcglog::eventlog::EV_NO_ACTION {
+            let d = e.digest(TcgAlg::Sha256).unwrap().to_vec();
+            tpm.pcr_extend(e.pcr, &[(HashAlg::Sha256, d)]).unwrap();
+        }
+    }
+    let mut log = Measurer::new(&[HashAlg::Sha256]).unwrap();
+    for event in facts(Mode::Production, 1).events().unwrap() {
+        if event.kind() == cvm_agent::measure::EventKind::Separator {
+            break;
+        }
+        let pcr = event.pcr();
+        let digests = log.record(event).unwrap();
+        tpm.pcr_extend(pcr, &digests).unwrap();
+    }
+    let quoted: Vec<(u32, String)> = tpm
+        .pcr_read(HashAlg::Sha256, &BOOT)
+        .unwrap()
+        .into_iter()
+        .map(|(n, v)| (n, cvm_agent::hex::encode(&v)))
+        .collect();
+    // Our replay, the vTPM and tpm2_eventlog agree on every boot PCR.
+    let replayed = firmware.replay(TcgAlg::Sha256).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("log.bin");
+    std::fs::write(&file, &raw).unwrap();
+    let tools = tpm2_eventlog_sha256(&file);
+    for (n, v) in &quoted {
+        assert_eq!(
+            cvm_agent::hex::encode(&replayed[*n as usize]),
+            *v,
+            "PCR {n}"
+        );
+        let tool = tools.iter().find(|(t, _)| t == n).map(|(_, v)| v.as_str());
+        // tpm2_eventlog lists only the PCRs the log extends; the others stay zero.
+        assert_eq!(tool.unwrap_or(&"00".repeat(32)), v, "tpm2_eventlog PCR {n}");
+    }
+    assert!(quoted.iter().any(|(n, v)| *n == 4 && *v != "00".repeat(32)));
+    let ak = tpm.attestation_key().unwrap();
+    let mut g = Guest {
+        _swtpm: swtpm,
+        tpm,
+        log,
+        key: TeeKeyPair::generate(TeeKeyAlgorithm::EcdhEsA256KwP256).unwrap(),
+        ak: cvm_agent::hex::encode(&sha2::Sha256::digest(&ak.spki_der)),
+    };
+    let value = |n: u32| quoted.iter().find(|(p, _)| *p == n).unwrap().1.clone();
+    let pins = |four: &str| {
+        format!(
+            "{REFERENCE}pcrs = {{ 4 = \"{four}\", 9 = \"{}\", 11 = \"{}\", 12 = \"{}\" }}\n",
+            value(9),
+            value(11),
+            value(12)
+        )
+    };
+    let try_attest = |g: &mut Guest, k: &Kbs, root: &Path| {
+        let (cookie, nonce) = auth(k.addr);
+        let body = attest_body_in(g, &nonce, Some(&initdata(1)), root);
+        attest(k.addr, &cookie, &body)
+    };
+
+    let good = kbs(&trusting(&g, &pins(&value(4))), None);
+    let with_log = root_with_log(&raw);
+    let r = try_attest(&mut g, &good, with_log.path());
+    assert_eq!(r.status, 200, "{}", r.text());
+    // The evidence on the wire carried the log, byte for byte.
+    let (_, nonce) = auth(good.addr);
+    let body: Value =
+        serde_json::from_slice(&attest_body_in(&mut g, &nonce, None, with_log.path())).unwrap();
+    use base64::Engine as _;
+    let sent = base64::engine::general_purpose::STANDARD
+        .decode(
+            body["tee-evidence"]["primary_evidence"]["eventlog"]
+                .as_str()
+                .expect("eventlog in the evidence"),
+        )
+        .unwrap();
+    assert_eq!(sent, raw);
+
+    // Without a log (direct kernel boot) the pins hold against the quote alone.
+    let r = try_attest(&mut g, &good, Path::new("/nonexistent"));
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // A changed pin: refused, with or without the log, naming PCR, quoted value and pin.
+    let wrong = "ab".repeat(32);
+    let changed = kbs(&trusting(&g, &pins(&wrong)), None);
+    for root in [with_log.path(), Path::new("/nonexistent")] {
+        let r = try_attest(&mut g, &changed, root);
+        assert_eq!(
+            r.cause(),
+            format!("PCR 4 is {}, but the policy pins {wrong}", value(4))
+        );
+    }
+
+    // The other boot's log (QEMU -kernel: another PCR 1 and 4) does not explain this quote.
+    let other = root_with_log(&fixture_log("ovmf-qemu-kernel"));
+    let r = try_attest(&mut g, &good, other.path());
+    assert!(
+        r.cause()
+            .starts_with("firmware event log (eventlog): the log replays PCR 1 to "),
+        "{}",
+        r.cause()
+    );
+    // One event's digest changed (the UKI's Authenticode digest in PCR 4).
+    let mut forged = firmware.clone();
+    let uki = forged
+        .events
+        .iter_mut()
+        .find(|e| {
+            e.pcr == 4 && e.event_type == cvm_tcglog::eventlog::EV_EFI_BOOT_SERVICES_APPLICATION
+        })
+        .unwrap();
+    for (_, d) in &mut uki.digests {
+        d[0] ^= 1;
+    }
+    let forged = root_with_log(&forged.encode());
+    let r = try_attest(&mut g, &good, forged.path());
+    assert!(
+        r.cause()
+            .starts_with("firmware event log (eventlog): the log replays PCR 4 to ")
+            && r.cause().ends_with(&format!("the quote has {}", value(4))),
+        "{}",
+        r.cause()
+    );
+    // Truncated logs: cut inside the last event, and cut before the events that explain
+    // PCR 9 (a well-formed prefix: it parses, and replays to other values).
+    let truncated = root_with_log(&raw[..firmware.events.last().unwrap().offset + 10]);
+    let r = try_attest(&mut g, &good, truncated.path());
+    assert!(
+        r.cause()
+            .starts_with("firmware event log (eventlog): event log truncated in event "),
+        "{}",
+        r.cause()
+    );
+    // The first boot PCR the cut-off events would have extended is named (here PCR 5: OVMF's
+    // later PCR 5 events come after the kernel's first PCR 9 event).
+    let first9 = firmware.events.iter().find(|e| e.pcr == 9).unwrap().offset;
+    let short = TcgLog::parse(&raw[..first9])
+        .unwrap()
+        .replay(TcgAlg::Sha256)
+        .unwrap();
+    let differs = *BOOT
+        .iter()
+        .find(|&&n| cvm_agent::hex::encode(&short[n as usize]) != value(n))
+        .unwrap();
+    assert!(differs <= 9, "{differs}");
+    let prefix = root_with_log(&raw[..first9]);
+    let r = try_attest(&mut g, &good, prefix.path());
+    assert_eq!(
+        r.cause(),
+        format!(
+            "firmware event log (eventlog): the log replays PCR {differs} to {}, the quote has {}",
+            cvm_agent::hex::encode(&short[differs as usize]),
+            value(differs)
+        )
+    );
 }

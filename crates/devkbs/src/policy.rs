@@ -14,10 +14,19 @@
 //! (the TD firmware) and `tdx_rtmr` 1 (what the firmware loaded: the kernel, or the whole
 //! UKI). MRTD alone would let any kernel and initrd run under the genuine firmware and write
 //! any event log. RTMR2 holds the agent's events and is checked by replaying its log.
+//!
+//! `tpm` boots through UEFI measure the boot chain into PCRs 0–7, 9, 11 and 12 ([`BOOT_PCRS`]:
+//! firmware, boot configuration, the UKI in PCR 4, the kernel's command line and initrd in 9,
+//! the UKI's sections in 11, overrides in 12). `pcrs = { 4 = "<hex>", … }` pins any of them in
+//! the SHA-256 bank (the bank the quote covers); so does the reference file's `pcrs.sha256`
+//! (`cvmctl measure`), for these PCRs only (its PCR 8 and 15 are what the init-data digest and
+//! the reference log already check). The policy's pins extend the reference's; a PCR pinned in
+//! both to different values is refused at load, naming both.
 
 use std::collections::BTreeMap;
 
-use cvm_measure::EventLog;
+use cvm_measure::{EventLog, Pcrs};
+use cvm_tpm::HashAlg;
 use kbs_types::Tee;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -44,6 +53,19 @@ pub enum PolicyError {
     Reference { path: PathBuf, why: String },
     #[error("policy: tdx_rtmr has key {0:?}; RTMRs are 0, 1, 2 and 3")]
     RtmrIndex(String),
+    #[error(
+        "policy: pcrs has key {0:?}; the boot PCRs that can be pinned are 0-7, 9, 11 and 12 \
+         (PCR 8 is the init-data binding, PCR 15 the agent's log: see initdata_digest and \
+         reference)"
+    )]
+    PcrIndex(String),
+    #[error("policy: PCR {pcr} is pinned to {policy} but the reference {path} has {reference}")]
+    PinConflict {
+        pcr: u32,
+        policy: String,
+        reference: String,
+        path: PathBuf,
+    },
     #[error("policy: {tee} is allowed but {field} is not pinned: {why}")]
     Unpinned {
         tee: &'static str,
@@ -54,6 +76,10 @@ pub enum PolicyError {
 
 /// SNP MEASUREMENT, TDX MRTD and RTMRs are SHA-384 sized.
 pub const LAUNCH_DIGEST_LEN: usize = 48;
+
+/// The PCRs a UEFI boot measures the boot chain into, in the order they are replayed and
+/// compared: what `pcrs` may pin and what a firmware log must explain.
+pub const BOOT_PCRS: [u32; 11] = [0, 1, 2, 3, 4, 5, 6, 7, 9, 11, 12];
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -71,6 +97,7 @@ struct Wire {
     snp_measurement: Option<String>,
     tdx_mrtd: Option<String>,
     tdx_rtmr: Option<BTreeMap<String, String>>,
+    pcrs: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,6 +114,9 @@ pub struct Policy {
     pub trusted_aks: Vec<String>,
     /// The reference event log (`log` of a `cvmctl measure` output).
     pub reference: Option<EventLog>,
+    /// SHA-256 values of boot PCRs ([`BOOT_PCRS`]) the quote must have, lower-case hex: the
+    /// policy's `pcrs` and the reference's `pcrs.sha256`.
+    pub pcrs: BTreeMap<u32, String>,
     /// SNP launch MEASUREMENT, lower-case hex of 48 bytes.
     pub snp_measurement: Option<String>,
     /// TDX MRTD, lower-case hex of 48 bytes.
@@ -106,6 +136,7 @@ impl Default for Policy {
             require_initdata: true,
             trusted_aks: Vec::new(),
             reference: None,
+            pcrs: BTreeMap::new(),
             snp_measurement: None,
             tdx_mrtd: None,
             tdx_rtmr: [None, None, None, None],
@@ -202,10 +233,42 @@ impl Policy {
             .into_iter()
             .map(|ak| hex_field("trusted_aks", Some(ak), 32).map(Option::unwrap_or_default))
             .collect::<Result<Vec<_>, _>>()?;
-        let reference = wire
-            .reference
-            .map(|rel| load_reference(&base.join(rel)))
-            .transpose()?;
+        let mut pcrs = BTreeMap::new();
+        for (key, value) in wire.pcrs.unwrap_or_default() {
+            const FIELDS: [&str; 13] = [
+                "pcrs.0", "pcrs.1", "pcrs.2", "pcrs.3", "pcrs.4", "pcrs.5", "pcrs.6", "pcrs.7",
+                "pcrs.8", "pcrs.9", "pcrs.10", "pcrs.11", "pcrs.12",
+            ];
+            let pcr = BOOT_PCRS
+                .into_iter()
+                .find(|p| p.to_string() == key)
+                .ok_or_else(|| PolicyError::PcrIndex(key.clone()))?;
+            let value = hex_field(FIELDS[pcr as usize], Some(value), 32)?.unwrap_or_default();
+            pcrs.insert(pcr, value);
+        }
+        let reference = match wire.reference {
+            None => None,
+            Some(rel) => {
+                let path = base.join(rel);
+                let (log, pinned) = load_reference(&path)?;
+                for (pcr, reference) in pinned {
+                    match pcrs.get(&pcr) {
+                        Some(policy) if *policy != reference => {
+                            return Err(PolicyError::PinConflict {
+                                pcr,
+                                policy: policy.clone(),
+                                reference,
+                                path,
+                            });
+                        }
+                        _ => {
+                            pcrs.insert(pcr, reference);
+                        }
+                    }
+                }
+                Some(log)
+            }
+        };
         let mut tdx_rtmr: [Option<String>; 4] = Default::default();
         for (key, value) in wire.tdx_rtmr.unwrap_or_default() {
             const FIELDS: [&str; 4] = ["tdx_rtmr.0", "tdx_rtmr.1", "tdx_rtmr.2", "tdx_rtmr.3"];
@@ -240,6 +303,7 @@ impl Policy {
             require_initdata: wire.require_initdata.unwrap_or(default.require_initdata),
             trusted_aks,
             reference,
+            pcrs,
             snp_measurement: hex_field("snp_measurement", wire.snp_measurement, LAUNCH_DIGEST_LEN)?,
             tdx_mrtd: hex_field("tdx_mrtd", wire.tdx_mrtd, LAUNCH_DIGEST_LEN)?,
             tdx_rtmr,
@@ -285,8 +349,10 @@ impl Policy {
     }
 }
 
-/// The `log` of a `cvmctl measure` output (or a bare log array).
-fn load_reference(path: &Path) -> Result<EventLog, PolicyError> {
+/// The `log` of a `cvmctl measure` output (or a bare log array), and the SHA-256 values of its
+/// `pcrs` for the boot PCRs ([`BOOT_PCRS`]; its other PCRs are the agent's, checked through
+/// the log and the init-data).
+fn load_reference(path: &Path) -> Result<(EventLog, BTreeMap<u32, String>), PolicyError> {
     let bad = |why: String| PolicyError::Reference {
         path: path.to_path_buf(),
         why,
@@ -299,7 +365,16 @@ fn load_reference(path: &Path) -> Result<EventLog, PolicyError> {
     };
     let log = EventLog::from_json(log).map_err(|e| bad(e.to_string()))?;
     log.verify().map_err(|e| bad(e.to_string()))?;
-    Ok(log)
+    let mut pins = BTreeMap::new();
+    if let Some(pcrs) = value.get("pcrs") {
+        let pcrs = Pcrs::from_json(pcrs).map_err(|e| bad(format!("pcrs: {e}")))?;
+        for (alg, pcr, digest) in pcrs.iter() {
+            if alg == HashAlg::Sha256 && BOOT_PCRS.contains(&pcr) {
+                pins.insert(pcr, cvm_text::hex::encode(digest));
+            }
+        }
+    }
+    Ok((log, pins))
 }
 
 #[cfg(test)]
@@ -409,6 +484,110 @@ mod tests {
             err.to_string(),
             "policy: tdx_rtmr has key \"4\"; RTMRs are 0, 1, 2 and 3"
         );
+    }
+
+    #[test]
+    fn pcr_pins() {
+        let a = "AB".repeat(32);
+        let p = Policy::parse(
+            &format!(
+                "pcrs = {{ 4 = \"{a}\", 0 = \"{}\", 12 = \"{}\" }}",
+                "01".repeat(32),
+                "00".repeat(32)
+            ),
+            Path::new("."),
+        )
+        .unwrap();
+        assert_eq!(
+            p.pcrs,
+            BTreeMap::from([
+                (0, "01".repeat(32)),
+                (4, "ab".repeat(32)),
+                (12, "00".repeat(32))
+            ])
+        );
+        for key in ["8", "15", "10", "13", "24", "04", "x", "-1"] {
+            let err = Policy::parse(&format!("pcrs = {{ \"{key}\" = \"{a}\" }}"), Path::new("."))
+                .unwrap_err();
+            assert!(
+                matches!(&err, PolicyError::PcrIndex(k) if k == key),
+                "{key}: {err}"
+            );
+        }
+        for bad in [
+            "pcrs = { 4 = \"abcd\" }".to_string(),
+            format!("pcrs = {{ 4 = \"{}\" }}", "ab".repeat(48)),
+            format!("pcrs = [\"{a}\"]"),
+        ] {
+            assert!(Policy::parse(&bad, Path::new(".")).is_err(), "{bad}");
+        }
+        let err = Policy::parse("pcrs = { 9 = \"zz\" }", Path::new(".")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "policy: pcrs.9 is not lower-case hex of 32 bytes"
+        );
+    }
+
+    /// A reference with boot PCRs (as `cvmctl measure` will write them, every bank): its
+    /// SHA-256 values of 0-7, 9, 11, 12 become pins, PCR 8 and 15 (and the other banks) do not;
+    /// the policy's pins extend them, the same value twice is fine, a different one is refused.
+    #[test]
+    fn reference_pcrs_and_policy_pins() {
+        let dir = tempfile::tempdir().unwrap();
+        let prediction =
+            cvm_measure::predict(&cvm_measure::Facts::default(), &[HashAlg::Sha256]).unwrap();
+        let mut pcrs = prediction.pcrs.clone();
+        for (pcr, byte) in [(4u32, 4u8), (9, 9), (11, 11), (12, 0)] {
+            pcrs.insert(HashAlg::Sha256, pcr, vec![byte; 32]);
+            pcrs.insert(HashAlg::Sha1, pcr, vec![0xee; 20]);
+            pcrs.insert(HashAlg::Sha384, pcr, vec![0xee; 48]);
+        }
+        let reference =
+            serde_json::json!({"pcrs": pcrs.to_json(), "log": prediction.log.to_json()});
+        std::fs::write(dir.path().join("ref.json"), reference.to_string()).unwrap();
+        let load = |policy: &str| {
+            std::fs::write(
+                dir.path().join("policy.toml"),
+                format!("reference = \"ref.json\"\n{policy}"),
+            )
+            .unwrap();
+            Policy::load(&dir.path().join("policy.toml"))
+        };
+        let p = load("").unwrap();
+        assert_eq!(
+            p.pcrs,
+            BTreeMap::from([
+                (4, "04".repeat(32)),
+                (9, "09".repeat(32)),
+                (11, "0b".repeat(32)),
+                (12, "00".repeat(32))
+            ])
+        );
+        assert_eq!(p.reference, Some(prediction.log.clone()));
+        let p = load(&format!(
+            "pcrs = {{ 4 = \"{}\", 7 = \"{}\" }}",
+            "04".repeat(32),
+            "07".repeat(32)
+        ))
+        .unwrap();
+        assert_eq!(p.pcrs.len(), 5);
+        assert_eq!(p.pcrs[&7], "07".repeat(32));
+        let err = load(&format!("pcrs = {{ 11 = \"{}\" }}", "AA".repeat(32))).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "policy: PCR 11 is pinned to {} but the reference {} has {}",
+                "aa".repeat(32),
+                dir.path().join("ref.json").display(),
+                "0b".repeat(32)
+            )
+        );
+        // A malformed pcrs object in the reference is refused, not skipped.
+        let mut bad = reference.clone();
+        bad["pcrs"]["sha256"]["4"] = serde_json::json!("00");
+        std::fs::write(dir.path().join("ref.json"), bad.to_string()).unwrap();
+        let err = load("").unwrap_err();
+        assert!(err.to_string().contains(": pcrs: "), "{err}");
     }
 
     #[test]

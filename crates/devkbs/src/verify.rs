@@ -7,6 +7,14 @@
 //! launched (SNP MEASUREMENT, TDX MRTD and RTMRs against the policy's pins), then the nonce
 //! (report data), then the key / platform trust, then the init-data binding, then claims.
 //!
+//! `tpm`, after Trustee's checks (AK listed, signature, PCR digest, nonce, PCR 8): the
+//! firmware's TCG log, when the evidence has one (`eventlog`), must replay (SHA-256 bank,
+//! from the PCRs' reset values) to the quoted PCRs 0–7, 9, 11 and 12, the first that differs
+//! named; then the agent's log into PCR 15 and its claims; then the policy's PCR pins
+//! ([`Policy::pcrs`]) against the quoted values — with or without a firmware log: the quote is
+//! what counts, the log only explains it. A log that does not parse (truncated, oversized,
+//! hostile counts) is a refusal like a log that does not replay.
+//!
 //! `tdx` claims come from the agent's event log (`cel_eventlog`, the same member and form as
 //! in `tpm` evidence): RTMR2 holds the firmware's, boot loader's and EFI stub's PCR 8-15
 //! events (in the CCEL, `cc_eventlog`), then the agent's PCR 15 events. The log is replayed on
@@ -15,7 +23,7 @@
 //! the CCEL's RTMR2 events either, so a log taken after launch cannot pass by hiding the
 //! separator in the part the verifier does not interpret.
 
-use crate::policy::{Policy, PolicyError, tee_name};
+use crate::policy::{BOOT_PCRS, Policy, PolicyError, tee_name};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use cvm_initdata::InitData;
@@ -68,6 +76,8 @@ pub enum VerifyError {
     InitDataBinding(&'static str),
     #[error("event log: {0}")]
     EventLog(String),
+    #[error("firmware event log (eventlog): {0}")]
+    FirmwareLog(String),
     #[error("policy forbids debug mode")]
     Debug,
     #[error("{what} {got:?} is not the policy's {want:?}")]
@@ -84,6 +94,8 @@ pub enum VerifyError {
         got: String,
         want: String,
     },
+    #[error("PCR {pcr} is {got}, but the policy pins {want}")]
+    Pcr { pcr: u32, got: String, want: String },
     #[error(transparent)]
     Policy(#[from] PolicyError),
 }
@@ -239,6 +251,9 @@ fn verify_tpm(
     {
         return Err(VerifyError::Pcr8);
     }
+    if let Some(raw) = &ev.eventlog {
+        check_firmware_log(raw, pcrs)?;
+    }
 
     // PCR 15 and what it claims, from the agent's log.
     let log_json = ev.cel_eventlog.as_ref().ok_or_else(|| {
@@ -268,6 +283,7 @@ fn verify_tpm(
         }
     }
     let mut v = claims_from_log(&log, policy)?;
+    check_pcr_pins(pcrs, policy)?;
     let pcr_claims: Map<String, Value> = pcrs
         .iter()
         .enumerate()
@@ -276,6 +292,45 @@ fn verify_tpm(
     v.claims.insert("pcrs".into(), Value::Object(pcr_claims));
     v.claims.insert("ak".into(), json!(ak));
     Ok(v)
+}
+
+/// The firmware's TCG log (`eventlog` of `tpm` evidence) replayed in the SHA-256 bank must
+/// give the quoted (verified) boot PCRs; the first that differs is named.
+fn check_firmware_log(raw: &[u8], quoted: &[[u8; 32]]) -> Result<(), VerifyError> {
+    use cvm_tcglog::{EventLog as TcgLog, HashAlg as TcgAlg};
+    let log = TcgLog::parse(raw).map_err(|e| VerifyError::FirmwareLog(chain(&e)))?;
+    let replayed = log
+        .replay(TcgAlg::Sha256)
+        .map_err(|e| VerifyError::FirmwareLog(chain(&e)))?;
+    for pcr in BOOT_PCRS {
+        let (got, want) = (&replayed[pcr as usize], &quoted[pcr as usize]);
+        if got[..] != want[..] {
+            return Err(VerifyError::FirmwareLog(format!(
+                "the log replays PCR {pcr} to {}, the quote has {}",
+                hex::encode(got),
+                hex::encode(want)
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The policy's PCR pins (SHA-256 bank) against the quoted values.
+fn check_pcr_pins(quoted: &[[u8; 32]], policy: &Policy) -> Result<(), VerifyError> {
+    for (&pcr, want) in &policy.pcrs {
+        let got = quoted
+            .get(pcr as usize)
+            .map(|p| hex::encode(p))
+            .unwrap_or_default();
+        if got != *want {
+            return Err(VerifyError::Pcr {
+                pcr,
+                got,
+                want: want.clone(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// What a verified (replayed) agent log claims: mode (and so debug), root hash, image version;
@@ -1220,6 +1275,124 @@ mod tests {
                 .contains("a \"systemd\" record in PCR 15: only cvm-agent records may extend it"),
             "{err}"
         );
+    }
+
+    /// A real OVMF + swtpm firmware log and the SHA-256 PCRs the guest's TPM had in the same
+    /// boot (cvm-uki's fixtures, see their PROVENANCE.md).
+    fn real_boot(tag: &str) -> (Vec<u8>, Vec<[u8; 32]>) {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../uki/tests/fixtures");
+        let log = std::fs::read(format!("{dir}/{tag}.eventlog.bin")).unwrap();
+        let text = std::fs::read_to_string(format!("{dir}/{tag}.pcrs.txt")).unwrap();
+        let pcrs: Vec<[u8; 32]> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("PCR sha256 "))
+            .map(|l| {
+                let hex = l.split_once(' ').unwrap().1;
+                hex::decode(hex).unwrap().try_into().unwrap()
+            })
+            .collect();
+        assert_eq!(pcrs.len(), 24);
+        (log, pcrs)
+    }
+
+    /// The real logs replay to the TPM's boot PCRs; any difference in 0-7, 9, 11, 12 is
+    /// refused naming the first PCR that differs and both values; PCR 10 (IMA's, which the
+    /// firmware log does not explain) is not compared.
+    #[test]
+    fn firmware_log_replays_to_the_quoted_boot_pcrs() {
+        for tag in ["ovmf-qemu-kernel", "ovmf-boot-option"] {
+            let (log, pcrs) = real_boot(tag);
+            check_firmware_log(&log, &pcrs).unwrap();
+            assert_ne!(pcrs[10], [0; 32], "{tag}: IMA extended PCR 10");
+            for pcr in BOOT_PCRS {
+                let mut quoted = pcrs.clone();
+                quoted[pcr as usize][0] ^= 1;
+                quoted[12][31] ^= 1; // a later one differs too: the first is named
+                let err = check_firmware_log(&log, &quoted).unwrap_err();
+                let want = if pcr == 12 { 12 } else { pcr };
+                assert_eq!(
+                    err.to_string(),
+                    format!(
+                        "firmware event log (eventlog): the log replays PCR {want} to {}, the \
+                         quote has {}",
+                        hex::encode(&pcrs[want as usize]),
+                        hex::encode(&quoted[want as usize])
+                    ),
+                    "{tag} PCR {pcr}"
+                );
+            }
+        }
+        // The other boot's log does not explain this boot's quote (PCR 1 and 4 differ).
+        let (log, _) = real_boot("ovmf-qemu-kernel");
+        let (_, other) = real_boot("ovmf-boot-option");
+        let err = check_firmware_log(&log, &other).unwrap_err();
+        assert!(err.to_string().contains("replays PCR 1 to"), "{err}");
+    }
+
+    /// Hostile logs are refusals with the parser's reason, never panics.
+    #[test]
+    fn malformed_firmware_logs_are_refused() {
+        let (log, pcrs) = real_boot("ovmf-boot-option");
+        let err = check_firmware_log(&log[..log.len() / 2], &pcrs).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("firmware event log (eventlog): event log truncated in event "),
+            "{err}"
+        );
+        let err = check_firmware_log(b"not a log", &pcrs).unwrap_err();
+        assert!(err.to_string().contains("truncated"), "{err}");
+        let mut no_spec = log.clone();
+        no_spec[4] = 1;
+        let err = check_firmware_log(&no_spec, &pcrs).unwrap_err();
+        assert!(err.to_string().contains("not a Spec ID Event03"), "{err}");
+        // A log without a SHA-256 bank cannot explain the SHA-256 quote.
+        let sha1_only = cvm_tcglog::EventLog::with_events(
+            &[cvm_tcglog::HashAlg::Sha1],
+            &[(4, 4, &[0, 0, 0, 0])],
+        );
+        let err = check_firmware_log(&sha1_only.encode(), &pcrs).unwrap_err();
+        assert!(
+            err.to_string().ends_with("event 1: no sha256 digest"),
+            "{err}"
+        );
+        // Every cut and every byte flip of the real log: an error or a verdict, never a panic.
+        for n in (0..log.len()).step_by(7) {
+            let _ = check_firmware_log(&log[..n], &pcrs);
+        }
+        for i in (0..log.len()).step_by(3) {
+            let mut x = log.clone();
+            x[i] ^= 0xff;
+            let _ = check_firmware_log(&x, &pcrs);
+        }
+    }
+
+    #[test]
+    fn pcr_pins_hold_against_the_quote() {
+        let (_, pcrs) = real_boot("ovmf-boot-option");
+        let mut policy = Policy::default();
+        check_pcr_pins(&pcrs, &policy).unwrap();
+        for pcr in [4, 9, 11, 12] {
+            policy.pcrs.insert(pcr, hex::encode(&pcrs[pcr as usize]));
+        }
+        check_pcr_pins(&pcrs, &policy).unwrap();
+        let wrong = "00".repeat(32);
+        policy.pcrs.insert(11, wrong.clone());
+        assert_eq!(
+            check_pcr_pins(&pcrs, &policy).unwrap_err().to_string(),
+            format!(
+                "PCR 11 is {}, but the policy pins {wrong}",
+                hex::encode(&pcrs[11])
+            )
+        );
+        // PCR 12 is all zeros in these boots: a pin of zeros holds, a non-zero one does not.
+        policy.pcrs.insert(11, hex::encode(&pcrs[11]));
+        policy.pcrs.insert(12, "00".repeat(32));
+        check_pcr_pins(&pcrs, &policy).unwrap();
+        policy.pcrs.insert(12, "01".repeat(32));
+        assert!(matches!(
+            check_pcr_pins(&pcrs, &policy),
+            Err(VerifyError::Pcr { pcr: 12, .. })
+        ));
     }
 
     #[test]

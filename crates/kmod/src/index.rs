@@ -37,7 +37,8 @@ pub(crate) struct Module {
 
 #[derive(Debug)]
 pub(crate) struct Alias {
-    /// As written, for regenerating the file.
+    /// As written, for regenerating the file (the host's subset).
+    #[cfg_attr(not(any(test, feature = "host")), allow(dead_code))]
     pub pattern: String,
     normalized: Vec<u8>,
     /// Normalized module name.
@@ -213,6 +214,7 @@ impl ModuleIndex {
             .collect()
     }
 
+    #[cfg(any(test, feature = "host"))]
     /// modules.dep for the modules in `keep` (which must be closed under dependencies), in the
     /// original order and format.
     pub fn render_dep(&self, keep: &BTreeSet<usize>) -> Vec<u8> {
@@ -232,6 +234,7 @@ impl ModuleIndex {
         out.into_bytes()
     }
 
+    #[cfg(any(test, feature = "host"))]
     /// modules.alias with only the aliases of modules named in `keep`, in the original order.
     pub fn render_alias(&self, keep: &BTreeSet<&str>) -> Vec<u8> {
         let mut out = String::from("# Aliases extracted from modules themselves.\n");

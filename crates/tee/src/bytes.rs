@@ -44,10 +44,6 @@ impl<'a> Reader<'a> {
         Some(out)
     }
 
-    pub(crate) fn u8(&mut self) -> Option<u8> {
-        Some(self.array::<1>()?[0])
-    }
-
     pub(crate) fn u16_le(&mut self) -> Option<u16> {
         Some(u16::from_le_bytes(self.array()?))
     }
@@ -90,7 +86,7 @@ mod tests {
         assert_eq!(r.u16_le(), Some(0x0201));
         assert_eq!(r.u16_le(), None, "short read must not consume");
         assert_eq!(r.pos(), 2);
-        assert_eq!(r.u8(), Some(3));
+        assert_eq!(r.take(1), Some(&[3][..]));
         assert_eq!(r.take(1), None);
         assert_eq!(r.take(0), Some(&[][..]));
         assert_eq!(field::<4>(&[0; 3], 0), None);

@@ -12,44 +12,25 @@
 //! 1 = RTMR0, 2 = RTMR1, 3 = RTMR2, 4 = RTMR3. The firmware maps TPM PCR 0 → MRTD, PCR 1 and 7
 //! → RTMR0, PCR 2–6 → RTMR1, PCR 8–15 → RTMR2. The log never contains MRTD (the TDX module
 //! builds it at TD creation), so replay covers RTMR0–3 only.
+//!
+//! The bytes are read by `cvm-tcglog`, the workspace's one parser of this format (also the
+//! dev KBS's for a `tpm` guest's firmware log and cvm-uki's); this module maps its records to
+//! measurement registers and replays them.
 
+use cvm_tcglog::eventlog::{self as tcg, EventLogError};
 use sha2::{Digest as _, Sha384};
-
-use super::bytes::Reader;
 
 pub const EV_NO_ACTION: u32 = 0x3;
 pub const TPM_ALG_SHA1: u16 = 0x0004;
 pub const TPM_ALG_SHA256: u16 = 0x000B;
 pub const TPM_ALG_SHA384: u16 = 0x000C;
 pub const TPM_ALG_SHA512: u16 = 0x000D;
-const SPEC_ID_SIGNATURE: &[u8; 16] = b"Spec ID Event03\0";
-/// Bounds that no real firmware log comes near (the CCEL area is 64 KiB here).
-const MAX_EVENTS: usize = 100_000;
-const MAX_ALGORITHMS: u32 = 16;
 
 /// Why a log was rejected.
 #[derive(Debug, thiserror::Error)]
 pub enum CcelError {
-    #[error("event log is truncated in {what} at offset {offset}")]
-    Truncated { what: &'static str, offset: usize },
-    #[error("first event is not a Spec ID Event03 (EV_NO_ACTION with the TCG signature)")]
-    NotCryptoAgile,
-    #[error("Spec ID event lists {0} algorithms")]
-    AlgorithmCount(u32),
-    #[error(
-        "event at offset {offset} has a digest for algorithm {alg:#06x} the Spec ID event does not list"
-    )]
-    UnknownAlgorithm { offset: usize, alg: u16 },
-    #[error(
-        "event at offset {offset} has {count} digests, the Spec ID event lists {listed} algorithms"
-    )]
-    DigestCount {
-        offset: usize,
-        count: u32,
-        listed: usize,
-    },
-    #[error("more than {MAX_EVENTS} events")]
-    TooManyEvents,
+    #[error("CCEL")]
+    Log(#[from] EventLogError),
     #[error("event at offset {offset} extends MR index {index}, which is not an RTMR (1-4)")]
     MrIndex { offset: usize, index: u32 },
     #[error("event at offset {offset} has no SHA-384 digest to replay")]
@@ -113,39 +94,36 @@ pub fn rtmr_for_mr_index(mr_index: u32) -> Option<usize> {
     }
 }
 
-fn trunc(what: &'static str, r: &Reader<'_>) -> CcelError {
-    CcelError::Truncated {
-        what,
-        offset: r.pos(),
-    }
-}
-
 impl EventLog {
     pub fn parse(bytes: &[u8]) -> Result<Self, CcelError> {
-        let mut r = Reader::new(bytes);
-        // TCG_PCClientPCREvent: index, type, SHA-1 digest (20), size, data.
-        let t = |r: &Reader<'_>| trunc("Spec ID event", r);
-        let header_index = r.u32_le().ok_or_else(|| t(&r))?;
-        let ty = r.u32_le().ok_or_else(|| t(&r))?;
-        let _digest: [u8; 20] = r.array().ok_or_else(|| t(&r))?;
-        let size = r.u32_le().ok_or_else(|| t(&r))?;
-        let data = r.take(size as usize).ok_or_else(|| t(&r))?;
-        if ty != EV_NO_ACTION {
-            return Err(CcelError::NotCryptoAgile);
-        }
-        let spec_id = parse_spec_id(data)?;
-
-        let mut events = Vec::new();
-        while !at_end(r.rest()) {
-            if events.len() >= MAX_EVENTS {
-                return Err(CcelError::TooManyEvents);
-            }
-            events.push(parse_event(&mut r, &spec_id)?);
-        }
+        let log = tcg::EventLog::parse(bytes)?;
+        let spec = log.spec_id;
         Ok(Self {
-            header_index,
-            spec_id,
-            events,
+            header_index: log.header_index,
+            spec_id: SpecId {
+                platform_class: spec.platform_class,
+                spec_version_major: spec.spec_version_major,
+                spec_version_minor: spec.spec_version_minor,
+                spec_errata: spec.spec_errata,
+                uintn_size: spec.uintn_size,
+                algorithms: spec
+                    .algorithms
+                    .into_iter()
+                    .map(|(alg, digest_size)| AlgorithmSize { alg, digest_size })
+                    .collect(),
+                vendor_info: spec.vendor_info,
+            },
+            events: log
+                .events
+                .into_iter()
+                .map(|e| Event {
+                    offset: e.offset,
+                    mr_index: e.pcr,
+                    event_type: e.event_type,
+                    digests: e.digests,
+                    data: e.data,
+                })
+                .collect(),
         })
     }
 
@@ -173,94 +151,6 @@ impl EventLog {
     }
 }
 
-/// The unused tail of the CCEL area: nothing left, or a run of 0xFF (erased) or 0x00 to the end.
-/// An event header cannot be all-ones (index and type 0xFFFFFFFF are not defined), and an
-/// all-zero tail holds no record that could extend anything. Any other short tail is parsed as
-/// an event and so reported as truncated.
-fn at_end(rest: &[u8]) -> bool {
-    rest.iter().all(|&b| b == 0xFF) || rest.iter().all(|&b| b == 0)
-}
-
-fn parse_spec_id(data: &[u8]) -> Result<SpecId, CcelError> {
-    let mut r = Reader::new(data);
-    let sig: [u8; 16] = r.array().ok_or(CcelError::NotCryptoAgile)?;
-    if &sig != SPEC_ID_SIGNATURE {
-        return Err(CcelError::NotCryptoAgile);
-    }
-    let t = |r: &Reader<'_>| trunc("Spec ID event data", r);
-    let platform_class = r.u32_le().ok_or_else(|| t(&r))?;
-    let spec_version_minor = r.u8().ok_or_else(|| t(&r))?;
-    let spec_version_major = r.u8().ok_or_else(|| t(&r))?;
-    let spec_errata = r.u8().ok_or_else(|| t(&r))?;
-    let uintn_size = r.u8().ok_or_else(|| t(&r))?;
-    let n = r.u32_le().ok_or_else(|| t(&r))?;
-    if n == 0 || n > MAX_ALGORITHMS {
-        return Err(CcelError::AlgorithmCount(n));
-    }
-    let mut algorithms = Vec::with_capacity(n as usize);
-    for _ in 0..n {
-        algorithms.push(AlgorithmSize {
-            alg: r.u16_le().ok_or_else(|| t(&r))?,
-            digest_size: r.u16_le().ok_or_else(|| t(&r))?,
-        });
-    }
-    let vlen = r.u8().ok_or_else(|| t(&r))?;
-    let vendor_info = r.take(usize::from(vlen)).ok_or_else(|| t(&r))?.to_vec();
-    Ok(SpecId {
-        platform_class,
-        spec_version_major,
-        spec_version_minor,
-        spec_errata,
-        uintn_size,
-        algorithms,
-        vendor_info,
-    })
-}
-
-fn parse_event(r: &mut Reader<'_>, spec: &SpecId) -> Result<Event, CcelError> {
-    let offset = r.pos();
-    let t = |r: &Reader<'_>| trunc("event", r);
-    let mr_index = r.u32_le().ok_or_else(|| t(r))?;
-    let event_type = r.u32_le().ok_or_else(|| t(r))?;
-    let count = r.u32_le().ok_or_else(|| t(r))?;
-    // Each algorithm at most once, so the count is bounded by the Spec ID list.
-    if count as usize > spec.algorithms.len() {
-        return Err(CcelError::DigestCount {
-            offset,
-            count,
-            listed: spec.algorithms.len(),
-        });
-    }
-    let mut digests: Vec<(u16, Vec<u8>)> = Vec::with_capacity(count as usize);
-    for _ in 0..count {
-        let alg = r.u16_le().ok_or_else(|| t(r))?;
-        let size = spec
-            .algorithms
-            .iter()
-            .find(|a| a.alg == alg)
-            .ok_or(CcelError::UnknownAlgorithm { offset, alg })?
-            .digest_size;
-        if digests.iter().any(|(a, _)| *a == alg) {
-            return Err(CcelError::DigestCount {
-                offset,
-                count,
-                listed: spec.algorithms.len(),
-            });
-        }
-        let d = r.take(usize::from(size)).ok_or_else(|| t(r))?;
-        digests.push((alg, d.to_vec()));
-    }
-    let size = r.u32_le().ok_or_else(|| t(r))?;
-    let data = r.take(size as usize).ok_or_else(|| t(r))?.to_vec();
-    Ok(Event {
-        offset,
-        mr_index,
-        event_type,
-        digests,
-        data,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -268,7 +158,7 @@ mod tests {
     /// A minimal log: Spec ID (SHA-384 only) and the given (index, type, digest, data) events.
     fn log(events: &[(u32, u32, [u8; 48], &[u8])]) -> Vec<u8> {
         let mut spec = Vec::new();
-        spec.extend_from_slice(SPEC_ID_SIGNATURE);
+        spec.extend_from_slice(b"Spec ID Event03\0");
         spec.extend_from_slice(&0u32.to_le_bytes());
         spec.extend_from_slice(&[0, 2, 0, 2]);
         spec.extend_from_slice(&1u32.to_le_bytes());
@@ -322,13 +212,13 @@ mod tests {
         let b = log(&[(1, 4, d, b"abc")]);
         assert!(matches!(
             EventLog::parse(&b[..b.len() - 1]),
-            Err(CcelError::Truncated { .. })
+            Err(CcelError::Log(EventLogError::Truncated { .. }))
         ));
         let mut b = log(&[]);
         b[4] = 1;
         assert!(matches!(
             EventLog::parse(&b),
-            Err(CcelError::NotCryptoAgile)
+            Err(CcelError::Log(EventLogError::NoSpecId))
         ));
     }
 

@@ -4,6 +4,14 @@
 //! `tpm_quote.signature` base64 of a marshalled TPMT_SIGNATURE, `tpm_quote.message` base64
 //! TPMS_ATTEST, `tpm_quote.pcrs` the 24 SHA-256 PCRs in hex.
 //!
+//! One member beyond the CoCo attester's, `eventlog`: the firmware's TCG event log (the bytes
+//! of `/sys/kernel/security/tpm0/binary_bios_measurements`) in standard padded base64, the
+//! member name and encoding of the Trustee `tpm` verifier that replays a UEFI log (OpenAnolis'
+//! Trustee, `deps/verifier/src/tpm/mod.rs`, whose attester reads that file). Upstream Trustee's
+//! `tpm` verifier (confidential-containers/trustee, same path) reads only `ak_public` and
+//! `tpm_quote` and ignores other members, so the log costs it nothing; the dev KBS replays it.
+//! A direct kernel boot has no firmware log: then the member is absent.
+//!
 //! Verifying the quote with the AK it comes with proves only that the quote is consistent;
 //! whether the AK belongs to a trustworthy TPM is the verifier's decision (Trustee keeps a list
 //! of trusted AK hashes, see [`TpmEvidence::ak_sha256`]).
@@ -18,6 +26,11 @@ use cvm_tpm::verify::{self, AkPublic, Attest, QuoteError};
 
 /// Number of PCR values the evidence carries (the SHA-256 bank, PCR 0–23).
 pub const PCR_COUNT: usize = 24;
+/// Where Linux exposes the firmware's TCG event log.
+pub const FIRMWARE_LOG_PATH: &str = "/sys/kernel/security/tpm0/binary_bios_measurements";
+/// Largest firmware log carried (OVMF's is under 10 KiB, a real machine's some 100 KiB); the
+/// agent refuses to send more, a verifier to read more.
+pub const MAX_FIRMWARE_LOG: usize = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TpmEvidenceError {
@@ -43,6 +56,50 @@ pub struct TpmEvidence {
     /// `tpm` verifier ignores members it does not know.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cel_eventlog: Option<serde_json::Value>,
+    /// The firmware's TCG event log ([`FIRMWARE_LOG_PATH`]), at most [`MAX_FIRMWARE_LOG`]
+    /// bytes, as standard padded base64; absent without one (direct kernel boot).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "b64_firmware_log"
+    )]
+    pub eventlog: Option<Vec<u8>>,
+}
+
+/// `eventlog`: optional standard base64 of at most [`MAX_FIRMWARE_LOG`] bytes.
+mod b64_firmware_log {
+    use super::MAX_FIRMWARE_LOG;
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize as _, Deserializer, Serializer, de::Error as _};
+
+    pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(v) => s.serialize_str(&STANDARD.encode(v)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        let Some(text) = Option::<String>::deserialize(d)? else {
+            return Ok(None);
+        };
+        // Base64 of MAX_FIRMWARE_LOG bytes is 4/3 of it; refuse before decoding more.
+        if text.len() > MAX_FIRMWARE_LOG.div_ceil(3) * 4 {
+            return Err(D::Error::custom(format!(
+                "eventlog is larger than {MAX_FIRMWARE_LOG} bytes"
+            )));
+        }
+        let bytes = STANDARD
+            .decode(text.as_bytes())
+            .map_err(|_| D::Error::custom("eventlog is not standard base64"))?;
+        if bytes.len() > MAX_FIRMWARE_LOG {
+            return Err(D::Error::custom(format!(
+                "eventlog is larger than {MAX_FIRMWARE_LOG} bytes"
+            )));
+        }
+        Ok(Some(bytes))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,5 +170,54 @@ mod tests {
             TpmEvidence::from_json(j),
             Err(TpmEvidenceError::PcrCount(0))
         ));
+    }
+
+    fn with_log(log: serde_json::Value) -> Result<TpmEvidence, TpmEvidenceError> {
+        let pcrs = vec!["00".repeat(32); PCR_COUNT];
+        let j = serde_json::json!({
+            "ak_public": "AA==",
+            "tpm_quote": {"signature": "", "message": "", "pcrs": pcrs},
+            "eventlog": log,
+        });
+        TpmEvidence::from_json(j.to_string().as_bytes())
+    }
+
+    /// `eventlog`: standard padded base64 both ways, absent = `None` (and not written), bounded.
+    #[test]
+    fn firmware_log_member() {
+        let ev = with_log(serde_json::json!("AAEC/w==")).unwrap();
+        assert_eq!(ev.eventlog.as_deref(), Some(&[0, 1, 2, 0xff][..]));
+        let out = serde_json::to_value(&ev).unwrap();
+        assert_eq!(out["eventlog"], "AAEC/w==");
+        let mut none = ev.clone();
+        none.eventlog = None;
+        assert!(
+            serde_json::to_value(&none)
+                .unwrap()
+                .get("eventlog")
+                .is_none()
+        );
+        assert_eq!(with_log(serde_json::Value::Null).unwrap().eventlog, None);
+        let err = with_log(serde_json::json!("AAEC_w==")).unwrap_err();
+        assert!(
+            format!("{:?}", err).contains("not standard base64"),
+            "{err:?}"
+        );
+        use base64::Engine as _;
+        let big = base64::engine::general_purpose::STANDARD.encode(vec![0u8; MAX_FIRMWARE_LOG + 1]);
+        let err = with_log(serde_json::json!(big)).unwrap_err();
+        assert!(
+            format!("{err:?}").contains("larger than 1048576 bytes"),
+            "{err:?}"
+        );
+        let max = base64::engine::general_purpose::STANDARD.encode(vec![0u8; MAX_FIRMWARE_LOG]);
+        assert_eq!(
+            with_log(serde_json::json!(max))
+                .unwrap()
+                .eventlog
+                .unwrap()
+                .len(),
+            MAX_FIRMWARE_LOG
+        );
     }
 }

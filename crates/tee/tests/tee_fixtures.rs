@@ -565,7 +565,9 @@ fn ccel_parses_and_replays() {
     );
     assert!(matches!(
         EventLog::parse(&raw[..2000]),
-        Err(ccel::CcelError::Truncated { .. })
+        Err(ccel::CcelError::Log(
+            cvm_tcglog::eventlog::EventLogError::Truncated { .. }
+        ))
     ));
 }
 

@@ -408,7 +408,10 @@ pub fn first_mismatch(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::eventlog::tests::make_log;
+
+    fn make_log(events: &[(u32, u32, &[u8])]) -> Vec<u8> {
+        EventLog::with_events(&[HashAlg::Sha1, HashAlg::Sha256], events).encode()
+    }
 
     fn utf16z(s: &str) -> Vec<u8> {
         let mut v: Vec<u8> = s.encode_utf16().flat_map(|u| u.to_le_bytes()).collect();

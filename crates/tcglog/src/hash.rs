@@ -1,4 +1,4 @@
-//! The hash algorithms of the TPM 2.0 PCR banks this crate predicts, with their TPM algorithm
+//! The hash algorithms of the TPM 2.0 PCR banks, with their TPM algorithm
 //! identifiers (TCG Algorithm Registry: TPM_ALG_SHA1 0x0004, TPM_ALG_SHA256 0x000B,
 //! TPM_ALG_SHA384 0x000C, TPM_ALG_SHA512 0x000D) and the PCR extend operation
 //! (TPM 2.0 Part 1, 17.6.2: `PCR_new = H(PCR_old ‖ digest)`).
@@ -89,9 +89,12 @@ impl std::fmt::Display for HashAlg {
     }
 }
 
-/// An incremental hash of one of the [`HashAlg`]s.
+/// An incremental hash of one of the [`HashAlg`]s (Authenticode hashes a PE image piecewise).
 #[derive(Clone)]
-pub(crate) enum Hasher {
+pub struct Hasher(Inner);
+
+#[derive(Clone)]
+enum Inner {
     Sha1(Sha1),
     Sha256(Sha256),
     Sha384(Sha384),
@@ -99,30 +102,30 @@ pub(crate) enum Hasher {
 }
 
 impl Hasher {
-    pub(crate) fn new(alg: HashAlg) -> Hasher {
-        match alg {
-            HashAlg::Sha1 => Hasher::Sha1(Sha1::new()),
-            HashAlg::Sha256 => Hasher::Sha256(Sha256::new()),
-            HashAlg::Sha384 => Hasher::Sha384(Sha384::new()),
-            HashAlg::Sha512 => Hasher::Sha512(Sha512::new()),
+    pub fn new(alg: HashAlg) -> Hasher {
+        Hasher(match alg {
+            HashAlg::Sha1 => Inner::Sha1(Sha1::new()),
+            HashAlg::Sha256 => Inner::Sha256(Sha256::new()),
+            HashAlg::Sha384 => Inner::Sha384(Sha384::new()),
+            HashAlg::Sha512 => Inner::Sha512(Sha512::new()),
+        })
+    }
+
+    pub fn update(&mut self, data: &[u8]) {
+        match &mut self.0 {
+            Inner::Sha1(h) => h.update(data),
+            Inner::Sha256(h) => h.update(data),
+            Inner::Sha384(h) => h.update(data),
+            Inner::Sha512(h) => h.update(data),
         }
     }
 
-    pub(crate) fn update(&mut self, data: &[u8]) {
-        match self {
-            Hasher::Sha1(h) => h.update(data),
-            Hasher::Sha256(h) => h.update(data),
-            Hasher::Sha384(h) => h.update(data),
-            Hasher::Sha512(h) => h.update(data),
-        }
-    }
-
-    pub(crate) fn finish(self) -> Vec<u8> {
-        match self {
-            Hasher::Sha1(h) => h.finalize().to_vec(),
-            Hasher::Sha256(h) => h.finalize().to_vec(),
-            Hasher::Sha384(h) => h.finalize().to_vec(),
-            Hasher::Sha512(h) => h.finalize().to_vec(),
+    pub fn finish(self) -> Vec<u8> {
+        match self.0 {
+            Inner::Sha1(h) => h.finalize().to_vec(),
+            Inner::Sha256(h) => h.finalize().to_vec(),
+            Inner::Sha384(h) => h.finalize().to_vec(),
+            Inner::Sha512(h) => h.finalize().to_vec(),
         }
     }
 }
