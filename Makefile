@@ -15,7 +15,7 @@ OUT := out
 STATIC := RUSTFLAGS="-C target-feature=+crt-static" CARGO_PROFILE_RELEASE_OPT_LEVEL=z
 export SOURCE_DATE_EPOCH ?= 0
 
-.PHONY: all setup build initrd rootfs images demo demo-reset test lint unit bench tcb clean
+.PHONY: all setup build initrd rootfs uki disk images demo demo-reset test lint unit bench tcb clean
 
 all: build
 
@@ -41,7 +41,18 @@ rootfs: build
 	CVMCTL=$(CVMCTL) scripts/mkroot.sh $(OUT)/root-tree
 	$(CVMCTL) rootfs $(OUT)/root-tree -o $(OUT)/rootfs.img
 
-images: initrd rootfs
+# The measured boot: a UKI (kernel, the agent's initrd, the image's os-release, the production
+# command line) and the bootable GPT disk (ESP with the UKI, then the verity root) a cloud or
+# OVMF boots. Both byte-identical on rebuild; `cvmctl measure --uki` predicts their PCRs.
+CMDLINE = console=ttyS0 panic=-1 loglevel=4 roothash=$$(cat $(OUT)/rootfs.img.roothash) cvm.initdata=fw_cfg
+uki: initrd rootfs
+	$(CVMCTL) uki --kernel $(KERNEL) --initrd $(OUT)/initrd.img --os-release $(OUT)/root-tree/etc/os-release \
+	  --cmdline "$(CMDLINE)" -o $(OUT)/uki.efi
+
+disk: uki
+	$(CVMCTL) disk --uki $(OUT)/uki.efi --rootfs $(OUT)/rootfs.img -o $(OUT)/disk.img
+
+images: initrd rootfs disk
 
 demo: images
 	OUT=$(OUT) KERNEL=$(KERNEL) CVMCTL=$(CVMCTL) scripts/demo.sh

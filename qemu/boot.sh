@@ -100,8 +100,10 @@ else
   args+=(-drive "if=pflash,format=raw,unit=0,readonly=on,file=$code_fd"
          -drive "if=pflash,format=raw,unit=1,file=$work/vars.fd")
   if [ "$mode" = disk ]; then
+    # The boot disk holds the root too, so it is cvm-disk0 as the root disk of a direct or UKI
+    # boot is, and the --disk images follow from cvm-disk1 (init-data names disks by serial).
     args+=(-drive "file=$boot_disk,if=none,id=boot,format=raw,readonly=on"
-           -device "virtio-blk-pci,drive=boot,serial=cvm-boot,bootindex=0")
+           -device "virtio-blk-pci,drive=boot,serial=cvm-disk0,bootindex=0")
   else
     if [ -z "$uki" ]; then
       [ -x "$cvmctl" ] || die "making a UKI needs cvmctl at '$cvmctl' (set CVMCTL)"
@@ -140,6 +142,7 @@ if [ "$tpm" = 1 ]; then
 fi
 
 i=0
+[ "$mode" = disk ] && i=1
 for d in "${disks[@]}"; do
   file=${d%:ro}; ro=off; [ "$file" != "$d" ] && ro=on
   [ -f "$file" ] || die "no disk image at '$file'"

@@ -33,8 +33,9 @@ boot_ms() {
     sleep 0.1
   done
   echo $(( $(now_ms) - start ))
-  # boot.sh leads its own session (setsid): stop it with QEMU and swtpm.
-  kill -TERM -- -"$pid" 2>/dev/null || true
+  # boot.sh leads its own session (setsid); `timeout` puts QEMU in a process group of its own,
+  # so stop the whole session.
+  pkill -TERM -s "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
 }
 

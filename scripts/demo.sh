@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The demo (`make demo`): the dev KBS on 127.0.0.1 with a policy pinned to this build's root hash,
-# image version and init-data, then the demo VM under QEMU + swtpm. The guest attests over the
+# image version, init-data and boot chain (PCRs 4, 9, 11, 12 of the UKI on out/disk.img), then
+# the demo VM: OVMF + swtpm booting that disk under QEMU. The guest attests over the
 # guestfwd at 10.0.2.100:8080, gets the demo secret and a check key, and shows
 # SHA-256(check key || secret); the host, as the KBS operator who has both, shows the same value.
 # (The console shows no plain digest of a secret: the host could test guesses against it.)
@@ -40,8 +41,11 @@ roothash=$(cat "$OUT/rootfs.img.roothash")
 image_version=$( . "$OUT/root-tree/etc/os-release"; echo "$IMAGE_ID $IMAGE_VERSION")
 # algorithm = "sha256" in the init-data: its digest is the SHA-256 of the file's bytes.
 initdata_digest=$(sha256sum "$INITDATA" | cut -d' ' -f1)
+# The reference pins the agent's PCRs (8, 15) and the boot chain's (4, 9, 11, 12: the UKI booted
+# from the disk's ESP), so the KBS releases nothing to another kernel, initrd or command line.
 "$CVMCTL" measure --initdata "$INITDATA" --roothash "$roothash" \
-  --os-release "$OUT/root-tree/etc/os-release" > "$state/reference.json"
+  --os-release "$OUT/root-tree/etc/os-release" --uki "$OUT/uki.efi" --boot-path disk \
+  > "$state/reference.json"
 # The vTPM's AK (made now if this is the first run; found at its handle afterwards), also as a
 # PEM for a real Trustee's trusted_ak_keys_dir.
 ak=$("$CVMCTL" tpm-ak --tpm-state "$state/tpm" --pem "$state/ak.pub")
@@ -71,10 +75,11 @@ port=$(sed 's/.*://' "$state/kbs.addr")
 echo "demo: dev KBS on 127.0.0.1:$port (log: $state/kbs.log); guest sees it at 10.0.2.100:8080"
 
 rc=0
-qemu/boot.sh --kernel "$KERNEL" --initrd "$OUT/initrd.img" --disk "$OUT/rootfs.img:ro" --disk "$disk" \
+# OVMF boots the disk as a cloud would: firmware measurements, the UKI from the ESP, the
+# verity root from the same disk.
+qemu/boot.sh --boot-disk "$OUT/disk.img" --disk "$disk" \
   --fw-cfg "opt/cvm/initdata=$INITDATA" --tpm-state "$state/tpm" --guestfwd "8080:$port" \
-  --append "roothash=$roothash cvm.initdata=fw_cfg" --timeout 300 \
-  --console "$OUT/demo-console.log" || rc=$?
+  --timeout 300 --console "$OUT/demo-console.log" || rc=$?
 
 echo "demo: --- dev KBS decisions ---"
 cat "$state/kbs.log"

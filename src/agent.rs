@@ -525,13 +525,13 @@ impl Agent {
             boot_chain::classify(value(boot_chain::PCR_UKI), value(boot_chain::PCR_OVERRIDES))
                 .map_err(AgentError::BootChain)
                 .in_stage(Stage::Tpm)?;
-        match std::fs::metadata(boot_chain::FIRMWARE_LOG) {
-            Ok(m) => info!(
-                "booted {chain}; firmware event log {} ({} bytes)",
-                boot_chain::FIRMWARE_LOG,
-                m.len()
-            ),
-            Err(_) => info!("booted {chain}; no firmware event log"),
+        if Path::new(boot_chain::FIRMWARE_LOG).exists() {
+            info!(
+                "booted {chain}; firmware event log at {}",
+                boot_chain::FIRMWARE_LOG
+            );
+        } else {
+            info!("booted {chain}; no firmware event log");
         }
         // Judged as production would; debug only warns.
         if let Err(e) = boot_chain::require(&chain, Mode::Production) {

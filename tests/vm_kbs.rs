@@ -345,3 +345,127 @@ fn a_tampered_jwe_tag_is_refused() {
 fn a_tampered_jwe_header_is_refused() {
     tampered("header");
 }
+
+/// A UKI of this build's kernel and initrd (or the given replacements) with the command line
+/// qemu/boot.sh would give it, built by `cvmctl uki`.
+fn uki(
+    dir: &Path,
+    name: &str,
+    kernel: &Path,
+    initrd: &Path,
+    os_release: Option<&Path>,
+) -> std::path::PathBuf {
+    let out = dir.join(name);
+    let mut cmd = std::process::Command::new(cvmctl());
+    cmd.arg("uki")
+        .arg("--kernel")
+        .arg(kernel)
+        .arg("--initrd")
+        .arg(initrd)
+        .arg("--cmdline")
+        .arg(format!(
+            "console=ttyS0 panic=-1 loglevel=4 {} cvm.initdata=fw_cfg",
+            roothash_arg()
+        ))
+        .arg("-o")
+        .arg(&out);
+    if let Some(o) = os_release {
+        cmd.arg("--os-release").arg(o);
+    }
+    run_ok(&mut cmd);
+    out
+}
+
+/// The attack the measured boot closes: the host boots the real agent, but inside an initrd of
+/// its own (here the real one with one more file, which could as well start a process of the
+/// host's choosing), or with another kernel or another UKI section. The agent cannot tell; the
+/// KBS, with the boot chain pinned from `cvmctl measure --uki`, refuses all of them and releases
+/// the secret to the unchanged UKI only.
+#[test]
+#[ignore = "boots a VM: run through `make test`"]
+fn the_pinned_boot_chain_refuses_a_host_built_initrd_kernel_or_section() {
+    let data = initdata(&kbs_section(), "vm_kbs boot chain");
+    let work = tempfile::tempdir().unwrap();
+    let kernel = input("CVM_KERNEL", ".cache/kernel/vmlinuz");
+    let initrd = input("CVM_INITRD", "out/initrd.img");
+    let genuine = uki(work.path(), "genuine.efi", &kernel, &initrd, None);
+    let kbs = start_kbs(&Setup {
+        policy: format!("{}reference = \"reference.json\"\n", strict_policy(&data)),
+        reference_for: Some(&data),
+        reference_uki: Some(&genuine),
+        tls: true,
+        ..Default::default()
+    });
+    let reference = std::fs::read_to_string(kbs.dir.path().join("reference.json")).unwrap();
+    assert!(reference.contains("\"boot\""), "{reference}");
+    let boot_uki = |file: &Path| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut extra = boot_args(&kbs, &data, dir.path());
+        extra.extend(["--uki".to_string(), file.display().to_string()]);
+        boot("", &extra)
+    };
+
+    // The host's initrd: the real one, and after it a second cpio archive the kernel unpacks
+    // over it.
+    let extra_cpio = work.path().join("extra.cpio");
+    run_ok(std::process::Command::new("sh").arg("-c").arg(format!(
+        "cd {} && echo host > host-file && echo host-file | cpio -o -H newc --quiet > {}",
+        work.path().display(),
+        extra_cpio.display()
+    )));
+    let mut wrapped = std::fs::read(&initrd).unwrap();
+    wrapped.extend(std::fs::read(&extra_cpio).unwrap());
+    let wrapped_initrd = work.path().join("host-initrd.img");
+    std::fs::write(&wrapped_initrd, wrapped).unwrap();
+    let host_initrd = uki(
+        work.path(),
+        "host-initrd.efi",
+        &kernel,
+        &wrapped_initrd,
+        None,
+    );
+    let b = boot_uki(&host_initrd);
+    // It booted as a genuine UKI would (PCR 12 zero), so only the KBS can refuse it.
+    assert!(
+        b.has("tpm: booted a UKI through the systemd stub"),
+        "{}",
+        b.show()
+    );
+    assert_refused(
+        &b,
+        "attest",
+        &["Attestation error", "PCR 4 is ", "but the policy pins"],
+    );
+
+    // Another kernel: the same code with another PE TimeDateStamp (no loader reads it, the
+    // Authenticode digest covers it).
+    let mut changed = std::fs::read(&kernel).unwrap();
+    let pe = u32::from_le_bytes(changed[0x3c..0x40].try_into().unwrap()) as usize;
+    assert_eq!(&changed[pe..pe + 4], b"PE\0\0");
+    changed[pe + 8] ^= 1;
+    let changed_kernel = work.path().join("vmlinuz");
+    std::fs::write(&changed_kernel, changed).unwrap();
+    let other_kernel = uki(work.path(), "kernel.efi", &changed_kernel, &initrd, None);
+    let b = boot_uki(&other_kernel);
+    assert_refused(&b, "attest", &["PCR 4 is ", "but the policy pins"]);
+
+    // Another section: an os-release the image did not have.
+    let os_release = work.path().join("os-release");
+    std::fs::write(&os_release, "ID=host\nIMAGE_ID=host\n").unwrap();
+    let other_section = uki(
+        work.path(),
+        "section.efi",
+        &kernel,
+        &initrd,
+        Some(&os_release),
+    );
+    let b = boot_uki(&other_section);
+    assert_refused(&b, "attest", &["PCR 4 is ", "but the policy pins"]);
+
+    // The unchanged UKI attests and gets its secret.
+    let b = boot_uki(&genuine);
+    assert_eq!(b.code, 0, "{}\n--- kbs ---\n{}", b.show(), kbs.log());
+    assert!(b.has("written to /run/secrets/demo-secret"), "{}", b.show());
+    let log = kbs.log();
+    assert_eq!(log.matches("attest: accepted").count(), 1, "{log}");
+}

@@ -90,7 +90,7 @@ fn production_refuses_a_command_line_the_host_passed() {
         b.show()
     );
     assert!(
-        b.has("firmware event log /sys/kernel/security/tpm0/binary_bios_measurements"),
+        b.has("firmware event log at /sys/kernel/security/tpm0/binary_bios_measurements"),
         "{}",
         b.show()
     );

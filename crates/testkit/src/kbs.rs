@@ -53,6 +53,10 @@ pub struct Setup<'a> {
     pub extra: &'a [&'a str],
     /// Write `cvmctl measure`'s prediction for this init-data as the policy's reference.json.
     pub reference_for: Option<&'a [u8]>,
+    /// With `reference_for`: also predict the boot chain (PCRs 4, 9, 11, 12) of this UKI as
+    /// QEMU's `-kernel` boots it (`cvmctl measure --uki … --boot-path kernel`), so the policy
+    /// pins them.
+    pub reference_uki: Option<&'a Path>,
     /// More resources: (repo/type/tag, bytes).
     pub resources: Vec<(String, Vec<u8>)>,
     /// Where the guest's vTPM state lives (default: inside the KBS's directory). Its AK is
@@ -156,14 +160,20 @@ pub fn start_kbs(setup: &Setup) -> Kbs {
     if let Some(initdata) = setup.reference_for {
         let file = dir.path().join("reference-initdata.toml");
         std::fs::write(&file, initdata).unwrap();
-        let reference = run_ok(
-            Command::new(cvmctl())
-                .arg("measure")
-                .arg("--initdata")
-                .arg(&file)
-                .args(["--roothash", &roothash()])
-                .args(["--image-version", &image_version()]),
-        );
+        let mut measure = Command::new(cvmctl());
+        measure
+            .arg("measure")
+            .arg("--initdata")
+            .arg(&file)
+            .args(["--roothash", &roothash()])
+            .args(["--image-version", &image_version()]);
+        if let Some(uki) = setup.reference_uki {
+            measure
+                .arg("--uki")
+                .arg(uki)
+                .args(["--boot-path", "kernel"]);
+        }
+        let reference = run_ok(&mut measure);
         std::fs::write(dir.path().join("reference.json"), reference).unwrap();
     }
     let ready = dir.path().join("kbs.addr");
