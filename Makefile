@@ -65,8 +65,9 @@ lint:
 	cargo clippy --locked --workspace --all-targets -- -D warnings
 
 test: images lint
-	CVM_AGENT=$(AGENT) CVM_INITRD=$(OUT)/initrd.img CVM_ROOTFS=$(OUT)/rootfs.img CVM_KERNEL=$(KERNEL) CVM_MODULES=$(realpath $(MODULES)) \
-	  cargo test --locked --workspace --all-targets -- --include-ignored --test-threads=2
+	@# Absolute paths: each crate's tests run in that crate's directory.
+	CVM_AGENT=$(abspath $(AGENT)) CVM_INITRD=$(abspath $(OUT)/initrd.img) CVM_ROOTFS=$(abspath $(OUT)/rootfs.img) CVM_KERNEL=$(abspath $(KERNEL)) CVM_MODULES=$(realpath $(MODULES)) \
+	  cargo test --locked --workspace --all-targets --no-fail-fast -- --include-ignored --test-threads=2
 
 bench: images
 	$(CVMCTL) bench boot --kernel $(KERNEL) --initrd $(OUT)/initrd.img --trivial-initrd $(OUT)/trivial-initrd.img --agent $(AGENT)
