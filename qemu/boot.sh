@@ -66,6 +66,9 @@ else
   [ -f "$uki" ] || die "no UKI at '$uki'"
 fi
 [ -z "$host_append" ] || [ -n "$uki" ] || die "--host-append needs --uki"
+# A given UKI or disk carries its own (measured) command line: --append would be silently lost.
+[ -z "$append" ] || [ "$mode" = direct ] || [ -z "$uki$boot_disk" ] \
+  || die "--append applies only to a UKI boot.sh makes; a given UKI or disk has its own command line (--host-append overrides a --uki's)"
 [[ "$timeout" =~ ^[0-9]+$ ]] || die "--timeout takes seconds"
 command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 not installed (run scripts/setup.sh)"
 
