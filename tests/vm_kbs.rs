@@ -346,36 +346,6 @@ fn a_tampered_jwe_header_is_refused() {
     tampered("header");
 }
 
-/// A UKI of this build's kernel and initrd (or the given replacements) with the command line
-/// qemu/boot.sh would give it, built by `cvmctl uki`.
-fn uki(
-    dir: &Path,
-    name: &str,
-    kernel: &Path,
-    initrd: &Path,
-    os_release: Option<&Path>,
-) -> std::path::PathBuf {
-    let out = dir.join(name);
-    let mut cmd = std::process::Command::new(cvmctl());
-    cmd.arg("uki")
-        .arg("--kernel")
-        .arg(kernel)
-        .arg("--initrd")
-        .arg(initrd)
-        .arg("--cmdline")
-        .arg(format!(
-            "console=ttyS0 panic=-1 loglevel=4 {} cvm.initdata=fw_cfg",
-            roothash_arg()
-        ))
-        .arg("-o")
-        .arg(&out);
-    if let Some(o) = os_release {
-        cmd.arg("--os-release").arg(o);
-    }
-    run_ok(&mut cmd);
-    out
-}
-
 /// The attack the measured boot closes: the host boots the real agent, but inside an initrd of
 /// its own (here the real one with one more file, which could as well start a process of the
 /// host's choosing), or with another kernel or another UKI section. The agent cannot tell; the
@@ -388,7 +358,8 @@ fn the_pinned_boot_chain_refuses_a_host_built_initrd_kernel_or_section() {
     let work = tempfile::tempdir().unwrap();
     let kernel = input("CVM_KERNEL", ".cache/kernel/vmlinuz");
     let initrd = input("CVM_INITRD", "out/initrd.img");
-    let genuine = uki(work.path(), "genuine.efi", &kernel, &initrd, None);
+    let append = format!("{} cvm.initdata=fw_cfg", roothash_arg());
+    let genuine = uki(work.path(), "genuine.efi", &kernel, &initrd, None, &append);
     let kbs = start_kbs(&Setup {
         policy: format!("{}reference = \"reference.json\"\n", strict_policy(&data)),
         reference_for: Some(&data),
@@ -423,6 +394,7 @@ fn the_pinned_boot_chain_refuses_a_host_built_initrd_kernel_or_section() {
         &kernel,
         &wrapped_initrd,
         None,
+        &append,
     );
     let b = boot_uki(&host_initrd);
     // It booted as a genuine UKI would (PCR 12 zero), so only the KBS can refuse it.
@@ -445,7 +417,14 @@ fn the_pinned_boot_chain_refuses_a_host_built_initrd_kernel_or_section() {
     changed[pe + 8] ^= 1;
     let changed_kernel = work.path().join("vmlinuz");
     std::fs::write(&changed_kernel, changed).unwrap();
-    let other_kernel = uki(work.path(), "kernel.efi", &changed_kernel, &initrd, None);
+    let other_kernel = uki(
+        work.path(),
+        "kernel.efi",
+        &changed_kernel,
+        &initrd,
+        None,
+        &append,
+    );
     let b = boot_uki(&other_kernel);
     assert_refused(&b, "attest", &["PCR 4 is ", "but the policy pins"]);
 
@@ -458,6 +437,7 @@ fn the_pinned_boot_chain_refuses_a_host_built_initrd_kernel_or_section() {
         &kernel,
         &initrd,
         Some(&os_release),
+        &append,
     );
     let b = boot_uki(&other_section);
     assert_refused(&b, "attest", &["PCR 4 is ", "but the policy pins"]);

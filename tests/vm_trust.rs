@@ -6,30 +6,6 @@
 use cvm_testkit as common;
 
 use common::*;
-use std::process::Command;
-
-/// The command line qemu/boot.sh gives a UKI it makes: the same prefix, so a test can build
-/// the UKI itself and know what is measured.
-fn cmdline(append: &str) -> String {
-    format!("console=ttyS0 panic=-1 loglevel=4 {append}")
-}
-
-fn make_uki(dir: &std::path::Path, cmdline: &str) -> std::path::PathBuf {
-    let out = dir.join("uki.efi");
-    run_ok(
-        Command::new(cvmctl())
-            .arg("uki")
-            .arg("--kernel")
-            .arg(input("CVM_KERNEL", ".cache/kernel/vmlinuz"))
-            .arg("--initrd")
-            .arg(input("CVM_INITRD", "out/initrd.img"))
-            .arg("--cmdline")
-            .arg(cmdline)
-            .arg("-o")
-            .arg(&out),
-    );
-    out
-}
 
 #[test]
 #[ignore = "boots a VM: run through `make test`"]
@@ -59,8 +35,16 @@ fn production_refuses_a_command_line_the_host_passed() {
     // the very same text, still an override) makes the stub measure it into PCR 12.
     let (hash, extra) = verified_root();
     let dir = tempfile::tempdir().unwrap();
-    let line = cmdline(&format!("{hash} cvm.mode=production"));
-    let uki = make_uki(dir.path(), &line);
+    let append = format!("{hash} cvm.mode=production");
+    let line = format!("{CMDLINE_PREFIX} {append}");
+    let uki = uki(
+        dir.path(),
+        "uki.efi",
+        &input("CVM_KERNEL", ".cache/kernel/vmlinuz"),
+        &input("CVM_INITRD", "out/initrd.img"),
+        None,
+        &append,
+    );
     let mut extra = extra;
     extra.extend([
         "--uki".to_string(),

@@ -227,3 +227,34 @@ pub fn boot_verified(extra_append: &str) -> Boot {
     let (hash, disk) = verified_root();
     boot(&format!("{hash} {extra_append}"), &disk)
 }
+
+/// What qemu/boot.sh puts before `--append` on a command line it measures into a UKI.
+pub const CMDLINE_PREFIX: &str = "console=ttyS0 panic=-1 loglevel=4";
+
+/// A UKI (`cvmctl uki`) at `dir/name` of `kernel` and `initrd` with the command line
+/// qemu/boot.sh would give `append`, so a test knows exactly what is measured.
+pub fn uki(
+    dir: &Path,
+    name: &str,
+    kernel: &Path,
+    initrd: &Path,
+    os_release: Option<&Path>,
+    append: &str,
+) -> PathBuf {
+    let out = dir.join(name);
+    let mut cmd = Command::new(cvmctl());
+    cmd.arg("uki")
+        .arg("--kernel")
+        .arg(kernel)
+        .arg("--initrd")
+        .arg(initrd)
+        .arg("--cmdline")
+        .arg(format!("{CMDLINE_PREFIX} {append}"))
+        .arg("-o")
+        .arg(&out);
+    if let Some(o) = os_release {
+        cmd.arg("--os-release").arg(o);
+    }
+    run_ok(&mut cmd);
+    out
+}
