@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 PACKAGES=(qemu-system-x86 qemu-utils swtpm swtpm-tools cpio busybox-static kmod gzip zstd
           erofs-utils squashfs-tools cryptsetup-bin gdisk util-linux ca-certificates
           libdevmapper-dev libclang-dev libseccomp-dev libelf-dev zlib1g-dev pkg-config
-          dnsmasq-base iproute2 python3 python3-jwcrypto
+          dnsmasq-base iproute2 iputils-ping python3 python3-jwcrypto
           e2fsprogs docker-registry umoci skopeo apache2-utils
           ovmf systemd-boot-efi pesign sbsigntool tpm2-tools mtools dosfstools binutils)
 

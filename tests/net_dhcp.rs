@@ -7,8 +7,9 @@
 //! `ip netns exec B` (which mounts a fresh /sys for B) and runs the ignored `inner` test there;
 //! it prints one result line that the outer test checks, together with `ip -n B addr/route`.
 //!
-//! Needs root, iproute2 and dnsmasq (Debian `dnsmasq-base`). A missing tool fails the test on
-//! purpose: a silently skipped network test would let a broken client through CI.
+//! Needs root, iproute2, dnsmasq (Debian `dnsmasq-base`) and ping (`iputils-ping`). A missing
+//! tool fails the test on purpose: a silently skipped network test would let a broken client
+//! through CI.
 
 use cvm_agent::net::{NetConfig, NetError, bring_up};
 use std::net::Ipv4Addr;
@@ -185,7 +186,19 @@ struct Dnsmasq {
 }
 
 impl Dnsmasq {
+    /// The plain server of a QEMU-like network: a /24, option 3 router and DNS.
     fn start(t: &Topology) -> Self {
+        Self::start_with(
+            t,
+            &[
+                "--dhcp-option=option:router,192.168.77.1",
+                "--dhcp-option=option:dns-server,192.168.77.1",
+            ],
+        )
+    }
+
+    /// A server with the pool 192.168.77.50-60 and the given `--dhcp-option`s.
+    fn start_with(t: &Topology, options: &[&str]) -> Self {
         let dnsmasq = find_tool("dnsmasq", "dnsmasq-base");
         let dir = tempfile::tempdir().expect("tempdir");
         let log = std::fs::File::create(dir.path().join("dnsmasq.log")).expect("log file");
@@ -208,11 +221,8 @@ impl Dnsmasq {
                 "--dhcp-leasefile={}",
                 dir.path().join("leases").display()
             ))
-            .args([
-                "--dhcp-range=192.168.77.50,192.168.77.60,12h",
-                "--dhcp-option=option:router,192.168.77.1",
-                "--dhcp-option=option:dns-server,192.168.77.1",
-            ])
+            .arg("--dhcp-range=192.168.77.50,192.168.77.60,12h")
+            .args(options)
             .stdout(log.try_clone().expect("log file"))
             .stderr(log)
             .spawn()
@@ -315,6 +325,123 @@ fn dhcp_lease_from_dnsmasq_is_applied() {
     );
 }
 
+/// Ping the server end from the client namespace: the routes carry real traffic.
+fn ping_server(t: &Topology) {
+    run(Command::new(find_tool("ip", "iproute2")).args([
+        "netns",
+        "exec",
+        &t.client_ns,
+        "ping",
+        "-c",
+        "1",
+        "-W",
+        "5",
+        "192.168.77.1",
+    ]));
+}
+
+/// GCP's lease shape: a /32 address, the gateway only reachable through option 121 (the gateway
+/// on-link, then the default route through it), MTU 1460 in option 26. Option 3 names another
+/// router, which the client must ignore because option 121 is present (RFC 3442 §3).
+#[test]
+fn gcp_slash32_lease_with_classless_routes_and_mtu() {
+    let t = Topology::new('g');
+    let server = Dnsmasq::start_with(
+        &t,
+        &[
+            "--dhcp-option=option:netmask,255.255.255.255",
+            "--dhcp-option=option:router,192.168.77.254",
+            "--dhcp-option=option:classless-static-route,192.168.77.1/32,0.0.0.0,0.0.0.0/0,192.168.77.1",
+            "--dhcp-option=option:mtu,1460",
+            "--dhcp-option=option:dns-server,192.168.77.1",
+        ],
+    );
+    let line = t.inner("dhcp");
+    eprintln!("client: {line}");
+    let log = server.log();
+    assert!(line.starts_with("ok "), "{line}\ndnsmasq:\n{log}");
+    let address: Ipv4Addr = field(&line, "address").parse().expect("address");
+    assert_eq!(field(&line, "prefix"), "32");
+    assert_eq!(field(&line, "gateway"), "192.168.77.1");
+    assert_eq!(field(&line, "mtu"), "1460");
+    assert_eq!(
+        field(&line, "routes"),
+        "192.168.77.1/32_on-link,default_via_192.168.77.1"
+    );
+    // The server did send what the client was asked to honour and to ignore.
+    assert!(log.contains("option:121"), "{log}");
+    assert!(log.contains("option: 26"), "{log}");
+    assert!(log.contains("option:  3"), "{log}");
+
+    let addrs = t.client(&["-4", "addr", "show", "dev", &t.client_if]);
+    assert!(addrs.contains(&format!("inet {address}/32 ")), "{addrs}");
+    let link = t.client(&["link", "show", "dev", &t.client_if]);
+    assert!(link.contains(" mtu 1460 "), "{link}");
+    let routes = t.client(&["-4", "route", "show"]);
+    assert!(
+        routes.contains(&format!(
+            "192.168.77.1 dev {} proto dhcp scope link",
+            t.client_if
+        )),
+        "{routes}"
+    );
+    assert!(
+        routes.contains(&format!(
+            "default via 192.168.77.1 dev {} proto dhcp",
+            t.client_if
+        )),
+        "{routes}"
+    );
+    assert!(!routes.contains("192.168.77.254"), "{routes}");
+    ping_server(&t);
+}
+
+/// Azure's lease shape: a /24 with option 3, and option 121 carrying the default route plus
+/// host routes to the platform's wire server and metadata addresses through the same gateway.
+/// No option 26: the driver's MTU stays.
+#[test]
+fn azure_lease_with_platform_host_routes() {
+    let t = Topology::new('z');
+    let server = Dnsmasq::start_with(
+        &t,
+        &[
+            "--dhcp-option=option:router,192.168.77.1",
+            "--dhcp-option=option:classless-static-route,0.0.0.0/0,192.168.77.1,168.63.129.16/32,192.168.77.1,169.254.169.254/32,192.168.77.1",
+            "--dhcp-option=option:dns-server,168.63.129.16",
+        ],
+    );
+    let line = t.inner("dhcp");
+    eprintln!("client: {line}");
+    let log = server.log();
+    assert!(line.starts_with("ok "), "{line}\ndnsmasq:\n{log}");
+    assert_eq!(field(&line, "prefix"), "24");
+    assert_eq!(field(&line, "gateway"), "192.168.77.1");
+    assert_eq!(field(&line, "dns"), "168.63.129.16");
+    assert_eq!(field(&line, "mtu"), "none");
+    assert_eq!(
+        field(&line, "routes"),
+        "default_via_192.168.77.1,168.63.129.16/32_via_192.168.77.1,\
+         169.254.169.254/32_via_192.168.77.1"
+    );
+    let routes = t.client(&["-4", "route", "show"]);
+    for want in [
+        "default via 192.168.77.1",
+        "168.63.129.16 via 192.168.77.1",
+        "169.254.169.254 via 192.168.77.1",
+    ] {
+        assert!(
+            routes.contains(&format!("{want} dev {} proto dhcp", t.client_if)),
+            "{want}: {routes}"
+        );
+    }
+    let link = t.client(&["link", "show", "dev", &t.client_if]);
+    assert!(link.contains(" mtu 1500 "), "{link}");
+    // The kernel picks the platform route for the wire server.
+    let get = t.client(&["route", "get", "168.63.129.16"]);
+    assert!(get.contains("via 192.168.77.1"), "{get}");
+    ping_server(&t);
+}
+
 #[test]
 fn no_dhcp_server_hits_the_deadline() {
     let t = Topology::new('n');
@@ -384,7 +511,8 @@ fn describe(up: &cvm_agent::net::NetUp) -> String {
     let mac: Vec<String> = up.mac.iter().map(|b| format!("{b:02x}")).collect();
     let dns: Vec<String> = up.dns.iter().map(Ipv4Addr::to_string).collect();
     format!(
-        "ok interface={} mac={} address={} prefix={} gateway={} dns={} lease={} elapsed_ms={}",
+        "ok interface={} mac={} address={} prefix={} gateway={} dns={} lease={} mtu={} routes={} \
+         elapsed_ms={}",
         up.interface,
         mac.join(":"),
         up.address,
@@ -392,6 +520,12 @@ fn describe(up: &cvm_agent::net::NetUp) -> String {
         up.gateway.map_or("none".into(), |g| g.to_string()),
         dns.join(","),
         up.lease_secs.map_or("none".into(), |l| l.to_string()),
+        up.mtu.map_or("none".into(), |m| m.to_string()),
+        up.routes
+            .iter()
+            .map(|r| r.to_string().replace(' ', "_"))
+            .collect::<Vec<_>>()
+            .join(","),
         up.elapsed.as_millis()
     )
 }

@@ -7,11 +7,16 @@
 //! indexes by the wire's `hlen`. Every reply is checked for our xid and MAC before anything else
 //! and then refused as a whole if any option we use is malformed or insane.
 //!
+//! Routes: option 121 (RFC 3442 classless static routes, see `routes`) when the server sends it,
+//! and then option 3 is ignored as §3 of that RFC requires; otherwise the first router of
+//! option 3 becomes the default route. Option 26 sets the interface MTU (GCP sends 1460).
+//!
 //! Transport: a UDP socket on port 68 bound to the interface (SO_BINDTODEVICE). The interface has
 //! no address yet, so we set the BROADCAST flag: the server then broadcasts its replies, which a
 //! UDP socket receives without an address, whereas a unicast reply to the offered address would
 //! be dropped by the IP layer (checked against dnsmasq in tests/net_dhcp.rs).
 
+use super::routes::{self, Route};
 use super::{NetError, validate_lease};
 use dhcproto::Encodable;
 use dhcproto::v4::{DhcpOption, Flags, HType, Message, MessageType, Opcode, OptionCode};
@@ -46,10 +51,15 @@ const MAGIC: [u8; 4] = [99, 130, 83, 99];
 /// RFC 2131 BOOTP `op` for replies; `htype` and `hlen` for Ethernet.
 const BOOTREPLY: u8 = 2;
 const HTYPE_ETHER: u8 = 1;
-/// Options asked for in the parameter request list.
-const WANTED: [OptionCode; 5] = [
+/// RFC 2132 §5.1: the smallest MTU an interface may be given.
+const MIN_MTU: u16 = 68;
+/// Options asked for in the parameter request list. Servers (dnsmasq, the clouds') send
+/// options 121 and 26 only when asked.
+const WANTED: [OptionCode; 7] = [
     OptionCode::SubnetMask,
+    OptionCode::ClasslessStaticRoute,
     OptionCode::Router,
+    OptionCode::InterfaceMtu,
     OptionCode::DomainNameServer,
     OptionCode::AddressLeaseTime,
     OptionCode::ServerIdentifier,
@@ -60,7 +70,11 @@ const WANTED: [OptionCode; 5] = [
 pub(crate) struct Lease {
     pub address: Ipv4Addr,
     pub prefix: u8,
+    /// The default route's gateway, if there is a default route.
     pub gateway: Option<Ipv4Addr>,
+    /// Option 121's routes, or a default route via option 3's first router, or nothing.
+    pub routes: Vec<Route>,
+    pub mtu: Option<u16>,
     pub dns: Vec<Ipv4Addr>,
     /// Seconds; `u32::MAX` is an infinite lease (RFC 2132 §9.2).
     pub lease_secs: u32,
@@ -75,6 +89,9 @@ pub(crate) struct Reply {
     pub server: Option<Ipv4Addr>,
     pub mask: Option<Ipv4Addr>,
     pub routers: Vec<Ipv4Addr>,
+    /// Option 121, every instance concatenated (RFC 3396), still encoded.
+    pub classless: Option<Vec<u8>>,
+    pub mtu: Option<u16>,
     pub dns: Vec<Ipv4Addr>,
     pub lease_secs: Option<u32>,
 }
@@ -263,6 +280,8 @@ pub(crate) fn parse_reply(packet: &[u8]) -> Result<Reply, String> {
         server: None,
         mask: None,
         routers: Vec::new(),
+        classless: None,
+        mtu: None,
         dns: Vec::new(),
         lease_secs: None,
     };
@@ -288,7 +307,9 @@ pub(crate) fn parse_reply(packet: &[u8]) -> Result<Reply, String> {
             return Err(format!("option {code} runs past the packet"));
         };
         opts = rest;
-        let used = matches!(code, 1 | 3 | 6 | 51 | 52 | 53 | 54);
+        // Option 121 may be split into several instances (RFC 3396, for more than 255 bytes of
+        // routes); every other option we use must appear once.
+        let used = matches!(code, 1 | 3 | 6 | 26 | 51 | 52 | 53 | 54);
         if used && std::mem::replace(&mut seen[usize::from(code)], true) {
             return Err(format!("option {code} repeated"));
         }
@@ -296,6 +317,11 @@ pub(crate) fn parse_reply(packet: &[u8]) -> Result<Reply, String> {
             1 => r.mask = Some(Ipv4Addr::from(fixed::<4>(code, v)?)),
             3 => r.routers = ip_list(code, v)?,
             6 => r.dns = ip_list(code, v)?,
+            26 => r.mtu = Some(u16::from_be_bytes(fixed::<2>(code, v)?)),
+            121 => r
+                .classless
+                .get_or_insert_with(Vec::new)
+                .extend_from_slice(v),
             51 => r.lease_secs = Some(u32::from_be_bytes(fixed::<4>(code, v)?)),
             // Options continued in `sname`/`file` (RFC 2132 §9.3): servers only need it for
             // huge option sets, and honouring it would double the parsing surface.
@@ -328,13 +354,37 @@ fn lease_from(r: &Reply) -> Result<Lease, String> {
     if lease_secs == 0 {
         return Err("lease time 0".into());
     }
-    // Only the first router is used; the rest are fallbacks we do not implement.
-    let gateway = r.routers.first().copied();
+    if let Some(mtu) = r.mtu
+        && mtu < MIN_MTU
+    {
+        return Err(format!("MTU {mtu} is below {MIN_MTU}"));
+    }
+    let routes = match &r.classless {
+        Some(encoded) => routes::parse_classless(encoded)?,
+        // Only the first router is used; the rest are fallbacks we do not implement.
+        None => r
+            .routers
+            .first()
+            .map(|&gw| Route {
+                dst: Ipv4Addr::UNSPECIFIED,
+                prefix: 0,
+                gateway: Some(gw),
+            })
+            .into_iter()
+            .collect(),
+    };
+    let gateway = routes
+        .iter()
+        .find(|r| r.is_default())
+        .and_then(|r| r.gateway);
     validate_lease(r.yiaddr, prefix, gateway, &r.dns)?;
+    routes::validate(r.yiaddr, &routes)?;
     Ok(Lease {
         address: r.yiaddr,
         prefix,
         gateway,
+        routes,
+        mtu: r.mtu,
         dns: r.dns.clone(),
         lease_secs,
         server,
@@ -600,6 +650,12 @@ mod tests {
                 address: OFFERED,
                 prefix: 24,
                 gateway: Some(SERVER),
+                routes: vec![Route {
+                    dst: Ipv4Addr::UNSPECIFIED,
+                    prefix: 0,
+                    gateway: Some(SERVER),
+                }],
+                mtu: None,
                 dns: vec![Ipv4Addr::new(10, 0, 2, 3)],
                 lease_secs: 86400,
                 server: SERVER,
@@ -857,6 +913,126 @@ mod tests {
         let at = find_option(&p, 53);
         p[at + 2] = 99;
         assert!(refused(&p).contains("message type (99)"));
+    }
+
+    /// `packet` with raw option bytes spliced in before END.
+    fn with_raw(mut p: Vec<u8>, raw: &[u8]) -> Vec<u8> {
+        let at = find_option(&p, 255);
+        p.splice(at..at, raw.iter().copied());
+        p
+    }
+
+    fn bound(packet: &[u8]) -> Lease {
+        let mut c = requesting();
+        match c.handle(packet) {
+            Step::Bound(lease) => lease,
+            other => panic!("expected a lease, got {other:?}"),
+        }
+    }
+
+    /// GCP's shape: a /32, option 121 with the gateway on-link and a default route through it,
+    /// option 3 naming another router (ignored), MTU 1460.
+    #[test]
+    fn classless_routes_take_precedence_over_the_router_option() {
+        let gcp = with(MessageType::Ack, |m| {
+            m.opts_mut()
+                .insert(DhcpOption::SubnetMask(Ipv4Addr::BROADCAST));
+            m.opts_mut()
+                .insert(DhcpOption::Router(vec![Ipv4Addr::new(10, 0, 2, 99)]));
+        });
+        let gcp = with_raw(
+            gcp,
+            &[
+                121, 14, 32, 10, 0, 2, 1, 0, 0, 0, 0, 0, 10, 0, 2, 1, // routes
+                26, 2, 0x05, 0xb4, // MTU 1460
+            ],
+        );
+        let lease = bound(&gcp);
+        assert_eq!(lease.prefix, 32);
+        assert_eq!(lease.gateway, Some(Ipv4Addr::new(10, 0, 2, 1)));
+        assert_eq!(lease.mtu, Some(1460));
+        assert_eq!(
+            lease.routes,
+            vec![
+                Route {
+                    dst: Ipv4Addr::new(10, 0, 2, 1),
+                    prefix: 32,
+                    gateway: None
+                },
+                Route {
+                    dst: Ipv4Addr::UNSPECIFIED,
+                    prefix: 0,
+                    gateway: Some(Ipv4Addr::new(10, 0, 2, 1))
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn classless_routes_without_a_default_leave_no_gateway() {
+        // Option 3 is ignored even when 121 has no default route (RFC 3442 §3).
+        let p = with_raw(ack(), &[121, 9, 32, 168, 63, 129, 16, 10, 0, 2, 2]);
+        let lease = bound(&p);
+        assert_eq!(lease.gateway, None);
+        assert_eq!(lease.routes.len(), 1);
+        assert_eq!(lease.routes[0].to_string(), "168.63.129.16/32 via 10.0.2.2");
+    }
+
+    #[test]
+    fn split_classless_option_is_concatenated() {
+        // RFC 3396: one long option sent as consecutive instances; the split falls inside a
+        // route descriptor.
+        let p = with_raw(
+            ack(),
+            &[
+                121, 3, 0, 10, 0, //
+                121, 11, 2, 2, 32, 169, 254, 169, 254, 10, 0, 2, 2,
+            ],
+        );
+        let lease = bound(&p);
+        assert_eq!(
+            lease
+                .routes
+                .iter()
+                .map(Route::to_string)
+                .collect::<Vec<_>>(),
+            ["default via 10.0.2.2", "169.254.169.254/32 via 10.0.2.2"]
+        );
+    }
+
+    #[test]
+    fn bad_mtu_and_bad_routes_refuse_the_lease() {
+        let cases: [(&[u8], &str); 7] = [
+            (&[26, 2, 0, 67], "MTU 67 is below 68"),
+            (&[26, 1, 5], "option 26 has length 1"),
+            (&[26, 2, 5, 0xb4, 26, 2, 5, 0xb4], "option 26 repeated"),
+            (&[121, 4, 33, 0, 0, 0], "width 33"),
+            (&[121, 4, 0, 10, 0, 2], "router of a /0 route runs past"),
+            (&[121, 5, 0, 10, 0, 2, 15], "our own address"),
+            (
+                &[121, 10, 0, 10, 0, 2, 2, 0, 10, 0, 2, 3],
+                "destination listed twice",
+            ),
+        ];
+        for (raw, want) in cases {
+            let why = refused(&with_raw(offer(), raw));
+            assert!(why.contains(want), "{want:?} not in {why:?}");
+        }
+        // An MTU of exactly 68 is allowed.
+        assert_eq!(bound(&with_raw(ack(), &[26, 2, 0, 68])).mtu, Some(68));
+    }
+
+    #[test]
+    fn requests_ask_for_routes_and_mtu() {
+        let c = Client::new(MAC, XID);
+        let d = Message::decode(&mut Decoder::new(&c.message(0))).expect("decode");
+        let Some(DhcpOption::ParameterRequestList(prl)) =
+            d.opts().get(OptionCode::ParameterRequestList)
+        else {
+            panic!("no parameter request list");
+        };
+        assert!(prl.contains(&OptionCode::ClasslessStaticRoute));
+        assert!(prl.contains(&OptionCode::InterfaceMtu));
     }
 
     #[test]

@@ -12,10 +12,12 @@ mod dhcp;
 pub mod dns;
 mod netlink;
 pub mod retry;
+mod routes;
 pub mod tls;
 
 use netlink::{Netlink, RouteProtocol};
 use nix::errno::Errno;
+pub use routes::Route;
 use std::io::Read;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -43,6 +45,11 @@ pub struct NetUp {
     pub address: Ipv4Addr,
     pub prefix: u8,
     pub gateway: Option<Ipv4Addr>,
+    /// The routes installed, in order, including the on-link host routes added for gateways
+    /// outside the subnet.
+    pub routes: Vec<Route>,
+    /// The MTU set from DHCP option 26; `None`: the driver's default was left alone.
+    pub mtu: Option<u16>,
     pub dns: Vec<Ipv4Addr>,
     /// The DHCP lease in seconds (`u32::MAX`: infinite); `None` for a static config.
     pub lease_secs: Option<u32>,
@@ -168,7 +175,7 @@ fn bring_up_in(
     nl.request(&format!("RTM_NEWLINK {iface} up"), netlink::link_up(index))?;
     wait_carrier(sys, &iface, until, deadline)?;
 
-    let (address, prefix, gateway, dns, lease_secs, protocol) = match config {
+    let (address, prefix, gateway, routes, mtu, dns, lease_secs, protocol) = match config {
         NetConfig::Dhcp => {
             let lease = dhcp::obtain(&iface, mac, until, deadline)?;
             tracing::info!(
@@ -177,12 +184,16 @@ fn bring_up_in(
                 prefix = lease.prefix,
                 server = %lease.server,
                 lease_secs = lease.lease_secs,
+                mtu = lease.mtu,
+                routes = %lease.routes.iter().map(Route::to_string).collect::<Vec<_>>().join(", "),
                 "DHCP lease"
             );
             (
                 lease.address,
                 lease.prefix,
                 lease.gateway,
+                lease.routes,
+                lease.mtu,
                 lease.dns,
                 Some(lease.lease_secs),
                 RouteProtocol::Dhcp,
@@ -197,6 +208,15 @@ fn bring_up_in(
             *address,
             *prefix,
             *gateway,
+            gateway
+                .map(|gw| Route {
+                    dst: Ipv4Addr::UNSPECIFIED,
+                    prefix: 0,
+                    gateway: Some(gw),
+                })
+                .into_iter()
+                .collect(),
+            None,
             dns.clone(),
             None,
             RouteProtocol::Static,
@@ -204,22 +224,23 @@ fn bring_up_in(
         NetConfig::None => return Ok(None),
     };
 
+    // Before the address, so no packet leaves with the driver's default MTU once the
+    // interface is addressed (GCP's 1460 is below ethernet's 1500).
+    if let Some(mtu) = mtu {
+        nl.request(
+            &format!("RTM_NEWLINK {iface} mtu {mtu}"),
+            netlink::set_mtu(index, mtu),
+        )?;
+    }
     nl.request(
         &format!("RTM_NEWADDR {address}/{prefix} on {iface}"),
         netlink::new_addr(index, address, prefix),
     )?;
-    if let Some(gw) = gateway {
-        // A gateway outside our subnet (a /32 lease, as some clouds hand out) is on the link:
-        // the kernel only accepts a route via it once a link-scope route to it exists.
-        if !in_subnet(gw, address, prefix) {
-            nl.request(
-                &format!("RTM_NEWROUTE {gw}/32 dev {iface}"),
-                netlink::new_route(index, gw, 32, None, protocol),
-            )?;
-        }
+    let routes = routes::plan(address, prefix, &routes);
+    for r in &routes {
         nl.request(
-            &format!("RTM_NEWROUTE default via {gw} dev {iface}"),
-            netlink::new_route(index, Ipv4Addr::UNSPECIFIED, 0, Some(gw), protocol),
+            &format!("RTM_NEWROUTE {r} dev {iface}"),
+            netlink::new_route(index, r.dst, r.prefix, r.gateway, protocol),
         )?;
     }
     Ok(Some(NetUp {
@@ -228,14 +249,28 @@ fn bring_up_in(
         address,
         prefix,
         gateway,
+        routes,
+        mtu,
         dns,
         lease_secs,
         elapsed: started.elapsed(),
     }))
 }
 
-/// The first interface, by name, that is ethernet (`type` 1), not loopback, and backed by a
-/// device (a `device` link: veth, bridges, tunnels and other virtual interfaces have none).
+/// The driver Hyper-V's synthetic NIC binds to (Azure).
+const NETVSC_DRIVER: &str = "hv_netvsc";
+
+/// The first interface, by name, that is ethernet (`type` 1), not loopback, backed by a device
+/// (a `device` link: veth, bridges, tunnels and other virtual interfaces have none), and not
+/// the accelerated-networking VF of an Azure synthetic NIC.
+///
+/// With Azure accelerated networking each NIC shows up twice: the synthetic `hv_netvsc`
+/// interface and a PCI VF (Mellanox `mlx5_core` or `mana`) with the same MAC, which
+/// `hv_netvsc` enslaves and steers traffic through. Only the synthetic interface may be
+/// configured: it stays when the host revokes the VF (maintenance, live migration), and an
+/// address on the VF would bypass it. So an interface whose MAC equals that of an `hv_netvsc`
+/// interface but whose own driver (`device/driver` in sysfs) is another one is skipped. Sorting
+/// by name alone would pick the VF on Azure, whose kernel name may sort first.
 pub fn first_ethernet(sys: &Path) -> Result<Option<String>, NetError> {
     let dir = sys.join("class/net");
     let entries = std::fs::read_dir(&dir).map_err(|source| NetError::Sysfs {
@@ -249,11 +284,47 @@ pub fn first_ethernet(sys: &Path) -> Result<Option<String>, NetError> {
         .filter(|n| n != "lo" && valid_ifname(n))
         .collect();
     names.sort();
-    Ok(names.into_iter().find(|n| {
-        let base = dir.join(n);
-        read_small(&base.join("type")).is_ok_and(|t| t == "1")
-            && std::fs::symlink_metadata(base.join("device")).is_ok()
-    }))
+    let candidates: Vec<(String, Option<String>, Option<String>)> = names
+        .into_iter()
+        .filter(|n| {
+            let base = dir.join(n);
+            read_small(&base.join("type")).is_ok_and(|t| t == "1")
+                && std::fs::symlink_metadata(base.join("device")).is_ok()
+        })
+        .map(|n| {
+            let base = dir.join(&n);
+            let mac = read_small(&base.join("address")).ok();
+            let driver = driver_of(&base);
+            (n, mac, driver)
+        })
+        .collect();
+    let netvsc_macs: Vec<&str> = candidates
+        .iter()
+        .filter(|(_, _, driver)| driver.as_deref() == Some(NETVSC_DRIVER))
+        .filter_map(|(_, mac, _)| mac.as_deref())
+        .collect();
+    Ok(candidates
+        .iter()
+        .find(|(name, mac, driver)| {
+            let vf = driver.as_deref() != Some(NETVSC_DRIVER)
+                && mac.as_deref().is_some_and(|m| netvsc_macs.contains(&m));
+            if vf {
+                tracing::info!(
+                    iface = name.as_str(),
+                    driver = driver.as_deref().unwrap_or("none"),
+                    "skipped: the accelerated-networking VF of an hv_netvsc interface"
+                );
+            }
+            !vf
+        })
+        .map(|(name, _, _)| name.clone()))
+}
+
+/// The name of the driver bound to an interface's device (the last part of the
+/// `device/driver` link), if any.
+fn driver_of(iface_dir: &Path) -> Option<String> {
+    let target = std::fs::read_link(iface_dir.join("device/driver")).ok()?;
+    target.file_name()?.to_str().map(str::to_string)
 }
 
 /// The kernel's rule (`dev_valid_name`): 1–15 bytes, not `.`/`..`, no `/`, `:` or whitespace.
@@ -517,6 +588,55 @@ mod tests {
         fake_if(sys, "eth0", "1", true);
         assert_eq!(first_ethernet(sys).unwrap().as_deref(), Some("eth0"));
         assert!(first_ethernet(&sys.join("missing")).is_err());
+    }
+
+    /// An interface backed by a device bound to `driver`, laid out as sysfs does it:
+    /// `class/net/X/device` → `devices/<bus>/<dev>`, whose `driver` → `bus/<bus>/drivers/<drv>`.
+    fn fake_nic(sys: &Path, name: &str, mac: &str, bus: &str, driver: &str) {
+        let dev = sys.join("devices").join(bus).join(name);
+        let drv = sys.join("bus").join(bus).join("drivers").join(driver);
+        fs::create_dir_all(&dev).unwrap();
+        fs::create_dir_all(&drv).unwrap();
+        std::os::unix::fs::symlink(&drv, dev.join("driver")).unwrap();
+        let dir = sys.join("class/net").join(name);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("type"), "1\n").unwrap();
+        fs::write(dir.join("address"), format!("{mac}\n")).unwrap();
+        std::os::unix::fs::symlink(&dev, dir.join("device")).unwrap();
+    }
+
+    #[test]
+    fn accelerated_networking_vf_is_skipped_for_its_netvsc_twin() {
+        let tmp = tempfile::tempdir().unwrap();
+        let sys = tmp.path();
+        // The VF's name sorts before the synthetic NIC's and shares its MAC.
+        fake_nic(sys, "eth1", "00:0d:3a:11:22:33", "vmbus", "hv_netvsc");
+        fake_nic(sys, "enP30832s1", "00:0d:3a:11:22:33", "pci", "mlx5_core");
+        assert_eq!(first_ethernet(sys).unwrap().as_deref(), Some("eth1"));
+
+        // A MANA VF, same rule.
+        let tmp = tempfile::tempdir().unwrap();
+        let sys = tmp.path();
+        fake_nic(sys, "eth0", "60:45:bd:01:02:03", "pci", "mana");
+        fake_nic(sys, "eth9", "60:45:bd:01:02:03", "vmbus", "hv_netvsc");
+        assert_eq!(first_ethernet(sys).unwrap().as_deref(), Some("eth9"));
+
+        // A PCI NIC with its own MAC next to a synthetic one is a NIC of its own: name order.
+        let tmp = tempfile::tempdir().unwrap();
+        let sys = tmp.path();
+        fake_nic(sys, "eth1", "00:0d:3a:11:22:33", "vmbus", "hv_netvsc");
+        fake_nic(sys, "eth0", "00:0d:3a:44:55:66", "pci", "mlx5_core");
+        assert_eq!(first_ethernet(sys).unwrap().as_deref(), Some("eth0"));
+
+        // Without any hv_netvsc interface (GCP gve, AWS ena) nothing is skipped.
+        let tmp = tempfile::tempdir().unwrap();
+        let sys = tmp.path();
+        fake_nic(sys, "eth0", "42:01:0a:80:00:05", "pci", "gve");
+        assert_eq!(first_ethernet(sys).unwrap().as_deref(), Some("eth0"));
+        assert_eq!(
+            driver_of(&sys.join("class/net/eth0")).as_deref(),
+            Some("gve")
+        );
     }
 
     #[test]

@@ -22,7 +22,7 @@ use netlink_packet_core::{
 };
 use netlink_packet_route::AddressFamily;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
-use netlink_packet_route::link::{LinkFlags, LinkMessage};
+use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 pub(crate) use netlink_packet_route::route::RouteProtocol;
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteScope, RouteType,
@@ -100,6 +100,18 @@ pub(crate) fn link_up(ifindex: u32) -> Request {
     link.header.index = ifindex;
     link.header.flags = LinkFlags::Up;
     link.header.change_mask = LinkFlags::Up;
+    Request {
+        kind: RTM_NEWLINK,
+        flags: 0,
+        body: Body::Link(link),
+    }
+}
+
+/// RTM_NEWLINK setting the MTU (IFLA_MTU) and nothing else: no flag changes.
+pub(crate) fn set_mtu(ifindex: u32, mtu: u16) -> Request {
+    let mut link = LinkMessage::default();
+    link.header.index = ifindex;
+    link.attributes.push(LinkAttribute::Mtu(u32::from(mtu)));
     Request {
         kind: RTM_NEWLINK,
         flags: 0,
@@ -349,6 +361,19 @@ mod tests {
         want.extend(1u32.to_ne_bytes()); // ifi_flags IFF_UP
         want.extend(1u32.to_ne_bytes()); // ifi_change IFF_UP
         assert_kernel_bytes(link_up(3), 7, &want);
+    }
+
+    #[test]
+    fn set_mtu_matches_ifinfomsg_layout() {
+        // nlmsghdr (16) + ifinfomsg (16) + IFLA_MTU (4 + 4), no flag change.
+        let mut want = nlmsghdr(40, 16, 0x1 | 0x4, 3);
+        want.extend([0u8, 0]); // ifi_family AF_UNSPEC, pad
+        want.extend(0u16.to_ne_bytes()); // ifi_type
+        want.extend(5i32.to_ne_bytes()); // ifi_index
+        want.extend(0u32.to_ne_bytes()); // ifi_flags
+        want.extend(0u32.to_ne_bytes()); // ifi_change
+        want.extend(rtattr(4, &1460u32.to_ne_bytes())); // IFLA_MTU
+        assert_kernel_bytes(set_mtu(5, 1460), 3, &want);
     }
 
     #[test]
