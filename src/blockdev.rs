@@ -6,6 +6,7 @@
 //! one partition is therefore an error (a planted twin must not be picked by accident), and a
 //! disk whose GPT does not parse is remembered so a "not found" error can say why.
 
+use crate::cloud_disk::{self, CloudDisk};
 use crate::cmdline::DeviceSpec;
 use crate::gpt::{self, Guid};
 use std::fs::File;
@@ -43,6 +44,8 @@ pub struct BlockDev {
     pub type_guid: Option<Guid>,
     /// The disk's serial (virtio-blk `serial=`, NVMe serial number), for whole disks.
     pub serial: Option<String>,
+    /// The cloud's name for a whole disk (GCP device name, EBS volume id, Azure LUN).
+    pub cloud: Option<CloudDisk>,
     /// Whether this is a partition (else a whole disk).
     pub is_partition: bool,
 }
@@ -97,6 +100,11 @@ pub fn scan(sys: &Path, dev: &Path) -> Scan {
         } else {
             None
         };
+        let cloud = if partition.is_none() {
+            cloud_disk::identify(sys, name)
+        } else {
+            None
+        };
         let bd = BlockDev {
             name: name.clone(),
             path: dev.join(name),
@@ -106,6 +114,7 @@ pub fn scan(sys: &Path, dev: &Path) -> Scan {
             partlabel: None,
             type_guid: None,
             serial,
+            cloud,
             is_partition: partition.is_some(),
         };
         if partition.is_none() {

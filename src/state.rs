@@ -27,6 +27,7 @@ use nix::mount::{MsFlags, mount};
 use zeroize::Zeroizing;
 
 use crate::blockdev::{self, BlockDev};
+use crate::cloud_disk::CloudDisk;
 use crate::dm;
 use crate::initdata::launch::StateDevice;
 use crate::luks2::{self, Luks2Error};
@@ -135,9 +136,7 @@ pub fn find(
 ) -> Result<BlockDev, StateError> {
     let describe = match spec {
         None => format!("the DPS /var partition type {VAR_PARTITION_TYPE}"),
-        Some(StateDevice::PartLabel(l)) => format!("partlabel:{l}"),
-        Some(StateDevice::Serial(s)) => format!("serial:{s}"),
-        Some(StateDevice::Type(t)) => format!("type:{t}"),
+        Some(spec) => spec.to_string(),
     };
     let started = Instant::now();
     loop {
@@ -154,7 +153,15 @@ pub fn find(
             }
         }
         if started.elapsed() >= wait {
-            let mut seen: Vec<String> = scan.devices.iter().map(|d| d.name.clone()).collect();
+            // With the cloud's name for each disk, so a typo in a device name or LUN shows.
+            let mut seen: Vec<String> = scan
+                .devices
+                .iter()
+                .map(|d| match &d.cloud {
+                    Some(c) => format!("{} ({c})", d.name),
+                    None => d.name.clone(),
+                })
+                .collect();
             seen.extend(
                 scan.gpt_errors
                     .iter()
@@ -182,6 +189,11 @@ fn matches(d: &BlockDev, spec: Option<&StateDevice>) -> bool {
         Some(StateDevice::Type(t)) => d.type_guid.is_some_and(|g| g.to_string() == *t),
         Some(StateDevice::PartLabel(l)) => d.partlabel.as_deref() == Some(l.as_str()),
         Some(StateDevice::Serial(s)) => !d.is_partition && d.serial.as_deref() == Some(s.as_str()),
+        Some(StateDevice::Gcp(n)) => !d.is_partition && d.cloud == Some(CloudDisk::Gcp(n.clone())),
+        Some(StateDevice::Aws(v)) => !d.is_partition && d.cloud == Some(CloudDisk::Aws(v.clone())),
+        Some(StateDevice::AzureLun(l)) => {
+            !d.is_partition && d.cloud == Some(CloudDisk::AzureLun(*l))
+        }
     }
 }
 
@@ -596,6 +608,7 @@ mod tests {
             partlabel: None,
             type_guid: None,
             serial: None,
+            cloud: None,
             is_partition: part,
         }
     }
@@ -639,6 +652,50 @@ mod tests {
             .to_string();
         assert!(
             err.contains("DPS /var") && err.contains("seen: vdb"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn cloud_disks_are_found_by_their_cloud_names() {
+        use crate::cloud_disk::tests::{aws_disk, azure_disk, gcp_disk};
+        let tmp = tempfile::tempdir().unwrap();
+        let sys = tmp.path().join("sys");
+        let dev = tmp.path().join("dev");
+        gcp_disk(&sys, "sda", "boot");
+        gcp_disk(&sys, "sdb", "cvm-state");
+        aws_disk(&sys, "nvme1n1", "vol0123456789abcdef0");
+        azure_disk(
+            &sys,
+            "sdc",
+            "{f8b3781b-1e82-4818-a1c3-63d806ec15bb}",
+            "1:0:0:0",
+        );
+        azure_disk(
+            &sys,
+            "sdd",
+            "{f8b3781b-1e82-4818-a1c3-63d806ec15bb}",
+            "1:0:0:2",
+        );
+        let find = |spec: &str| {
+            let spec = StateDevice::parse(spec).unwrap();
+            find(&sys, &dev, Some(&spec), Duration::ZERO)
+        };
+        assert_eq!(find("gcp:cvm-state").unwrap().name, "sdb");
+        assert_eq!(find("aws:vol-0123456789abcdef0").unwrap().name, "nvme1n1");
+        assert_eq!(find("azure-lun:2").unwrap().name, "sdd");
+        assert_eq!(find("azure-lun:0").unwrap().name, "sdc");
+        let err = find("gcp:cvm-stat").unwrap_err().to_string();
+        assert!(err.contains("gcp:cvm-stat"), "{err}");
+        assert!(err.contains("sdb (gcp:cvm-state)"), "{err}");
+        assert!(err.contains("sdd (azure-lun:2)"), "{err}");
+        assert!(find("azure-lun:1").is_err());
+        assert!(find("aws:vol-0123456789abcdef1").is_err());
+        // Two disks claiming one name: refused, not guessed.
+        gcp_disk(&sys, "sde", "cvm-state");
+        let err = find("gcp:cvm-state").unwrap_err();
+        assert!(
+            matches!(&err, StateError::Ambiguous { which, .. } if which == &["sdb", "sde"]),
             "{err}"
         );
     }

@@ -29,7 +29,8 @@
 //! # or: use = "state-key" | "registry-auth"
 //!
 //! [state]
-//! device = "partlabel:cvm-state"       # or "serial:<id>", "type:<uuid>"; default: DPS /var type
+//! device = "partlabel:cvm-state"       # or "serial:<id>", "type:<uuid>", "gcp:<device-name>",
+//!                                      # "aws:<vol-id>", "azure-lun:<n>"; default: DPS /var type
 //! mount = "/var/lib/app"
 //! integrity = false
 //!
@@ -221,14 +222,71 @@ pub enum StateDevice {
     Serial(String),
     /// A GPT partition type GUID, lower-case canonical.
     Type(String),
+    /// A GCP persistent disk by its device name (`/dev/disk/by-id/google-<name>`).
+    Gcp(String),
+    /// An AWS EBS volume by its id, `vol-` and 8 or 17 hex digits.
+    Aws(String),
+    /// An Azure data disk by its LUN on the data-disk SCSI controller
+    /// (`/dev/disk/azure/scsi1/lun<n>`).
+    AzureLun(u8),
+}
+
+/// GCP: "must be 1-63 characters long and match `[a-z]([-a-z0-9]*[a-z0-9])?`" (RFC 1035 label).
+const MAX_GCP_DEVICE_NAME_LEN: usize = 63;
+/// Azure: a VM has at most 64 data disks, LUNs 0-63.
+const MAX_AZURE_LUN: u8 = 63;
+const EXPECTED_DEVICE: &str = "expected partlabel:<label>, serial:<id>, type:<uuid>, \
+                               gcp:<device-name>, aws:<vol-id> or azure-lun:<n>";
+
+fn valid_gcp_device_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    (1..=MAX_GCP_DEVICE_NAME_LEN).contains(&b.len())
+        && b[0].is_ascii_lowercase()
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[b.len() - 1] != b'-'
+}
+
+/// `vol-` and 8 (older volumes) or 17 lower-case hex digits.
+fn valid_ebs_volume_id(id: &str) -> bool {
+    id.strip_prefix("vol-").is_some_and(|hex| {
+        matches!(hex.len(), 8 | 17)
+            && hex
+                .bytes()
+                .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+    })
+}
+
+/// A decimal LUN without sign or leading zeros.
+fn parse_lun(text: &str) -> Option<u8> {
+    if text.is_empty()
+        || text.len() > 2
+        || !text.bytes().all(|c| c.is_ascii_digit())
+        || (text.len() > 1 && text.starts_with('0'))
+    {
+        return None;
+    }
+    text.parse().ok().filter(|n| *n <= MAX_AZURE_LUN)
 }
 
 impl StateDevice {
     pub fn parse(spec: &str) -> Result<StateDevice, String> {
-        let (kind, value) = spec.split_once(':').ok_or_else(|| {
-            format!("{spec:?}: expected partlabel:<label>, serial:<id> or type:<uuid>")
-        })?;
+        let (kind, value) = spec
+            .split_once(':')
+            .ok_or_else(|| format!("{spec:?}: {EXPECTED_DEVICE}"))?;
         match kind {
+            "gcp" if valid_gcp_device_name(value) => Ok(StateDevice::Gcp(value.to_string())),
+            "gcp" => Err(format!(
+                "{spec:?}: a GCP device name is 1-{MAX_GCP_DEVICE_NAME_LEN} of a-z 0-9 -, \
+                 starting with a letter and not ending with -"
+            )),
+            "aws" if valid_ebs_volume_id(value) => Ok(StateDevice::Aws(value.to_string())),
+            "aws" => Err(format!(
+                "{spec:?}: an EBS volume id is vol- and 8 or 17 lower-case hex digits"
+            )),
+            "azure-lun" => parse_lun(value).map(StateDevice::AzureLun).ok_or_else(|| {
+                format!("{spec:?}: an Azure LUN is a number from 0 to {MAX_AZURE_LUN}")
+            }),
             "partlabel" if valid_name(value, MAX_PARTLABEL_LEN) => {
                 Ok(StateDevice::PartLabel(value.to_string()))
             }
@@ -246,9 +304,7 @@ impl StateDevice {
                     MAX_SERIAL_LEN
                 }
             )),
-            _ => Err(format!(
-                "{spec:?}: expected partlabel:<label>, serial:<id> or type:<uuid>"
-            )),
+            _ => Err(format!("{spec:?}: {EXPECTED_DEVICE}")),
         }
     }
 }
@@ -259,6 +315,9 @@ impl fmt::Display for StateDevice {
             StateDevice::PartLabel(v) => write!(f, "partlabel:{v}"),
             StateDevice::Serial(v) => write!(f, "serial:{v}"),
             StateDevice::Type(v) => write!(f, "type:{v}"),
+            StateDevice::Gcp(v) => write!(f, "gcp:{v}"),
+            StateDevice::Aws(v) => write!(f, "aws:{v}"),
+            StateDevice::AzureLun(n) => write!(f, "azure-lun:{n}"),
         }
     }
 }

@@ -604,3 +604,53 @@ fn cleartext_policy_per_mode() {
     // Nothing at all: nothing to say.
     assert_eq!(check("", Mode::Production).unwrap(), Vec::<String>::new());
 }
+
+#[test]
+fn cloud_state_devices_parse_strictly() {
+    use super::launch::StateDevice as D;
+    let good = [
+        ("gcp:cvm-state", D::Gcp("cvm-state".into())),
+        ("gcp:d", D::Gcp("d".into())),
+        (
+            "aws:vol-0123456789abcdef0",
+            D::Aws("vol-0123456789abcdef0".into()),
+        ),
+        ("aws:vol-89abcdef", D::Aws("vol-89abcdef".into())),
+        ("azure-lun:0", D::AzureLun(0)),
+        ("azure-lun:63", D::AzureLun(63)),
+    ];
+    for (text, want) in good {
+        let got = D::parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+        assert_eq!(got, want);
+        // Display gives back what was written, for the console line.
+        assert_eq!(got.to_string(), text);
+    }
+    let long_ok = format!("gcp:a{}", "b".repeat(62));
+    assert!(D::parse(&long_ok).is_ok());
+    let bad = [
+        ("gcp:", "GCP device name"),
+        ("gcp:State", "GCP device name"),
+        ("gcp:1disk", "GCP device name"),
+        ("gcp:disk-", "GCP device name"),
+        ("gcp:disk_1", "GCP device name"),
+        ("gcp:disk/1", "GCP device name"),
+        ("aws:vol0123456789abcdef0", "EBS volume id"),
+        ("aws:vol-0123456789ABCDEF0", "EBS volume id"),
+        ("aws:vol-0123456789abcdef", "EBS volume id"),
+        ("aws:vol-0123456g", "EBS volume id"),
+        ("azure-lun:64", "0 to 63"),
+        ("azure-lun:-1", "0 to 63"),
+        ("azure-lun:+1", "0 to 63"),
+        ("azure-lun:01", "0 to 63"),
+        ("azure-lun:", "0 to 63"),
+        ("azure-lun:1000", "0 to 63"),
+        ("azure:1", "azure-lun:<n>"),
+        ("gcp", "gcp:<device-name>"),
+    ];
+    for (text, want) in bad {
+        let err = D::parse(text).unwrap_err();
+        assert!(err.contains(want), "{text}: {want:?} not in {err:?}");
+    }
+    let too_long = format!("gcp:a{}", "b".repeat(63));
+    assert!(D::parse(&too_long).is_err());
+}
