@@ -15,7 +15,7 @@ OUT := out
 STATIC := RUSTFLAGS="-C target-feature=+crt-static" CARGO_PROFILE_RELEASE_OPT_LEVEL=z
 export SOURCE_DATE_EPOCH ?= 0
 
-.PHONY: all setup build initrd rootfs uki disk images demo demo-reset test lint unit bench tcb clean
+.PHONY: all setup build initrd rootfs uki disk images image image-repro image-demo demo demo-reset test lint unit bench tcb clean
 
 all: build
 
@@ -53,6 +53,27 @@ disk: uki
 	$(CVMCTL) disk --uki $(OUT)/uki.efi --rootfs $(OUT)/rootfs.img -o $(OUT)/disk.img
 
 images: initrd rootfs disk
+
+# The production and debug OS images of a real Debian root, built by mkosi (mkosi.conf,
+# mkosi.profiles/debug.conf, the shared partition layout in systemd/repart.d) into out/image/:
+# per image the bootable disk (.raw), its UKI (.efi, the one on the ESP), the root hash
+# (.roothash), the os-release in the UKI (.osrel), the package manifest and the predicted
+# boot-chain and agent PCRs (.reference.json, `cvmctl measure --uki`).
+IMAGE := $(OUT)/image
+image: initrd
+	scripts/image-extra.sh $(OUT)/image-extra
+	CVMCTL=$(CVMCTL) scripts/mkosi-image.sh $(IMAGE)
+
+# Two builds from the same inputs: the same root hash and the same UKI digest.
+image-repro: initrd
+	scripts/image-extra.sh $(OUT)/image-extra
+	CVMCTL=$(CVMCTL) scripts/image-repro.sh $(IMAGE)
+
+# The demo on the mkosi production image.
+image-demo: image
+	OUT=$(OUT) KERNEL=$(KERNEL) CVMCTL=$(CVMCTL) STATE=$(OUT)/image-demo DISK=$(IMAGE)/cvm-agent-production.raw \
+	  UKI=$(IMAGE)/cvm-agent-production.efi OS_RELEASE=$(IMAGE)/cvm-agent-production.osrel \
+	  ROOTHASH=$(IMAGE)/cvm-agent-production.roothash scripts/demo.sh
 
 demo: images
 	OUT=$(OUT) KERNEL=$(KERNEL) CVMCTL=$(CVMCTL) scripts/demo.sh

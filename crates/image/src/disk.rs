@@ -40,7 +40,7 @@
 //! the volume at this cluster size; the rest is margin).
 
 use cvm_disk::gpt::{self, Guid, NewPartition, Partition};
-use cvm_disk::verity::{self, Superblock};
+use cvm_disk::verity::{self, BLOCK_SIZE, Superblock};
 use cvm_fat::{FatImage, FatTime};
 use sha2::{Digest, Sha256};
 use std::fmt;
@@ -366,6 +366,14 @@ fn read_root(path: &Path) -> Result<Root, DiskError> {
     file.read_exact_at(&mut block[..head], hash.offset())
         .map_err(io_err("cannot read the hash partition of", path))?;
     let sb = Superblock::parse(&block[..head]).map_err(bad_sb)?;
+    // The tree is recomputed below with the block size `cvmctl rootfs` writes.
+    if (sb.data_block_size(), sb.hash_block_size()) != (BLOCK_SIZE as u32, BLOCK_SIZE as u32) {
+        return Err(problem(format!(
+            "verity blocks of {}/{} bytes (data/hash); cvmctl disk takes cvmctl rootfs images, whose blocks are {BLOCK_SIZE} bytes",
+            sb.data_block_size(),
+            sb.hash_block_size()
+        )));
+    }
     if sb.data_size() != data.size() {
         return Err(problem(format!(
             "data partition {} is {} bytes, the verity superblock covers {}",
