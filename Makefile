@@ -55,9 +55,10 @@ disk: uki
 images: initrd rootfs disk
 
 # The production and debug OS images of a real Debian root, built by mkosi (mkosi.conf,
-# mkosi.profiles/debug.conf, the shared partition layout in systemd/repart.d) into out/image/:
-# per image the bootable disk (.raw), its UKI (.efi, the one on the ESP), the root hash
-# (.roothash), the os-release in the UKI (.osrel), the package manifest and the predicted
+# mkosi.profiles/debug.conf, the shared partition layout in systemd/repart.d; tools from the
+# trixie tools tree of mkosi.tools/) into out/image/: per image the bootable disk (.raw), its
+# UKI (.efi, the one on the ESP), the root hash (.roothash), the os-release in the UKI
+# (.osrel), the package list (.packages, compared with mkosi.lock/) and the predicted
 # boot-chain and agent PCRs (.reference.json, `cvmctl measure --uki`).
 IMAGE := $(OUT)/image
 image: initrd

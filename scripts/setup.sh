@@ -14,28 +14,26 @@ PACKAGES=(qemu-system-x86 qemu-utils swtpm swtpm-tools cpio busybox-static kmod 
           bubblewrap python3-pefile debian-archive-keyring)
 
 # `make image` (mkosi.conf): mkosi 24 from bookworm-backports (bookworm's 14 predates the
-# config it reads). It needs systemd >= 254 (its repart makes the verity partitions), which
-# takes udev and libudev along: those come from backports too, all at once, so apt does not
-# remove udev or what depends on it. systemd-boot-efi stays bookworm's: the UKIs carry its
-# 252 stub, which `cvmctl measure --uki` predicts. Nothing else comes from backports (its
-# packages are NotAutomatic).
+# config it reads). Its package needs systemd >= 254, which takes udev and libudev along:
+# those come from backports too, all at once, so apt does not remove udev or what depends on
+# it (tpm2-tools, libdevmapper-dev). systemd-boot-efi stays bookworm's: the UKIs carry its 252
+# stub, which `cvmctl measure --uki` predicts. repart and ukify for the images come from the
+# tools tree (mkosi.tools/), not from the host.
 BACKPORTS=(mkosi systemd systemd-container libsystemd0 libsystemd-shared udev libudev1 libudev-dev)
 SUITES_FILE=/etc/apt/sources.list.d/cvm-agent-suites.sources
 
 export DEBIAN_FRONTEND=noninteractive
-# bookworm-backports (mkosi) and trixie (only `apt-get download systemd-ukify`, below): pinned
-# trixie at priority 1 and backports at its own 100, so apt takes nothing from either unless
-# asked by name and suite.
+# bookworm-backports, for mkosi and its systemd only: its packages are NotAutomatic, so apt
+# takes nothing else from it unless asked by name and suite. (The images' tools tree comes from
+# trixie through mkosi.tools/'s own package sources, not the host's.)
 if [ ! -f "$SUITES_FILE" ] && [ "$(id -u)" = 0 ]; then
   cat > "$SUITES_FILE" <<'SUITES'
 Types: deb
 URIs: http://deb.debian.org/debian
-Suites: bookworm-backports trixie
+Suites: bookworm-backports
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 SUITES
-  printf 'Package: *\nPin: release n=trixie\nPin-Priority: 1\n' \
-    > /etc/apt/preferences.d/cvm-agent-suites
   apt-get update -qq
 fi
 
@@ -58,20 +56,6 @@ fi
 if ! command -v cargo >/dev/null; then
   echo "setup: error: cargo not found (the Rust toolchain is expected on the machine)" >&2
   exit 1
-fi
-
-# ukify (mkosi builds the UKI with it): trixie's systemd-ukify 257, a Python script, unpacked
-# into .cache/ukify (mkosi.conf's ExtraSearchPaths): its package conflicts with systemd < 255,
-# and trixie's systemd would need trixie's libc. It runs on bookworm's python3-pefile.
-UKIFY_VERSION=257.13-1~deb13u1
-UDIR=.cache/ukify
-if [ ! -x "$UDIR/usr/bin/ukify" ]; then
-  echo "setup: fetching ukify (systemd-ukify $UKIFY_VERSION from trixie)"
-  rm -rf "$UDIR" && mkdir -p "$UDIR/dl" && chmod 0777 "$UDIR/dl"
-  (cd "$UDIR/dl" && { apt-get download "systemd-ukify=$UKIFY_VERSION" >/dev/null 2>&1 ||
-     { apt-get update -qq && apt-get download "systemd-ukify=$UKIFY_VERSION" >/dev/null; }; })
-  dpkg-deb -x "$UDIR"/dl/systemd-ukify_*.deb "$UDIR"
-  rm -rf "$UDIR/dl"
 fi
 
 KDIR=.cache/kernel
