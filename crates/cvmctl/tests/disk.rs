@@ -3,12 +3,16 @@
 //! for `fsck.fat -n` and `mcopy` gives back the UKI byte for byte; the root partitions are the
 //! rootfs image's, byte for byte; rebuilds are byte-identical; one changed byte of the UKI or of
 //! the root changes the disk GUID; hostile inputs are refused with a clear error, never a panic.
+//! The cloud formats: `qemu-img` reads the `vhd` back (by CHS geometry and by current size alike)
+//! to the grown raw disk, whose partitions are the raw disk's byte for byte; GNU tar lists the
+//! `gce` archive as one oldgnu member `disk.raw` whose extracted disk is grown to a whole GiB
+//! with its GPT laid out for that size.
 //! The `#[ignore]`d tests boot the disk under OVMF + swtpm with qemu/boot.sh `--boot-disk`: a
 //! production boot must reach the verified root; a debug boot's PCRs 4, 9, 11 and 12 (all four
 //! banks, read in the guest) must be what `cvmctl measure --uki` predicts.
 //!
-//! Needs: gdisk, dosfstools, mtools, erofs-utils, systemd-boot-efi (the stub) and the kernel
-//! from scripts/setup.sh; for the boot also qemu-system-x86, ovmf, swtpm and `make images`.
+//! Needs: gdisk, dosfstools, mtools, erofs-utils, systemd-boot-efi (the stub), qemu-utils, tar,
+//! gzip and the kernel from scripts/setup.sh; for the boot also qemu-system-x86, ovmf, swtpm and `make images`.
 
 use cvm_disk::gpt::{self, Gpt, Guid, NewPartition, Partition};
 use std::os::unix::fs::FileExt;
@@ -281,6 +285,213 @@ fn rebuilds_are_identical_and_one_byte_changes_the_disk_guid() {
     let t = read_table(&f);
     assert_eq!(t.partitions[0].size(), 65 << 20);
     assert_ne!(t.disk_guid, base.disk_guid);
+}
+
+/// The partitions of `grown` are those of `raw`: same table entries, same bytes; the grown
+/// table is valid for its own size (strict reader and sgdisk) with the backup in its last sector.
+fn same_partitions(raw: &Path, grown: &Path, grown_size: u64) {
+    let a = read_table(raw);
+    let b = read_table(grown);
+    assert_eq!(b.disk_size, grown_size);
+    assert_eq!(a.disk_guid, b.disk_guid);
+    assert_eq!(a.partitions, b.partitions);
+    for p in &a.partitions {
+        assert!(
+            part_bytes(raw, p) == part_bytes(grown, p),
+            "partition {}",
+            p.number
+        );
+    }
+    let f = std::fs::File::open(grown).unwrap();
+    let mut last = [0u8; 512];
+    f.read_exact_at(&mut last, grown_size - 512).unwrap();
+    assert_eq!(
+        &last[..8],
+        b"EFI PART",
+        "no backup header in the last sector"
+    );
+    assert_eq!(
+        u64::from_le_bytes(last[24..32].try_into().unwrap()),
+        grown_size / 512 - 1
+    );
+    let v = ok(Command::new("sgdisk").arg("-v").arg(grown));
+    assert!(v.contains("No problems found"), "{v}");
+}
+
+fn qemu_img_virtual_size(args: &[&str]) -> (String, u64) {
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(Command::new("qemu-img").args(args))).unwrap();
+    (
+        json["format"].as_str().unwrap_or_default().to_string(),
+        json["virtual-size"].as_u64().unwrap(),
+    )
+}
+
+#[test]
+fn vhd_reads_back_in_qemu_img_as_the_grown_raw_disk() {
+    use sha2::Digest;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (root_img, hash) = rootfs(dir, "root", "1");
+    let uki = make_uki(dir, "uki", &format!("console=ttyS0 roothash={hash}"));
+    let raw = dir.join("disk.img");
+    disk_ok(&uki, &root_img, &raw);
+    let vhd = dir.join("disk.vhd");
+    let t0 = std::time::Instant::now();
+    let o = disk(&uki, &root_img, &vhd, &["--format", "vhd"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+    eprintln!(
+        "cvmctl disk --format vhd (debug build): {:?}\n{stdout}",
+        t0.elapsed()
+    );
+
+    let bytes = std::fs::read(&vhd).unwrap();
+    let len = bytes.len() as u64;
+    let size = len - 512;
+    // Azure: N MiB + 512; N from the CHS-exact rule (the 67 MiB raw disk grows to 155 MiB).
+    assert_eq!(size % (1 << 20), 0, "{len}");
+    assert!(size >= std::fs::metadata(&raw).unwrap().len());
+    assert!(
+        stdout.contains(&format!("fixed VHD of {len} bytes")),
+        "{stdout}"
+    );
+
+    // qemu-img's two ways of sizing a VHD (its default for an unknown creator is the CHS
+    // geometry) agree on the whole disk. A fixed VHD has its footer only at the end, which
+    // qemu's format probe does not look at, hence `-f vpc`.
+    let v = vhd.to_str().unwrap();
+    let named = qemu_img_virtual_size(&["info", "--output=json", "-f", "vpc", v]);
+    assert_eq!(named, ("vpc".to_string(), size));
+    for calc in ["chs", "current_size"] {
+        let opts = format!("driver=vpc,force_size_calc={calc},file.filename={v}");
+        let (_, s) = qemu_img_virtual_size(&["info", "--output=json", "--image-opts", &opts]);
+        assert_eq!(s, size, "force_size_calc={calc}");
+    }
+    let check = run(Command::new("qemu-img").args(["check", "-f", "vpc", v]));
+    // vpc has no consistency checks: "does not support checks" (exit 63) is the best answer.
+    assert!(
+        check.status.success() || check.status.code() == Some(63),
+        "{}",
+        text(&check)
+    );
+
+    // Converted back: exactly the VHD's data part, which is a valid disk of the grown size
+    // holding the raw disk's partitions.
+    let back = dir.join("back.raw");
+    ok(Command::new("qemu-img")
+        .args(["convert", "-f", "vpc", "-O", "raw", v])
+        .arg(&back));
+    let back_bytes = std::fs::read(&back).unwrap();
+    assert_eq!(back_bytes.len() as u64, size);
+    assert!(back_bytes[..] == bytes[..size as usize]);
+    same_partitions(&raw, &back, size);
+
+    // The footer: fixed disk, sizes, a valid checksum, the id derived from the disk's bytes.
+    let f = &bytes[size as usize..];
+    assert_eq!(&f[..8], b"conectix");
+    assert_eq!(u32::from_be_bytes(f[60..64].try_into().unwrap()), 2);
+    assert_eq!(u64::from_be_bytes(f[40..48].try_into().unwrap()), size);
+    assert_eq!(u64::from_be_bytes(f[48..56].try_into().unwrap()), size);
+    let sum: u32 = f[..64].iter().chain(&f[68..]).map(|&b| u32::from(b)).sum();
+    assert_eq!(u32::from_be_bytes(f[64..68].try_into().unwrap()), !sum);
+    let digest = sha2::Sha256::digest(&back_bytes);
+    let want = Guid::derive(&[&b"cvm-agent vhd unique id v1\0"[..], &digest[..]].concat());
+    assert_eq!(&f[68..84], want.as_bytes());
+    assert!(stdout.contains(&format!("unique id {want}")), "{stdout}");
+
+    // Reproducible; and another root gives another unique id.
+    let again = dir.join("again.vhd");
+    let o = disk(&uki, &root_img, &again, &["--format", "vhd"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(std::fs::read(&again).unwrap() == bytes);
+    let uki_any = make_uki(dir, "any", "console=ttyS0");
+    let (root2, _) = rootfs(dir, "root2", "2");
+    let other = dir.join("other.vhd");
+    let o = disk(&uki_any, &root2, &other, &["--format", "vhd"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let other = std::fs::read(&other).unwrap();
+    assert_ne!(
+        &other[other.len() - 512 + 68..other.len() - 512 + 84],
+        want.as_bytes()
+    );
+}
+
+#[test]
+fn gce_archive_is_one_gnu_member_disk_raw_of_whole_gib() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (root_img, hash) = rootfs(dir, "root", "1");
+    let uki = make_uki(dir, "uki", &format!("console=ttyS0 roothash={hash}"));
+    let raw = dir.join("disk.img");
+    disk_ok(&uki, &root_img, &raw);
+    let gz = dir.join("image.tar.gz");
+    let t0 = std::time::Instant::now();
+    let o = disk(&uki, &root_img, &gz, &["--format", "gce"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+    let gz_len = std::fs::metadata(&gz).unwrap().len();
+    eprintln!(
+        "cvmctl disk --format gce (debug build): {:?}, {gz_len} bytes\n{stdout}",
+        t0.elapsed()
+    );
+    assert!(
+        stdout.contains(&format!("GNU tar.gz of {gz_len} bytes")),
+        "{stdout}"
+    );
+    // Only the archive is left next to it.
+    let names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!names.iter().any(|n| n.contains(".cvmctl-")), "{names:?}");
+
+    // gzip is intact; GNU tar lists exactly one member, disk.raw, a regular file of whole GiB.
+    ok(Command::new("gzip").arg("-t").arg(&gz));
+    let list = ok(Command::new("tar").arg("-tvzf").arg(&gz));
+    let lines: Vec<&str> = list.lines().collect();
+    assert_eq!(lines.len(), 1, "{list}");
+    let fields: Vec<&str> = lines[0].split_whitespace().collect();
+    assert_eq!(fields.last(), Some(&"disk.raw"), "{list}");
+    assert!(fields[0].starts_with("-rw-r--r--"), "{list}");
+    assert_eq!(fields[1], "0/0", "{list}");
+    let size: u64 = fields[2].parse().unwrap();
+    assert_eq!(size % (1 << 30), 0, "{list}");
+    assert!(size >= std::fs::metadata(&raw).unwrap().len());
+    // The GNU header magic ("ustar  \0", shared by oldgnu and gnu; POSIX has "ustar\000").
+    let header = run(Command::new("sh")
+        .arg("-c")
+        .arg(format!("gzip -dc '{}' | head -c 512", gz.display())));
+    assert_eq!(&header.stdout[257..265], b"ustar  \0");
+    assert_eq!(&header.stdout[..9], b"disk.raw\0");
+
+    // Extracted, it is the raw disk's partitions in a table laid out for the whole GiB.
+    let x = dir.join("x");
+    std::fs::create_dir(&x).unwrap();
+    ok(Command::new("tar").arg("-xzf").arg(&gz).arg("-C").arg(&x));
+    let extracted = x.join("disk.raw");
+    assert_eq!(std::fs::metadata(&extracted).unwrap().len(), size);
+    same_partitions(&raw, &extracted, size);
+
+    // Reproducible to the byte.
+    let again = dir.join("again.tar.gz");
+    let o = disk(&uki, &root_img, &again, &["--format", "gce"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(std::fs::read(&again).unwrap() == std::fs::read(&gz).unwrap());
+}
+
+#[test]
+fn unknown_formats_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let out = dir.join("x.img");
+    let o = run(cvmctl()
+        .arg("disk")
+        .args(["--uki", "a", "--rootfs", "b", "--format", "qcow2", "-o"])
+        .arg(&out));
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("possible values: raw, gce, vhd"));
+    assert!(!out.exists());
 }
 
 /// `cvmctl disk` fails with one clear error line naming `needle`, no panic, no output left.
