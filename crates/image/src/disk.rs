@@ -39,8 +39,8 @@
 //! - `vhd` (Azure): a fixed VHD ([`crate::vhd`]): the raw disk grown to a whole number of MiB
 //!   that the VHD's CHS geometry covers exactly (so every VHD reader sees the same size), then
 //!   the 512-byte footer, whose unique id is derived from the SHA-256 of the raw disk.
-//! - `gce` (GCP): `disk.raw` in a GNU tar.gz ([`crate::gce`]), the raw disk grown to a whole
-//!   GiB, as Compute Engine sizes its disks.
+//! - `gce` (GCP): `disk.raw` stored sparse in an old-GNU tar.gz ([`crate::gce`]), the raw disk
+//!   grown to a whole GiB, as Compute Engine sizes its disks.
 //!
 //! A grown disk is not the raw one with zeros appended: the GPT is laid out for the new size,
 //! so the backup header sits in the new last sector where firmware and `sgdisk` look for it.
@@ -90,7 +90,7 @@ pub enum DiskFormat {
     /// The raw disk (QEMU; AWS import-snapshot Format=RAW).
     #[default]
     Raw,
-    /// `disk.raw` in a GNU tar.gz, grown to a whole GiB (GCP `images create --source-uri`).
+    /// `disk.raw`, sparse, in an old-GNU tar.gz, grown to a whole GiB (GCP `images create`).
     Gce,
     /// A fixed VHD, grown to a whole MiB that its CHS geometry covers exactly (Azure).
     Vhd,
@@ -162,8 +162,13 @@ impl fmt::Display for DiskReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "{}: {} bytes, disk GUID {}",
+            "{}: {}{} bytes, disk GUID {}",
             self.output.display(),
+            if self.format == DiskFormat::Raw {
+                ""
+            } else {
+                "a disk of "
+            },
             self.disk_size,
             self.disk_guid
         )?;
@@ -644,10 +649,18 @@ pub fn build(spec: &DiskSpec) -> Result<DiskReport, DiskError> {
                 .create_new(true)
                 .open(&archive)
                 .map_err(io_err("cannot create", &archive))?;
-            let mut src = &disk;
-            src.seek(SeekFrom::Start(0))
-                .map_err(io_err("cannot seek in", &tmp))?;
-            let mut out = gce::write_tar_gz(src, layout.disk_size, BufWriter::new(out))
+            let size = layout.disk_size;
+            let read_at = |offset, buf: &mut [u8]| disk.read_exact_at(buf, offset);
+            // Holes read as zeros without the kernel zero-filling a GiB of page cache.
+            let next_data = |offset: u64| {
+                let at = i64::try_from(offset).unwrap_or(i64::MAX);
+                match nix::unistd::lseek(&disk, at, nix::unistd::Whence::SeekData) {
+                    Ok(found) => Ok(u64::try_from(found).unwrap_or(offset)),
+                    Err(nix::errno::Errno::ENXIO) => Ok(size),
+                    Err(e) => Err(io::Error::from(e)),
+                }
+            };
+            let mut out = gce::write_tar_gz(read_at, next_data, size, BufWriter::new(out))
                 .map_err(io_err("cannot write the GCE archive", &archive))?;
             out.flush()
                 .map_err(io_err("cannot write the GCE archive", &archive))?;
