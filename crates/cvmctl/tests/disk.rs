@@ -669,8 +669,21 @@ fn hostile_inputs_are_refused() {
     // The kernel alone is a PE without .linux.
     refused(&kernel(), &root, &out, &[], "no .linux section");
 
-    // Output into a directory that does not exist.
+    // Output into a directory that does not exist, in every format.
     refused(&uki, &root, &dir.join("nope/out.img"), &[], "cannot create");
+    for format in ["gce", "vhd"] {
+        let out = dir.join("nope/out");
+        refused(&uki, &root, &out, &["--format", format], "cannot create");
+    }
+    // A bad root is refused before any format's work begins.
+    let p = write("crc2.img", &{
+        let mut bad = good.clone();
+        bad[512 + 40] ^= 1;
+        bad
+    });
+    for format in ["gce", "vhd"] {
+        refused(&uki, &p, &out, &["--format", format], "header CRC");
+    }
 }
 
 /// Boots the disk as a cloud would: OVMF finds \EFI\BOOT\BOOTX64.EFI on the ESP, the stub

@@ -84,6 +84,9 @@ const GIB: u64 = 1 << 30;
 /// Reads of the finished disk (hashing, archiving) go in chunks of this size.
 const READ_CHUNK: usize = 1 << 20;
 
+/// Writes of the ESP skip all-zero chunks of this size, so the output stays sparse.
+const ZERO_CHUNK: usize = 64 << 10;
+
 /// The container the disk is written in (see the module doc).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum DiskFormat {
@@ -105,8 +108,6 @@ impl fmt::Display for DiskFormat {
         })
     }
 }
-/// Writes of the ESP skip all-zero chunks of this size, so the output stays sparse.
-const ZERO_CHUNK: usize = 64 << 10;
 
 /// What to build.
 #[derive(Debug, Clone)]
