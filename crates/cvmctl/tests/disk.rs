@@ -829,7 +829,8 @@ fn grown_cloud_disks_boot_and_mount_the_verified_root() {
 
 /// The same disk booted in debug mode: from the agent's debug shell the guest prints PCRs 4, 9,
 /// 11 and 12 of every bank its vTPM has, and each must be what `cvmctl measure --uki` (boot
-/// path `disk`, the default) predicted for this UKI.
+/// path `disk`, the default) predicted for this UKI — for the raw disk and for the grown disks
+/// of the `vhd` and `gce` formats alike (their GPT, in PCR 5, differs; these do not).
 #[test]
 #[ignore = "boots a VM (OVMF + swtpm under TCG): needs `make images`"]
 fn pcrs_of_a_disk_boot_are_the_predicted_ones() {
@@ -863,97 +864,111 @@ fn pcrs_of_a_disk_boot_are_the_predicted_ones() {
         .args(["--banks", "sha1,sha256,sha384,sha512"])))
     .unwrap();
 
-    let console = dir.join("console.log");
-    let socket = dir.join("serial.sock");
-    let mut child = Command::new(repo().join("qemu/boot.sh"))
-        .arg("--boot-disk")
-        .arg(&disk_img)
-        .arg("--console")
-        .arg(&console)
-        .arg("--serial-socket")
-        .arg(&socket)
-        .args(["--timeout", "300", "--quiet", "--no-net"])
-        .spawn()
-        .expect("run qemu/boot.sh");
-    let read = || std::fs::read_to_string(&console).unwrap_or_default();
-    let wait = |needle: &str, secs: u64| {
-        let end = std::time::Instant::now() + std::time::Duration::from_secs(secs);
-        while std::time::Instant::now() < end {
-            if read().contains(needle) {
-                return true;
+    // The cloud formats' grown disks: another GPT (PCR 5), the same PCRs 4, 9, 11 and 12.
+    let vhd = dir.join("disk.vhd");
+    let o = disk(&uki, &rootfs, &vhd, &["--format", "vhd"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let gz = dir.join("disk.tar.gz");
+    let o = disk(&uki, &rootfs, &gz, &["--format", "gce"]);
+    assert!(o.status.success(), "{}", text(&o));
+    ok(Command::new("tar").arg("-xzf").arg(&gz).arg("-C").arg(dir));
+    for (name, disk_img) in [
+        ("raw", disk_img),
+        ("vhd", vhd),
+        ("gce", dir.join("disk.raw")),
+    ] {
+        let console = dir.join(format!("{name}-console.log"));
+        let socket = dir.join(format!("{name}.sock"));
+        let mut child = Command::new(repo().join("qemu/boot.sh"))
+            .arg("--boot-disk")
+            .arg(&disk_img)
+            .arg("--console")
+            .arg(&console)
+            .arg("--serial-socket")
+            .arg(&socket)
+            .args(["--timeout", "300", "--quiet", "--no-net"])
+            .spawn()
+            .expect("run qemu/boot.sh");
+        let read = || std::fs::read_to_string(&console).unwrap_or_default();
+        let wait = |needle: &str, secs: u64| {
+            let end = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+            while std::time::Instant::now() < end {
+                if read().contains(needle) {
+                    return true;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(500));
             }
-            std::thread::sleep(std::time::Duration::from_millis(500));
+            false
+        };
+        let shell = wait("debug shell on the console", 280);
+        let mut serial = shell
+            .then(|| std::os::unix::net::UnixStream::connect(&socket).ok())
+            .flatten();
+        // The socket gets the console output too: drain it, or the guest's writes stall once the
+        // socket's buffer is full (the console file still gets everything).
+        if let Some(mut reader) = serial.as_ref().and_then(|s| s.try_clone().ok()) {
+            std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
         }
-        false
-    };
-    let shell = wait("debug shell on the console", 280);
-    let mut serial = shell
-        .then(|| std::os::unix::net::UnixStream::connect(&socket).ok())
-        .flatten();
-    // The socket gets the console output too: drain it, or the guest's writes stall once the
-    // socket's buffer is full (the console file still gets everything).
-    if let Some(mut reader) = serial.as_ref().and_then(|s| s.try_clone().ok()) {
-        std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
-    }
-    // (bank, pcr) → every value printed: the serial line sometimes garbles or cuts a line
-    // (busybox's line editor asks the terminal for the cursor position, kernel messages
-    // interleave), so the command is typed again until each predicted value was read whole.
-    let seen = |log: &str| {
-        let mut seen: std::collections::BTreeMap<(String, String), Vec<String>> =
-            Default::default();
-        for line in log.lines() {
-            let w: Vec<&str> = line.split_whitespace().collect();
-            if let ["PCRX", bank, n, value] = w[..] {
-                seen.entry((bank.into(), n.into()))
-                    .or_default()
-                    .push(value.to_lowercase());
-            }
-        }
-        seen
-    };
-    let missing = |log: &str| {
-        let seen = seen(log);
-        let mut missing = Vec::new();
-        for bank in ["sha1", "sha256", "sha384", "sha512"] {
-            for n in ["4", "9", "11", "12"] {
-                let want = predicted["pcrs"][bank][n].as_str().unwrap().to_string();
-                let got = seen.get(&(bank.to_string(), n.to_string()));
-                if !got.is_some_and(|g| g.contains(&want)) {
-                    missing.push(format!("{bank} PCR {n}: predicted {want}, read {got:?}"));
+        // (bank, pcr) → every value printed: the serial line sometimes garbles or cuts a line
+        // (busybox's line editor asks the terminal for the cursor position, kernel messages
+        // interleave), so the command is typed again until each predicted value was read whole.
+        let seen = |log: &str| {
+            let mut seen: std::collections::BTreeMap<(String, String), Vec<String>> =
+                Default::default();
+            for line in log.lines() {
+                let w: Vec<&str> = line.split_whitespace().collect();
+                if let ["PCRX", bank, n, value] = w[..] {
+                    seen.entry((bank.into(), n.into()))
+                        .or_default()
+                        .push(value.to_lowercase());
                 }
             }
+            seen
+        };
+        let missing = |log: &str| {
+            let seen = seen(log);
+            let mut missing = Vec::new();
+            for bank in ["sha1", "sha256", "sha384", "sha512"] {
+                for n in ["4", "9", "11", "12"] {
+                    let want = predicted["pcrs"][bank][n].as_str().unwrap().to_string();
+                    let got = seen.get(&(bank.to_string(), n.to_string()));
+                    if !got.is_some_and(|g| g.contains(&want)) {
+                        missing.push(format!("{bank} PCR {n}: predicted {want}, read {got:?}"));
+                    }
+                }
+            }
+            missing
+        };
+        let cmd = b"for b in sha1 sha256 sha384 sha512; do for n in 4 9 11 12; do \
+                    echo PCRX $b $n $(cat /sys/class/tpm/tpm0/pcr-$b/$n); done; done\n";
+        for _ in 0..6 {
+            let Some(s) = serial.as_mut() else { break };
+            let _ = s.write_all(cmd);
+            std::thread::sleep(std::time::Duration::from_secs(8));
+            if missing(&read()).is_empty() {
+                break;
+            }
         }
-        missing
-    };
-    let cmd = b"for b in sha1 sha256 sha384 sha512; do for n in 4 9 11 12; do \
-                echo PCRX $b $n $(cat /sys/class/tpm/tpm0/pcr-$b/$n); done; done\n";
-    for _ in 0..6 {
-        let Some(s) = serial.as_mut() else { break };
-        let _ = s.write_all(cmd);
-        std::thread::sleep(std::time::Duration::from_secs(8));
-        if missing(&read()).is_empty() {
-            break;
+        for _ in 0..10 {
+            let Some(s) = serial.as_mut() else { break };
+            let _ = s.write_all(b"poweroff -f\n");
+            std::thread::sleep(std::time::Duration::from_secs(3));
+            if child.try_wait().ok().flatten().is_some() {
+                break;
+            }
         }
-    }
-    for _ in 0..10 {
-        let Some(s) = serial.as_mut() else { break };
-        let _ = s.write_all(b"poweroff -f\n");
-        std::thread::sleep(std::time::Duration::from_secs(3));
-        if child.try_wait().ok().flatten().is_some() {
-            break;
+        if child.try_wait().ok().flatten().is_none() {
+            let _ = child.kill();
         }
+        let _ = child.wait();
+        let log = read();
+        let show = format!("{name}: --- console ---\n{log}");
+        assert!(shell, "no debug shell\n{show}");
+        assert!(
+            log.contains("verity: switched to the verified root (erofs)"),
+            "{show}"
+        );
+        let missing = missing(&log);
+        assert!(missing.is_empty(), "{}\n{show}", missing.join("\n"));
     }
-    if child.try_wait().ok().flatten().is_none() {
-        let _ = child.kill();
-    }
-    let _ = child.wait();
-    let log = read();
-    let show = format!("--- console ---\n{log}");
-    assert!(shell, "no debug shell\n{show}");
-    assert!(
-        log.contains("verity: switched to the verified root (erofs)"),
-        "{show}"
-    );
-    let missing = missing(&log);
-    assert!(missing.is_empty(), "{}\n{show}", missing.join("\n"));
 }
