@@ -96,6 +96,7 @@ bench: images
 	$(CVMCTL) bench rootfs --size-mib 100
 	$(CVMCTL) bench state --size-mib 1024
 	$(CVMCTL) bench unpack --size-mib 100
+	$(CVMCTL) bench disk --uki $(OUT)/uki.efi --rootfs $(OUT)/rootfs.img
 	OUT=$(OUT) KERNEL=$(KERNEL) CVMCTL=$(CVMCTL) scripts/bench-volume.sh
 	OUT=$(OUT) KERNEL=$(KERNEL) CVMCTL=$(CVMCTL) scripts/bench-boot-chain.sh
 
