@@ -86,9 +86,9 @@ lint:
 	cargo fmt --all -- --check
 	cargo clippy --locked --workspace --all-targets -- -D warnings
 
-test: images lint
+test: images image lint
 	@# Absolute paths: each crate's tests run in that crate's directory.
-	CVM_AGENT=$(abspath $(AGENT)) CVM_INITRD=$(abspath $(OUT)/initrd.img) CVM_ROOTFS=$(abspath $(OUT)/rootfs.img) CVM_KERNEL=$(abspath $(KERNEL)) CVM_MODULES=$(realpath $(MODULES)) \
+	CVM_IMAGE_DIR=$(abspath $(IMAGE)) CVM_AGENT=$(abspath $(AGENT)) CVM_INITRD=$(abspath $(OUT)/initrd.img) CVM_ROOTFS=$(abspath $(OUT)/rootfs.img) CVM_KERNEL=$(abspath $(KERNEL)) CVM_MODULES=$(realpath $(MODULES)) \
 	  cargo test --locked --workspace --all-targets --no-fail-fast -- --include-ignored --test-threads=2
 
 bench: images
