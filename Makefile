@@ -86,8 +86,15 @@ lint:
 	cargo fmt --all -- --check
 	cargo clippy --locked --workspace --all-targets -- -D warnings
 
-test: images image lint
-	@# Absolute paths: each crate's tests run in that crate's directory.
+test: images
+	@# The mkosi images (`make image`: mostly downloads and I/O) build while lint and the test
+	@# build keep the CPUs busy; then every test runs. Absolute paths: each crate's tests run in
+	@# that crate's directory.
+	@mkdir -p $(OUT); \
+	$(MAKE) --no-print-directory image > $(OUT)/image.log 2>&1 & image=$$!; \
+	$(MAKE) --no-print-directory lint && cargo test --locked --workspace --all-targets --no-run; rc=$$?; \
+	if ! wait $$image; then tail -40 $(OUT)/image.log; echo "make test: make image failed (log: $(OUT)/image.log)"; exit 1; fi; \
+	grep '^image' $(OUT)/image.log; [ $$rc = 0 ] || exit $$rc; \
 	CVM_IMAGE_DIR=$(abspath $(IMAGE)) CVM_AGENT=$(abspath $(AGENT)) CVM_INITRD=$(abspath $(OUT)/initrd.img) CVM_ROOTFS=$(abspath $(OUT)/rootfs.img) CVM_KERNEL=$(abspath $(KERNEL)) CVM_MODULES=$(realpath $(MODULES)) \
 	  cargo test --locked --workspace --all-targets --no-fail-fast -- --include-ignored --test-threads=2
 
