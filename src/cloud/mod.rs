@@ -89,6 +89,7 @@ pub enum Served {
     NotConfigured(String),
 }
 
+#[derive(Debug)]
 pub struct Fetched {
     pub served: Served,
     /// Requests sent, answered or not.
