@@ -26,9 +26,10 @@
 # 126 when the VM ended without a result line.
 # Networking is QEMU user mode with restrict=on: the guest reaches nothing but the guestfwd
 # ports (10.0.2.100:GUESTPORT, or ADDR:GUESTPORT), which go to 127.0.0.1:HOSTPORT on the host.
-# --net CIDR is the user network (default 10.0.2.0/24; its DHCP hands out .15 with the gateway
-# at .2): a guestfwd address must lie inside it, so a cloud's link-local services
-# (169.254.169.254, Azure's 168.63.129.16) need e.g. --net 168.0.0.0/7, which holds both.
+# --net CIDR is the user network (default 10.0.2.0/24; QEMU puts its gateway at net+0.0.2.2 and
+# leases net+0.0.2.15: 10.0.2.15, or 168.0.2.15 in 168.0.0.0/7). A guestfwd address must lie
+# inside it, so a cloud's link-local services (169.254.169.254, Azure's 168.63.129.16) need
+# e.g. --net 168.0.0.0/7, which holds both.
 # --smbios-vendor NAME sets the SMBIOS system manufacturer (/sys/class/dmi/id/sys_vendor),
 # which clouds set to Google, Microsoft Corporation or Amazon EC2.
 # KVM only with CVM_KVM=1 (TCG by default).
@@ -63,7 +64,7 @@ while [ $# -gt 0 ]; do
     --uki) mode=uki; uki=$2; shift 2 ;;
     --host-append) host_append=$2; shift 2 ;;
     --boot-disk) mode=disk; boot_disk=$2; shift 2 ;;
-    -h|--help) sed -n '2,37p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
     *) die "unknown argument $1" ;;
   esac
 done

@@ -27,7 +27,7 @@ use base64::Engine as _;
 /// The metadata service's and the WireServer's addresses, as the guest reaches them.
 pub const METADATA_ADDR: &str = "169.254.169.254";
 pub const WIRESERVER_ADDR: &str = "168.63.129.16";
-/// A user network that holds both (boot.sh `--net`); the guest's lease is 168.0.0.15/7.
+/// A user network that holds both (boot.sh `--net`); the guest's lease is 168.0.2.15/7.
 pub const CLOUD_NET: &str = "168.0.0.0/7";
 /// Where a test puts the dev KBS inside that network.
 pub const KBS_ADDR: &str = "169.254.0.100";
