@@ -15,7 +15,7 @@ OUT := out
 STATIC := RUSTFLAGS="-C target-feature=+crt-static" CARGO_PROFILE_RELEASE_OPT_LEVEL=z
 export SOURCE_DATE_EPOCH ?= 0
 
-.PHONY: all setup build initrd rootfs uki disk images demo demo-reset test lint unit bench tcb clean
+.PHONY: all setup build initrd rootfs uki disk images image image-repro image-demo demo demo-reset test lint unit bench tcb clean
 
 all: build
 
@@ -54,6 +54,28 @@ disk: uki
 
 images: initrd rootfs disk
 
+# The production and debug OS images of a real Debian root, built by mkosi (mkosi.conf,
+# mkosi.profiles/debug.conf, the shared partition layout in systemd/repart.d; tools from the
+# trixie tools tree of mkosi.tools/) into out/image/: per image the bootable disk (.raw), its
+# UKI (.efi, the one on the ESP), the root hash (.roothash), the os-release in the UKI
+# (.osrel), the package list (.packages, compared with mkosi.lock/) and the predicted
+# boot-chain and agent PCRs (.reference.json, `cvmctl measure --uki`).
+IMAGE := $(OUT)/image
+image: initrd
+	scripts/image-extra.sh $(OUT)/image-extra
+	CVMCTL=$(CVMCTL) scripts/mkosi-image.sh $(IMAGE)
+
+# Two builds from the same inputs: the same root hash and the same UKI digest.
+image-repro: initrd
+	scripts/image-extra.sh $(OUT)/image-extra
+	CVMCTL=$(CVMCTL) scripts/image-repro.sh $(IMAGE)
+
+# The demo on the mkosi production image.
+image-demo: image
+	OUT=$(OUT) KERNEL=$(KERNEL) CVMCTL=$(CVMCTL) STATE=$(OUT)/image-demo DISK=$(IMAGE)/cvm-agent-production.raw \
+	  UKI=$(IMAGE)/cvm-agent-production.efi OS_RELEASE=$(IMAGE)/cvm-agent-production.osrel \
+	  ROOTHASH=$(IMAGE)/cvm-agent-production.roothash scripts/demo.sh
+
 demo: images
 	OUT=$(OUT) KERNEL=$(KERNEL) CVMCTL=$(CVMCTL) scripts/demo.sh
 
@@ -64,9 +86,16 @@ lint:
 	cargo fmt --all -- --check
 	cargo clippy --locked --workspace --all-targets -- -D warnings
 
-test: images lint
-	@# Absolute paths: each crate's tests run in that crate's directory.
-	CVM_AGENT=$(abspath $(AGENT)) CVM_INITRD=$(abspath $(OUT)/initrd.img) CVM_ROOTFS=$(abspath $(OUT)/rootfs.img) CVM_KERNEL=$(abspath $(KERNEL)) CVM_MODULES=$(realpath $(MODULES)) \
+test: images
+	@# The mkosi images (`make image`: mostly downloads and I/O) build while lint and the test
+	@# build keep the CPUs busy; then every test runs. Absolute paths: each crate's tests run in
+	@# that crate's directory.
+	@mkdir -p $(OUT); \
+	$(MAKE) --no-print-directory image > $(OUT)/image.log 2>&1 & image=$$!; \
+	$(MAKE) --no-print-directory lint && cargo test --locked --workspace --all-targets --no-run; rc=$$?; \
+	if ! wait $$image; then tail -40 $(OUT)/image.log; echo "make test: make image failed (log: $(OUT)/image.log)"; exit 1; fi; \
+	grep '^image' $(OUT)/image.log; [ $$rc = 0 ] || exit $$rc; \
+	CVM_IMAGE_DIR=$(abspath $(IMAGE)) CVM_AGENT=$(abspath $(AGENT)) CVM_INITRD=$(abspath $(OUT)/initrd.img) CVM_ROOTFS=$(abspath $(OUT)/rootfs.img) CVM_KERNEL=$(abspath $(KERNEL)) CVM_MODULES=$(realpath $(MODULES)) \
 	  cargo test --locked --workspace --all-targets --no-fail-fast -- --include-ignored --test-threads=2
 
 bench: images
@@ -74,6 +103,7 @@ bench: images
 	$(CVMCTL) bench rootfs --size-mib 100
 	$(CVMCTL) bench state --size-mib 1024
 	$(CVMCTL) bench unpack --size-mib 100
+	$(CVMCTL) bench disk --uki $(OUT)/uki.efi --rootfs $(OUT)/rootfs.img
 	OUT=$(OUT) KERNEL=$(KERNEL) CVMCTL=$(CVMCTL) scripts/bench-volume.sh
 	OUT=$(OUT) KERNEL=$(KERNEL) CVMCTL=$(CVMCTL) scripts/bench-boot-chain.sh
 

@@ -4,7 +4,8 @@
 #
 #   qemu/boot.sh --kernel K --initrd I [--append "..."] [--disk FILE[:ro]]... [--timeout SEC]
 #                [--console FILE] [--tpm-state DIR] [--no-tpm] [--no-net] [--fw-cfg NAME=FILE]
-#                [--guestfwd PORT|GUESTPORT:HOSTPORT] [--memory MB] [--monitor SOCKET] [--quiet]
+#                [--guestfwd PORT|GUESTPORT:HOSTPORT|ADDR:GUESTPORT:HOSTPORT] [--net CIDR]
+#                [--smbios-vendor NAME] [--memory MB] [--monitor SOCKET] [--quiet]
 #                [--serial-socket SOCKET] [--allow-reboot]
 #                [--direct | --uki FILE [--host-append "..."] | --boot-disk FILE]
 #
@@ -24,11 +25,19 @@
 # Exit codes: the result line's exit_code; 124 on timeout; 125 for usage/setup errors;
 # 126 when the VM ended without a result line.
 # Networking is QEMU user mode with restrict=on: the guest reaches nothing but the guestfwd
-# ports (10.0.2.100:GUESTPORT), which go to 127.0.0.1:HOSTPORT on the host. KVM only with CVM_KVM=1 (TCG by default).
+# ports (10.0.2.100:GUESTPORT, or ADDR:GUESTPORT), which go to 127.0.0.1:HOSTPORT on the host.
+# --net CIDR is the user network (default 10.0.2.0/24; QEMU puts its gateway at net+0.0.2.2 and
+# leases net+0.0.2.15: 10.0.2.15, or 168.0.2.15 in 168.0.0.0/7). A guestfwd address must lie
+# inside it, so a cloud's link-local services (169.254.169.254, Azure's 168.63.129.16) need
+# e.g. --net 168.0.0.0/7, which holds both.
+# --smbios-vendor NAME sets the SMBIOS system manufacturer (/sys/class/dmi/id/sys_vendor),
+# which clouds set to Google, Microsoft Corporation or Amazon EC2.
+# KVM only with CVM_KVM=1 (TCG by default).
 set -euo pipefail
 
 kernel="" initrd="" append="" timeout=120 console="" tpm_state="" tpm=1 net=1 memory=512 quiet=0
 monitor="" serial_socket="" reboot=0 mode=uki uki="" host_append="" boot_disk=""
+usernet=10.0.2.0/24 smbios_vendor=""
 disks=() fwcfg=() fwds=()
 die() { echo "boot.sh: error: $*" >&2; exit 125; }
 while [ $# -gt 0 ]; do
@@ -44,6 +53,8 @@ while [ $# -gt 0 ]; do
     --no-net) net=0; shift ;;
     --fw-cfg) fwcfg+=("$2"); shift 2 ;;
     --guestfwd) fwds+=("$2"); shift 2 ;;
+    --net) usernet=$2; shift 2 ;;
+    --smbios-vendor) smbios_vendor=$2; shift 2 ;;
     --memory) memory=$2; shift 2 ;;
     --monitor) monitor=$2; shift 2 ;;
     --quiet) quiet=1; shift ;;
@@ -53,7 +64,7 @@ while [ $# -gt 0 ]; do
     --uki) mode=uki; uki=$2; shift 2 ;;
     --host-append) host_append=$2; shift 2 ;;
     --boot-disk) mode=disk; boot_disk=$2; shift 2 ;;
-    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
     *) die "unknown argument $1" ;;
   esac
 done
@@ -70,6 +81,9 @@ fi
 [ -z "$append" ] || [ "$mode" = direct ] || [ -z "$uki$boot_disk" ] \
   || die "--append applies only to a UKI boot.sh makes; a given UKI or disk has its own command line (--host-append overrides a --uki's)"
 [[ "$timeout" =~ ^[0-9]+$ ]] || die "--timeout takes seconds"
+[[ "$usernet" =~ ^[0-9]{1,3}(\.[0-9]{1,3}){3}/[0-9]{1,2}$ ]] || die "--net takes an IPv4 CIDR (a.b.c.d/len)"
+# QEMU's option syntax: a comma in a value is written twice.
+[[ "$smbios_vendor" != *[[:cntrl:]]* ]] || die "--smbios-vendor: no control characters"
 command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 not installed (run scripts/setup.sh)"
 
 work=$(mktemp -d /tmp/cvm-boot.XXXXXX)
@@ -119,6 +133,7 @@ else
   fi
 fi
 [ "$reboot" = 1 ] || args+=(-no-reboot)
+[ -z "$smbios_vendor" ] || args+=(-smbios "type=1,manufacturer=${smbios_vendor//,/,,}")
 # A human monitor on a unix socket lets tests press keys (ctrl-alt-delete) or quit.
 if [ -n "$monitor" ]; then args+=(-monitor "unix:$monitor,server=on,wait=off"); else args+=(-monitor none); fi
 if [ "${CVM_KVM:-0}" = 1 ]; then args+=(-accel kvm -cpu host); else args+=(-accel tcg -cpu max); fi
@@ -156,13 +171,17 @@ done
 for f in "${fwcfg[@]}"; do args+=(-fw_cfg "name=${f%%=*},file=${f#*=}"); done
 
 if [ "$net" = 1 ]; then
-  netdev="user,id=n0,restrict=on,net=10.0.2.0/24"
+  netdev="user,id=n0,restrict=on,net=$usernet"
   # One `cvmctl relay` per guest connection, to 127.0.0.1 only (see crates/cvmctl/src/relay.rs
   # for why not the tcp: chardev form).
   for p in "${fwds[@]}"; do
-    [[ "$p" =~ ^[0-9]+(:[0-9]+)?$ ]] || die "--guestfwd takes PORT or GUESTPORT:HOSTPORT"
+    addr=10.0.2.100
+    if [[ "$p" =~ ^([0-9]{1,3}(\.[0-9]{1,3}){3}):([0-9]+:[0-9]+)$ ]]; then
+      addr=${BASH_REMATCH[1]} p=${BASH_REMATCH[3]}
+    fi
+    [[ "$p" =~ ^[0-9]+(:[0-9]+)?$ ]] || die "--guestfwd takes PORT, GUESTPORT:HOSTPORT or ADDR:GUESTPORT:HOSTPORT"
     [ -x "$cvmctl" ] || die "--guestfwd needs cvmctl at '$cvmctl' (set CVMCTL)"
-    netdev+=",guestfwd=tcp:10.0.2.100:${p%%:*}-cmd:$cvmctl relay ${p##*:}"
+    netdev+=",guestfwd=tcp:$addr:${p%%:*}-cmd:$cvmctl relay ${p##*:}"
   done
   args+=(-netdev "$netdev" -device virtio-net-pci,netdev=n0,romfile=)
 fi

@@ -18,7 +18,13 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-out}
 KERNEL=${KERNEL:-.cache/kernel/vmlinuz}
 CVMCTL=${CVMCTL:-target/release/cvmctl}
-state=$OUT/demo
+# The image booted: `make images`' disk by default; `make image-demo` passes the mkosi image
+# (DISK, UKI, OS_RELEASE, ROOTHASH) and its own state directory.
+DISK=${DISK:-$OUT/disk.img}
+UKI=${UKI:-$OUT/uki.efi}
+OS_RELEASE=${OS_RELEASE:-$OUT/root-tree/etc/os-release}
+ROOTHASH=${ROOTHASH:-$OUT/rootfs.img.roothash}
+state=${STATE:-$OUT/demo}
 mkdir -p "$state/tpm" "$state/resources/default/demo"
 # The dev KBS's TLS key (kept, so the init-data stays the same between runs), pinned in the
 # init-data: production refuses a KBS over plain http.
@@ -37,14 +43,14 @@ state_key=$state/resources/default/demo/state-key
 disk=$state/state.img
 [ -f "$disk" ] || truncate -s 256M "$disk"
 
-roothash=$(cat "$OUT/rootfs.img.roothash")
-image_version=$( . "$OUT/root-tree/etc/os-release"; echo "$IMAGE_ID $IMAGE_VERSION")
+roothash=$(cat "$ROOTHASH")
+image_version=$( . "$OS_RELEASE"; echo "$IMAGE_ID $IMAGE_VERSION")
 # algorithm = "sha256" in the init-data: its digest is the SHA-256 of the file's bytes.
 initdata_digest=$(sha256sum "$INITDATA" | cut -d' ' -f1)
 # The reference pins the agent's PCRs (8, 15) and the boot chain's (4, 9, 11, 12: the UKI booted
 # from the disk's ESP), so the KBS releases nothing to another kernel, initrd or command line.
 "$CVMCTL" measure --initdata "$INITDATA" --roothash "$roothash" \
-  --os-release "$OUT/root-tree/etc/os-release" --uki "$OUT/uki.efi" --boot-path disk \
+  --os-release "$OS_RELEASE" --uki "$UKI" --boot-path disk \
   > "$state/reference.json"
 # The vTPM's AK (made now if this is the first run; found at its handle afterwards), also as a
 # PEM for a real Trustee's trusted_ak_keys_dir.
@@ -77,9 +83,9 @@ echo "demo: dev KBS on 127.0.0.1:$port (log: $state/kbs.log); guest sees it at 1
 rc=0
 # OVMF boots the disk as a cloud would: firmware measurements, the UKI from the ESP, the
 # verity root from the same disk.
-qemu/boot.sh --boot-disk "$OUT/disk.img" --disk "$disk" \
+qemu/boot.sh --boot-disk "$DISK" --disk "$disk" \
   --fw-cfg "opt/cvm/initdata=$INITDATA" --tpm-state "$state/tpm" --guestfwd "8080:$port" \
-  --timeout 300 --console "$OUT/demo-console.log" || rc=$?
+  --timeout 300 --console "$state/console.log" || rc=$?
 
 echo "demo: --- dev KBS decisions ---"
 cat "$state/kbs.log"

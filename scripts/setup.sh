@@ -10,12 +10,38 @@ PACKAGES=(qemu-system-x86 qemu-utils swtpm swtpm-tools cpio busybox-static kmod 
           libdevmapper-dev libclang-dev libseccomp-dev libelf-dev zlib1g-dev pkg-config
           dnsmasq-base iproute2 iputils-ping python3 python3-jwcrypto
           e2fsprogs docker-registry umoci skopeo apache2-utils
-          ovmf systemd-boot-efi pesign sbsigntool tpm2-tools mtools dosfstools binutils)
+          ovmf systemd-boot-efi pesign sbsigntool tpm2-tools mtools dosfstools binutils
+          bubblewrap python3-pefile debian-archive-keyring)
+
+# `make image` (mkosi.conf): mkosi 24 from bookworm-backports (bookworm's 14 predates the
+# config it reads). Its package needs systemd >= 254, which takes udev and libudev along:
+# those come from backports too, all at once, so apt does not remove udev or what depends on
+# it (tpm2-tools, libdevmapper-dev). systemd-boot-efi stays bookworm's: the UKIs carry its 252
+# stub, which `cvmctl measure --uki` predicts. repart and ukify for the images come from the
+# tools tree (mkosi.tools/), not from the host.
+BACKPORTS=(mkosi systemd systemd-container libsystemd0 libsystemd-shared udev libudev1 libudev-dev)
+SUITES_FILE=/etc/apt/sources.list.d/cvm-agent-suites.sources
+
+export DEBIAN_FRONTEND=noninteractive
+# bookworm-backports, for mkosi and its systemd only: its packages are NotAutomatic, so apt
+# takes nothing else from it unless asked by name and suite. (The images' tools tree comes from
+# trixie through mkosi.tools/'s own package sources, not the host's.)
+if [ ! -f "$SUITES_FILE" ] && [ "$(id -u)" = 0 ]; then
+  cat > "$SUITES_FILE" <<'SUITES'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SUITES
+  apt-get update -qq
+fi
 
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+dpkg-query -W -f='${Version}' mkosi 2>/dev/null | grep -q '^24\.' || missing+=("${BACKPORTS[@]/%//bookworm-backports}")
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}"
   if [ "$(id -u)" != 0 ]; then

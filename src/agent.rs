@@ -42,6 +42,11 @@ const TPM_WAIT: Duration = Duration::from_secs(10);
 const COLDPLUG_ROUNDS: u32 = 8;
 /// Link, carrier and a DHCP lease; QEMU and cloud DHCP answer in well under a second.
 const NETWORK_DEADLINE: Duration = Duration::from_secs(20);
+/// The init-data from a cloud's metadata service, retries included (Azure asks clients to retry
+/// its 410s for up to 70 s, and serves userData empty for a while on a first boot).
+const METADATA_DEADLINE: Duration = Duration::from_secs(60);
+/// Reporting Ready to Azure's WireServer (goal state, then health), retries included.
+const REPORT_READY_DEADLINE: Duration = Duration::from_secs(30);
 /// A cloud's data disk can take a few seconds to appear, like the root disk.
 const STATE_DEVICE_WAIT: Duration = Duration::from_secs(10);
 /// The workload's OCI bundle (its config.json); the root it names is elsewhere.
@@ -79,6 +84,34 @@ fn release_free_heap() {
     unsafe {
         nix::libc::malloc_trim(0);
     }
+}
+
+/// One line for a configured interface: address, gateway, DNS, lease, time taken.
+fn describe_net(up: &net::NetUp) -> String {
+    format!(
+        "{} {}/{}{}{} ({}) in {} ms",
+        up.interface,
+        up.address,
+        up.prefix,
+        up.gateway.map(|g| format!(" via {g}")).unwrap_or_default(),
+        if up.dns.is_empty() {
+            String::new()
+        } else {
+            format!(
+                ", dns {}",
+                up.dns
+                    .iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            )
+        },
+        match up.lease_secs {
+            Some(s) => format!("DHCP lease {s} s"),
+            None => "static".to_string(),
+        },
+        up.elapsed.as_millis()
+    )
 }
 
 /// Errors of the agent's own glue between stages.
@@ -119,6 +152,17 @@ pub enum AgentError {
     InitDataNotText,
     #[error("launch.toml [state] needs a secret with use = \"state-key\", and none was fetched")]
     NoStateKey,
+    #[error("bringing up the network (DHCP) to reach the {0} metadata service")]
+    CloudNetwork(&'static str, #[source] net::NetError),
+    #[error("init-data from the {0} metadata service")]
+    CloudFetch(&'static str, #[source] crate::cloud::CloudError),
+    #[error("cvm.initdata={cloud}: the metadata service has no init-data: {why}")]
+    NoCloudInitData { cloud: &'static str, why: String },
+    #[error(
+        "launch.toml [network] mode = \"{0}\": the network was brought up with DHCP to read the \
+         init-data from the metadata service, so only DHCP applies"
+    )]
+    CloudNetworkMode(&'static str),
 }
 
 /// Why evidence for the KBS could not be produced.
@@ -158,6 +202,8 @@ pub struct Agent {
     launch: Option<LaunchConfig>,
     net: Option<net::NetUp>,
     kbs: Option<KbsSession>,
+    /// The SMBIOS vendor says Azure: its WireServer must hear "Ready" once the workload runs.
+    on_azure: bool,
     /// Secrets for the agent's own use (state key, registry credentials), zeroized on drop.
     kept_secrets: Vec<secrets::Kept>,
     /// Whether the secrets tmpfs exists (the workload gets it read-only).
@@ -260,6 +306,7 @@ pub fn main() -> ! {
         launch: None,
         net: None,
         kbs: None,
+        on_azure: false,
         kept_secrets: Vec::new(),
         secrets_mounted: false,
         state_mounted: false,
@@ -619,13 +666,101 @@ impl Agent {
         Ok(())
     }
 
+    /// The init-data for a cloud source: the network first (DHCP: on a cloud the metadata
+    /// service is reached through the NIC's lease), then one document from the metadata
+    /// service, bounded and decoded. `None` when the service has none and `auto` allows that
+    /// (the image's own file is then used, if it has one).
+    fn initdata_from_cloud(
+        &mut self,
+        cloud: initdata::cloud::Cloud,
+        required: bool,
+    ) -> Result<Option<Vec<u8>>, StageError> {
+        let name = cloud.name();
+        let up = net::bring_up(&net::NetConfig::Dhcp, None, NETWORK_DEADLINE)
+            .map_err(|e| AgentError::CloudNetwork(name, e))
+            .in_stage(Stage::Measure)?;
+        if let Some(up) = &up {
+            info!(
+                "network up for the {name} metadata service: {}",
+                describe_net(up)
+            );
+        }
+        self.net = up;
+        let fetched =
+            crate::cloud::fetch_initdata(cloud, crate::cloud::imds::METADATA, METADATA_DEADLINE)
+                .map_err(|e| AgentError::CloudFetch(name, e))
+                .in_stage(Stage::Measure)?;
+        let (what, raw) = match fetched.served {
+            crate::cloud::Served::Document(served) => {
+                let raw = cloud.decode(&served).in_stage(Stage::Measure)?;
+                (format!("{} bytes served", served.len()), Some(raw))
+            }
+            crate::cloud::Served::NotConfigured(why) if required => {
+                return Err(StageError::new(
+                    Stage::Measure,
+                    AgentError::NoCloudInitData { cloud: name, why },
+                ));
+            }
+            crate::cloud::Served::NotConfigured(why) => {
+                let image = initdata::cloud::image_file(Path::new("/")).in_stage(Stage::Measure)?;
+                let then = match image {
+                    Some(_) => format!("using the image's {}", initdata::IMAGE_PATH),
+                    None => "no init-data".to_string(),
+                };
+                (format!("none ({why}); {then}"), image)
+            }
+        };
+        info!(
+            "{name} metadata: {} from {} in {} ms ({} requests)",
+            what,
+            fetched.url,
+            fetched.elapsed.as_millis(),
+            fetched.requests
+        );
+        Ok(raw)
+    }
+
     fn measure_stage(&mut self) -> Result<(), StageError> {
-        let raw =
-            initdata::load(&self.cmdline.initdata, Path::new("/")).in_stage(Stage::Measure)?;
+        match initdata::cloud::sys_vendor(Path::new("/")) {
+            Ok(vendor) => {
+                self.on_azure = vendor
+                    .as_deref()
+                    .and_then(initdata::cloud::Cloud::from_sys_vendor)
+                    == Some(initdata::cloud::Cloud::Azure);
+            }
+            Err(e) => warn!("{e}: not treated as any cloud"),
+        }
+        // Read once: whatever comes back here is what is parsed and measured; nothing is
+        // fetched again, whatever it holds.
+        let plan = initdata::cloud::plan(&self.cmdline.initdata, Path::new("/"))
+            .in_stage(Stage::Measure)?;
+        let raw = match plan {
+            initdata::cloud::Plan::Local(raw) => Some(raw),
+            initdata::cloud::Plan::None => None,
+            initdata::cloud::Plan::Cloud { cloud, required } => {
+                self.initdata_from_cloud(cloud, required)?
+            }
+        };
         if let Some(raw) = raw {
             let parsed = InitData::parse(&raw).in_stage(Stage::Measure)?;
             // launch.toml is validated now, before anything is measured or fetched for it.
             let launch = parsed.launch().in_stage(Stage::Measure)?;
+            if self.net.is_some()
+                && let Some(mode) = launch
+                    .as_ref()
+                    .and_then(|l| l.network.as_ref())
+                    .map(|n| n.mode)
+                    .filter(|m| *m != NetworkMode::Dhcp)
+            {
+                let name = match mode {
+                    NetworkMode::Static => "static",
+                    _ => "none",
+                };
+                return Err(StageError::new(
+                    Stage::Measure,
+                    AgentError::CloudNetworkMode(name),
+                ));
+            }
             // What may travel in the clear depends on the mode: checked before any network.
             if let Some(l) = &launch {
                 for w in l.check_for_mode(self.mode).in_stage(Stage::Measure)? {
@@ -718,6 +853,13 @@ impl Agent {
 
     /// Stage 6: only when something needs it (a KBS, or an explicit [network] section).
     fn network_stage(&mut self) -> Result<(), StageError> {
+        if let Some(up) = &self.net {
+            info!(
+                "already up (for the metadata service): {}",
+                describe_net(up)
+            );
+            return Ok(());
+        }
         let Some(launch) = self.launch.as_ref() else {
             info!("not needed (no launch.toml)");
             return Ok(());
@@ -762,30 +904,7 @@ impl Agent {
         };
         let up = net::bring_up(&config, None, NETWORK_DEADLINE).in_stage(Stage::Network)?;
         match &up {
-            Some(up) => info!(
-                "{} {}/{}{}{} ({}) in {} ms",
-                up.interface,
-                up.address,
-                up.prefix,
-                up.gateway.map(|g| format!(" via {g}")).unwrap_or_default(),
-                if up.dns.is_empty() {
-                    String::new()
-                } else {
-                    format!(
-                        ", dns {}",
-                        up.dns
-                            .iter()
-                            .map(|d| d.to_string())
-                            .collect::<Vec<_>>()
-                            .join(" ")
-                    )
-                },
-                match up.lease_secs {
-                    Some(s) => format!("DHCP lease {s} s"),
-                    None => "static".to_string(),
-                },
-                up.elapsed.as_millis()
-            ),
+            Some(up) => info!("{}", describe_net(up)),
             None => info!("disabled by launch.toml (mode = \"none\")"),
         }
         self.net = up;
@@ -1222,11 +1341,43 @@ impl Agent {
             running.pid,
             started.elapsed().as_millis()
         );
+        if self.on_azure {
+            self.report_ready_to_azure();
+        }
         Ok(Some(Started {
             running,
             restart: plan.restart,
             started: Instant::now(),
         }))
+    }
+
+    /// Azure reboots a VM whose provisioning never reports Ready. A failure is a warning, not
+    /// a stop: nothing is trusted from the WireServer (its identifiers only go back to it), and
+    /// the only cost of not reporting is the reboot Azure then does.
+    fn report_ready_to_azure(&self) {
+        if self.net.is_none() {
+            warn!(
+                "on Azure without a network: Ready is not reported to the WireServer (Azure will reboot this VM)"
+            );
+            return;
+        }
+        let t = Instant::now();
+        match crate::cloud::wireserver::report_ready(
+            crate::cloud::imds::WIRESERVER,
+            REPORT_READY_DEADLINE,
+        ) {
+            Ok(goal) => info!(
+                "reported Ready to the Azure WireServer (incarnation {}, container {}, instance {}) in {} ms",
+                goal.incarnation,
+                goal.container_id,
+                goal.instance_id,
+                t.elapsed().as_millis()
+            ),
+            Err(e) => warn!(
+                "reporting Ready to the Azure WireServer failed ({}); Azure will reboot this VM",
+                crate::stage::error_chain(&e)
+            ),
+        }
     }
 
     /// The workload runs; PID 1 waits for it (reaping everything else). A power-off request

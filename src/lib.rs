@@ -8,6 +8,7 @@ pub mod agent;
 pub mod blockdev;
 pub mod boot;
 pub mod boot_chain;
+pub mod cloud;
 pub mod cloud_disk;
 pub mod cmdline;
 pub mod debug_shell;

@@ -182,10 +182,11 @@ pub fn activate(
         .map_err(|_| VerityRootError::Find(BlockError::NotBlock("verity pair".into())))?;
     let sb = check_layout(&data, &hash)?;
     let params = format!(
-        "1 {data} {hash} {bs} {bs} {blocks} 1 sha256 {root} {salt}{opts}",
+        "1 {data} {hash} {dbs} {hbs} {blocks} 1 sha256 {root} {salt}{opts}",
         data = data.devno,
         hash = hash.devno,
-        bs = verity::BLOCK_SIZE,
+        dbs = sb.data_block_size(),
+        hbs = sb.hash_block_size(),
         blocks = sb.data_blocks(),
         root = roothash.to_hex(),
         salt = if sb.salt().is_empty() {

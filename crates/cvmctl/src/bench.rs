@@ -68,12 +68,30 @@ pub struct UnpackBench {
     pub runs: usize,
 }
 
+/// `cvmctl bench disk`: `cvmctl disk` in each `--format` from the same UKI and root, against
+/// the usual tools converting the raw disk (`qemu-img convert -O vpc -o subformat=fixed,force_size`
+/// for Azure, `tar --format=oldgnu -Sczf` of a whole-GiB `disk.raw` for GCP).
+#[derive(clap::Args, Debug, Clone)]
+pub struct DiskBench {
+    /// The UKI (`make images` writes out/uki.efi).
+    #[arg(long, default_value = "out/uki.efi")]
+    pub uki: PathBuf,
+    /// The verity root image.
+    #[arg(long, default_value = "out/rootfs.img")]
+    pub rootfs: PathBuf,
+    /// Builds of each kind.
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
     #[error("cannot prepare the benchmark tree")]
     Prepare(#[source] std::io::Error),
     #[error("cvmctl rootfs failed")]
     Rootfs(#[source] cvm_image::rootfs::RootfsError),
+    #[error("cvmctl disk failed")]
+    Disk(#[source] cvm_image::disk::DiskError),
     #[error("{0} failed")]
     Tool(String),
     #[error("cannot read {0}")]
@@ -507,6 +525,112 @@ pub fn unpack(args: &UnpackBench) -> Result<(), BenchError> {
         mib / mu
     );
     println!("  ratio                                {:6.2}x", mo / mu);
+    Ok(())
+}
+
+pub fn disk(args: &DiskBench) -> Result<(), BenchError> {
+    use cvm_image::disk::{DiskFormat, DiskSpec};
+    let tmp = std::env::temp_dir().join(format!("cvm-bench-disk-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(BenchError::Prepare)?;
+    let formats = [DiskFormat::Raw, DiskFormat::Vhd, DiskFormat::Gce];
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); formats.len()];
+    let mut sizes = vec![(0u64, 0u64); formats.len()];
+    let (mut qemu_img, mut gnu_tar) = (Vec::new(), Vec::new());
+    let (mut qemu_img_size, mut gnu_tar_size) = (0, 0);
+    let result = (|| {
+        for run in 0..args.runs.max(1) {
+            for (i, format) in formats.iter().enumerate() {
+                let out = tmp.join(format!("disk.{format}"));
+                let started = Instant::now();
+                let report = cvm_image::disk::build(&DiskSpec {
+                    uki: args.uki.clone(),
+                    rootfs: args.rootfs.clone(),
+                    esp_size: None,
+                    format: *format,
+                    output: out,
+                })
+                .map_err(BenchError::Disk)?;
+                times[i].push(started.elapsed().as_secs_f64());
+                sizes[i] = (report.disk_size, report.image_size);
+            }
+            // The tools, from the raw disk just built.
+            let raw = tmp.join("disk.raw");
+            let vhd = tmp.join("tool.vhd");
+            let started = Instant::now();
+            run_tool(
+                Command::new("qemu-img")
+                    .args(["convert", "-f", "raw", "-O", "vpc"])
+                    .args(["-o", "subformat=fixed,force_size"])
+                    .arg(&raw)
+                    .arg(&vhd),
+            )?;
+            qemu_img.push(started.elapsed().as_secs_f64());
+            qemu_img_size = size(&vhd)?;
+            let gib = tmp.join("gib");
+            std::fs::create_dir_all(&gib).map_err(BenchError::Prepare)?;
+            let grown = gib.join("disk.raw");
+            std::fs::copy(&raw, &grown).map_err(BenchError::Prepare)?;
+            let f = std::fs::File::options()
+                .write(true)
+                .open(&grown)
+                .map_err(BenchError::Prepare)?;
+            f.set_len(sizes[2].0).map_err(BenchError::Prepare)?;
+            drop(f);
+            let tgz = tmp.join("tool.tar.gz");
+            let started = Instant::now();
+            run_tool(
+                Command::new("tar")
+                    .args(["--format=oldgnu", "-Sczf"])
+                    .arg(&tgz)
+                    .arg("-C")
+                    .arg(&gib)
+                    .arg("disk.raw"),
+            )?;
+            gnu_tar.push(started.elapsed().as_secs_f64());
+            gnu_tar_size = size(&tgz)?;
+            eprintln!(
+                "run {}: raw {:.2}s, vhd {:.2}s, gce {:.2}s; qemu-img {:.2}s, tar -Sczf {:.2}s",
+                run + 1,
+                times[0][run],
+                times[1][run],
+                times[2][run],
+                qemu_img[run],
+                gnu_tar[run]
+            );
+        }
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&tmp);
+    result?;
+    println!(
+        "cvmctl disk per format, {} + {} (median of {}):",
+        args.uki.display(),
+        args.rootfs.display(),
+        times[0].len()
+    );
+    let raw_time = median(&mut times[0].clone());
+    for (i, format) in formats.iter().enumerate() {
+        let t = median(&mut times[i]);
+        let (disk, image) = sizes[i];
+        println!(
+            "  {format:<4} {t:6.2} s (+{:5.2} s over raw)  disk {:>6} MiB  file {:>12} bytes",
+            t - raw_time,
+            disk >> 20,
+            image
+        );
+    }
+    println!(
+        "  qemu-img convert -O vpc (fixed, force_size) of the raw disk  {:6.2} s  {:>12} bytes",
+        median(&mut qemu_img),
+        qemu_img_size
+    );
+    println!(
+        "  tar --format=oldgnu -Sczf of a {} MiB disk.raw            {:6.2} s  {:>12} bytes",
+        sizes[2].0 >> 20,
+        median(&mut gnu_tar),
+        gnu_tar_size
+    );
     Ok(())
 }
 

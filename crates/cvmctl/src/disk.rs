@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use cvm_image::disk::{self, DiskError, DiskReport, DiskSpec};
+use cvm_image::disk::{self, DiskError, DiskFormat, DiskReport, DiskSpec};
 
 /// `cvmctl disk`.
 #[derive(clap::Args, Debug, Clone)]
@@ -19,6 +19,11 @@ pub struct DiskArgs {
     /// UKI + 25% + 1 MiB.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
     pub esp_size_mib: Option<u64>,
+    /// The container: `raw` (QEMU; AWS import-snapshot), `gce` (disk.raw in a GNU tar.gz, grown
+    /// to a whole GiB; GCP) or `vhd` (fixed VHD, grown to a whole MiB its CHS geometry covers
+    /// exactly; Azure). Each grown disk gets its own GPT for its size. See docs/clouds.md.
+    #[arg(long, value_enum, default_value_t = DiskFormat::Raw)]
+    pub format: DiskFormat,
     /// Output disk image.
     #[arg(short, long)]
     pub output: PathBuf,
@@ -31,6 +36,7 @@ pub fn run(args: &DiskArgs) -> Result<DiskReport, DiskError> {
         rootfs: args.rootfs.clone(),
         // At most 2^20 MiB (clap's range): no overflow.
         esp_size: args.esp_size_mib.map(|m| m << 20),
+        format: args.format,
         output: args.output.clone(),
     })
 }

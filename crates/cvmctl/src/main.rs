@@ -139,6 +139,8 @@ enum Bench {
     State(bench::StateBench),
     /// Unpack of an image built by `cvmctl image build`, against `umoci raw unpack`.
     Unpack(bench::UnpackBench),
+    /// `cvmctl disk` in each cloud format, against qemu-img and GNU tar converting the raw disk.
+    Disk(bench::DiskBench),
 }
 
 fn main() -> ExitCode {
@@ -220,6 +222,9 @@ fn main() -> ExitCode {
         Command::Bench {
             what: Bench::Unpack(args),
         } => bench::unpack(&args).map_err(|e| error_chain(&e)),
+        Command::Bench {
+            what: Bench::Disk(args),
+        } => bench::disk(&args).map_err(|e| error_chain(&e)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -3,12 +3,16 @@
 //! for `fsck.fat -n` and `mcopy` gives back the UKI byte for byte; the root partitions are the
 //! rootfs image's, byte for byte; rebuilds are byte-identical; one changed byte of the UKI or of
 //! the root changes the disk GUID; hostile inputs are refused with a clear error, never a panic.
+//! The cloud formats: `qemu-img` reads the `vhd` back (by CHS geometry and by current size alike)
+//! to the grown raw disk, whose partitions are the raw disk's byte for byte; GNU tar lists the
+//! `gce` archive as one sparse oldgnu member `disk.raw` whose extracted disk is grown to a whole GiB
+//! with its GPT laid out for that size. An `#[ignore]`d test boots both grown disks.
 //! The `#[ignore]`d tests boot the disk under OVMF + swtpm with qemu/boot.sh `--boot-disk`: a
 //! production boot must reach the verified root; a debug boot's PCRs 4, 9, 11 and 12 (all four
 //! banks, read in the guest) must be what `cvmctl measure --uki` predicts.
 //!
-//! Needs: gdisk, dosfstools, mtools, erofs-utils, systemd-boot-efi (the stub) and the kernel
-//! from scripts/setup.sh; for the boot also qemu-system-x86, ovmf, swtpm and `make images`.
+//! Needs: gdisk, dosfstools, mtools, erofs-utils, systemd-boot-efi (the stub), qemu-utils, tar,
+//! gzip and the kernel from scripts/setup.sh; for the boot also qemu-system-x86, ovmf, swtpm and `make images`.
 
 use cvm_disk::gpt::{self, Gpt, Guid, NewPartition, Partition};
 use std::os::unix::fs::FileExt;
@@ -283,6 +287,217 @@ fn rebuilds_are_identical_and_one_byte_changes_the_disk_guid() {
     assert_ne!(t.disk_guid, base.disk_guid);
 }
 
+/// The partitions of `grown` are those of `raw`: same table entries, same bytes; the grown
+/// table is valid for its own size (strict reader and sgdisk) with the backup in its last sector.
+fn same_partitions(raw: &Path, grown: &Path, grown_size: u64) {
+    let a = read_table(raw);
+    let b = read_table(grown);
+    assert_eq!(b.disk_size, grown_size);
+    assert_eq!(a.disk_guid, b.disk_guid);
+    assert_eq!(a.partitions, b.partitions);
+    for p in &a.partitions {
+        assert!(
+            part_bytes(raw, p) == part_bytes(grown, p),
+            "partition {}",
+            p.number
+        );
+    }
+    let f = std::fs::File::open(grown).unwrap();
+    let mut last = [0u8; 512];
+    f.read_exact_at(&mut last, grown_size - 512).unwrap();
+    assert_eq!(
+        &last[..8],
+        b"EFI PART",
+        "no backup header in the last sector"
+    );
+    assert_eq!(
+        u64::from_le_bytes(last[24..32].try_into().unwrap()),
+        grown_size / 512 - 1
+    );
+    let v = ok(Command::new("sgdisk").arg("-v").arg(grown));
+    assert!(v.contains("No problems found"), "{v}");
+}
+
+fn qemu_img_virtual_size(args: &[&str]) -> (String, u64) {
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(Command::new("qemu-img").args(args))).unwrap();
+    (
+        json["format"].as_str().unwrap_or_default().to_string(),
+        json["virtual-size"].as_u64().unwrap(),
+    )
+}
+
+#[test]
+fn vhd_reads_back_in_qemu_img_as_the_grown_raw_disk() {
+    use sha2::Digest;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (root_img, hash) = rootfs(dir, "root", "1");
+    let uki = make_uki(dir, "uki", &format!("console=ttyS0 roothash={hash}"));
+    let raw = dir.join("disk.img");
+    disk_ok(&uki, &root_img, &raw);
+    let vhd = dir.join("disk.vhd");
+    let t0 = std::time::Instant::now();
+    let o = disk(&uki, &root_img, &vhd, &["--format", "vhd"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+    eprintln!(
+        "cvmctl disk --format vhd (debug build): {:?}\n{stdout}",
+        t0.elapsed()
+    );
+
+    let bytes = std::fs::read(&vhd).unwrap();
+    let len = bytes.len() as u64;
+    let size = len - 512;
+    // Azure: N MiB + 512; N from the CHS-exact rule (the 67 MiB raw disk grows to 155 MiB).
+    assert_eq!(size % (1 << 20), 0, "{len}");
+    assert!(size >= std::fs::metadata(&raw).unwrap().len());
+    assert!(
+        stdout.contains(&format!("fixed VHD of {len} bytes")),
+        "{stdout}"
+    );
+
+    // qemu-img's two ways of sizing a VHD (its default for an unknown creator is the CHS
+    // geometry) agree on the whole disk. A fixed VHD has its footer only at the end, which
+    // qemu's format probe does not look at, hence `-f vpc`.
+    let v = vhd.to_str().unwrap();
+    let named = qemu_img_virtual_size(&["info", "--output=json", "-f", "vpc", v]);
+    assert_eq!(named, ("vpc".to_string(), size));
+    for calc in ["chs", "current_size"] {
+        let opts = format!("driver=vpc,force_size_calc={calc},file.filename={v}");
+        let (_, s) = qemu_img_virtual_size(&["info", "--output=json", "--image-opts", &opts]);
+        assert_eq!(s, size, "force_size_calc={calc}");
+    }
+    let check = run(Command::new("qemu-img").args(["check", "-f", "vpc", v]));
+    // vpc has no consistency checks: "does not support checks" (exit 63) is the best answer.
+    assert!(
+        check.status.success() || check.status.code() == Some(63),
+        "{}",
+        text(&check)
+    );
+
+    // Converted back: exactly the VHD's data part, which is a valid disk of the grown size
+    // holding the raw disk's partitions.
+    let back = dir.join("back.raw");
+    ok(Command::new("qemu-img")
+        .args(["convert", "-f", "vpc", "-O", "raw", v])
+        .arg(&back));
+    let back_bytes = std::fs::read(&back).unwrap();
+    assert_eq!(back_bytes.len() as u64, size);
+    assert!(back_bytes[..] == bytes[..size as usize]);
+    same_partitions(&raw, &back, size);
+
+    // The footer: fixed disk, sizes, a valid checksum, the id derived from the disk's bytes.
+    let f = &bytes[size as usize..];
+    assert_eq!(&f[..8], b"conectix");
+    assert_eq!(u32::from_be_bytes(f[60..64].try_into().unwrap()), 2);
+    assert_eq!(u64::from_be_bytes(f[40..48].try_into().unwrap()), size);
+    assert_eq!(u64::from_be_bytes(f[48..56].try_into().unwrap()), size);
+    let sum: u32 = f[..64].iter().chain(&f[68..]).map(|&b| u32::from(b)).sum();
+    assert_eq!(u32::from_be_bytes(f[64..68].try_into().unwrap()), !sum);
+    let digest = sha2::Sha256::digest(&back_bytes);
+    let want = Guid::derive(&[&b"cvm-agent vhd unique id v1\0"[..], &digest[..]].concat());
+    assert_eq!(&f[68..84], want.as_bytes());
+    assert!(stdout.contains(&format!("unique id {want}")), "{stdout}");
+
+    // Reproducible; and another root gives another unique id.
+    let again = dir.join("again.vhd");
+    let o = disk(&uki, &root_img, &again, &["--format", "vhd"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(std::fs::read(&again).unwrap() == bytes);
+    let uki_any = make_uki(dir, "any", "console=ttyS0");
+    let (root2, _) = rootfs(dir, "root2", "2");
+    let other = dir.join("other.vhd");
+    let o = disk(&uki_any, &root2, &other, &["--format", "vhd"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let other = std::fs::read(&other).unwrap();
+    assert_ne!(
+        &other[other.len() - 512 + 68..other.len() - 512 + 84],
+        want.as_bytes()
+    );
+}
+
+#[test]
+fn gce_archive_is_one_gnu_member_disk_raw_of_whole_gib() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (root_img, hash) = rootfs(dir, "root", "1");
+    let uki = make_uki(dir, "uki", &format!("console=ttyS0 roothash={hash}"));
+    let raw = dir.join("disk.img");
+    disk_ok(&uki, &root_img, &raw);
+    let gz = dir.join("image.tar.gz");
+    let t0 = std::time::Instant::now();
+    let o = disk(&uki, &root_img, &gz, &["--format", "gce"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+    let gz_len = std::fs::metadata(&gz).unwrap().len();
+    eprintln!(
+        "cvmctl disk --format gce (debug build): {:?}, {gz_len} bytes\n{stdout}",
+        t0.elapsed()
+    );
+    assert!(
+        stdout.contains(&format!("GNU tar.gz of {gz_len} bytes")),
+        "{stdout}"
+    );
+    // Only the archive is left next to it.
+    let names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!names.iter().any(|n| n.contains(".cvmctl-")), "{names:?}");
+
+    // gzip is intact; GNU tar lists exactly one member, disk.raw, a regular file of whole GiB.
+    ok(Command::new("gzip").arg("-t").arg(&gz));
+    let list = ok(Command::new("tar").arg("-tvzf").arg(&gz));
+    let lines: Vec<&str> = list.lines().collect();
+    assert_eq!(lines.len(), 1, "{list}");
+    let fields: Vec<&str> = lines[0].split_whitespace().collect();
+    assert_eq!(fields.last(), Some(&"disk.raw"), "{list}");
+    assert!(fields[0].starts_with("-rw-r--r--"), "{list}");
+    assert_eq!(fields[1], "0/0", "{list}");
+    let size: u64 = fields[2].parse().unwrap();
+    assert_eq!(size % (1 << 30), 0, "{list}");
+    assert!(size >= std::fs::metadata(&raw).unwrap().len());
+    // The GNU header magic ("ustar  \0", shared by oldgnu and gnu; POSIX has "ustar\000").
+    let header = run(Command::new("sh")
+        .arg("-c")
+        .arg(format!("gzip -dc '{}' | head -c 512", gz.display())));
+    assert_eq!(&header.stdout[257..265], b"ustar  \0");
+    assert_eq!(&header.stdout[..9], b"disk.raw\0");
+    // Stored sparse (typeflag S), as `tar --format=oldgnu -S` does: the archive holds the
+    // partitions' data, not the GiB of zeros.
+    assert_eq!(header.stdout[156], b'S');
+    assert!(gz_len < size / 8, "{gz_len} bytes for a {size}-byte disk");
+
+    // Extracted, it is the raw disk's partitions in a table laid out for the whole GiB.
+    let x = dir.join("x");
+    std::fs::create_dir(&x).unwrap();
+    ok(Command::new("tar").arg("-xzf").arg(&gz).arg("-C").arg(&x));
+    let extracted = x.join("disk.raw");
+    assert_eq!(std::fs::metadata(&extracted).unwrap().len(), size);
+    same_partitions(&raw, &extracted, size);
+
+    // Reproducible to the byte.
+    let again = dir.join("again.tar.gz");
+    let o = disk(&uki, &root_img, &again, &["--format", "gce"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(std::fs::read(&again).unwrap() == std::fs::read(&gz).unwrap());
+}
+
+#[test]
+fn unknown_formats_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let out = dir.join("x.img");
+    let o = run(cvmctl()
+        .arg("disk")
+        .args(["--uki", "a", "--rootfs", "b", "--format", "qcow2", "-o"])
+        .arg(&out));
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("possible values: raw, gce, vhd"));
+    assert!(!out.exists());
+}
+
 /// `cvmctl disk` fails with one clear error line naming `needle`, no panic, no output left.
 fn refused(uki: &Path, rootfs: &Path, out: &Path, extra: &[&str], needle: &str) {
     let o = disk(uki, rootfs, out, extra);
@@ -454,8 +669,21 @@ fn hostile_inputs_are_refused() {
     // The kernel alone is a PE without .linux.
     refused(&kernel(), &root, &out, &[], "no .linux section");
 
-    // Output into a directory that does not exist.
+    // Output into a directory that does not exist, in every format.
     refused(&uki, &root, &dir.join("nope/out.img"), &[], "cannot create");
+    for format in ["gce", "vhd"] {
+        let out = dir.join("nope/out");
+        refused(&uki, &root, &out, &["--format", format], "cannot create");
+    }
+    // A bad root is refused before any format's work begins.
+    let p = write("crc2.img", &{
+        let mut bad = good.clone();
+        bad[512 + 40] ^= 1;
+        bad
+    });
+    for format in ["gce", "vhd"] {
+        refused(&uki, &p, &out, &["--format", format], "header CRC");
+    }
 }
 
 /// Boots the disk as a cloud would: OVMF finds \EFI\BOOT\BOOTX64.EFI on the ESP, the stub
@@ -531,9 +759,78 @@ fn boots_from_the_disk_and_mounts_the_verified_root() {
     assert_eq!(status.code(), Some(0), "{show}");
 }
 
+/// The grown disks of the cloud formats boot as the raw one does: OVMF finds the ESP through the
+/// GPT laid out for the grown size, and the agent finds and verifies the root. The VHD is booted
+/// as the cloud presents it, its bytes as a plain disk (the footer past the GPT's end); the GCE
+/// archive's `disk.raw` as GNU tar extracts it.
+#[test]
+#[ignore = "boots VMs (OVMF + swtpm under TCG): needs `make images` and a release cvmctl (CVMCTL)"]
+fn grown_cloud_disks_boot_and_mount_the_verified_root() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let rootfs = std::env::var_os("CVM_ROOTFS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("out/rootfs.img"));
+    let initrd = std::env::var_os("CVM_INITRD")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("out/initrd.img"));
+    let mut hash_file = rootfs.clone().into_os_string();
+    hash_file.push(".roothash");
+    let hash = std::fs::read_to_string(&hash_file)
+        .unwrap_or_else(|e| panic!("{hash_file:?}: {e} (run make images)"))
+        .trim()
+        .to_string();
+    let uki = dir.join("uki.efi");
+    ok(cvmctl()
+        .arg("uki")
+        .arg("--kernel")
+        .arg(kernel())
+        .arg("--initrd")
+        .arg(&initrd)
+        .arg("--os-release")
+        .arg(repo().join("rootfs/demo/etc/os-release"))
+        .arg("--cmdline")
+        .arg(format!("console=ttyS0 panic=-1 loglevel=4 roothash={hash}"))
+        .arg("-o")
+        .arg(&uki));
+    let vhd = dir.join("disk.vhd");
+    let o = disk(&uki, &rootfs, &vhd, &["--format", "vhd"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let gz = dir.join("disk.tar.gz");
+    let o = disk(&uki, &rootfs, &gz, &["--format", "gce"]);
+    assert!(o.status.success(), "{}", text(&o));
+    ok(Command::new("tar").arg("-xzf").arg(&gz).arg("-C").arg(dir));
+    for (name, image) in [("vhd", vhd), ("gce", dir.join("disk.raw"))] {
+        let console = dir.join(format!("{name}-console.log"));
+        let status = Command::new(repo().join("qemu/boot.sh"))
+            .arg("--boot-disk")
+            .arg(&image)
+            .arg("--console")
+            .arg(&console)
+            .args(["--timeout", "300", "--quiet", "--no-net"])
+            .env(
+                "CVMCTL",
+                std::env::var_os("CVMCTL").unwrap_or_else(|| env!("CARGO_BIN_EXE_cvmctl").into()),
+            )
+            .status()
+            .expect("run qemu/boot.sh");
+        let log = std::fs::read_to_string(&console).unwrap_or_default();
+        let show = format!("{name}: exit {status}\n--- console ---\n{log}");
+        assert!(log.contains("BdsDxe: starting Boot"), "{show}");
+        assert!(
+            log.contains("verity: switched to the verified root (erofs)"),
+            "{show}"
+        );
+        assert!(!log.contains("cvm-agent: error:"), "{show}");
+        assert!(log.contains("cvm-agent: result "), "{show}");
+        assert_eq!(status.code(), Some(0), "{show}");
+    }
+}
+
 /// The same disk booted in debug mode: from the agent's debug shell the guest prints PCRs 4, 9,
 /// 11 and 12 of every bank its vTPM has, and each must be what `cvmctl measure --uki` (boot
-/// path `disk`, the default) predicted for this UKI.
+/// path `disk`, the default) predicted for this UKI — for the raw disk and for the grown disks
+/// of the `vhd` and `gce` formats alike (their GPT, in PCR 5, differs; these do not).
 #[test]
 #[ignore = "boots a VM (OVMF + swtpm under TCG): needs `make images`"]
 fn pcrs_of_a_disk_boot_are_the_predicted_ones() {
@@ -567,97 +864,111 @@ fn pcrs_of_a_disk_boot_are_the_predicted_ones() {
         .args(["--banks", "sha1,sha256,sha384,sha512"])))
     .unwrap();
 
-    let console = dir.join("console.log");
-    let socket = dir.join("serial.sock");
-    let mut child = Command::new(repo().join("qemu/boot.sh"))
-        .arg("--boot-disk")
-        .arg(&disk_img)
-        .arg("--console")
-        .arg(&console)
-        .arg("--serial-socket")
-        .arg(&socket)
-        .args(["--timeout", "300", "--quiet", "--no-net"])
-        .spawn()
-        .expect("run qemu/boot.sh");
-    let read = || std::fs::read_to_string(&console).unwrap_or_default();
-    let wait = |needle: &str, secs: u64| {
-        let end = std::time::Instant::now() + std::time::Duration::from_secs(secs);
-        while std::time::Instant::now() < end {
-            if read().contains(needle) {
-                return true;
+    // The cloud formats' grown disks: another GPT (PCR 5), the same PCRs 4, 9, 11 and 12.
+    let vhd = dir.join("disk.vhd");
+    let o = disk(&uki, &rootfs, &vhd, &["--format", "vhd"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let gz = dir.join("disk.tar.gz");
+    let o = disk(&uki, &rootfs, &gz, &["--format", "gce"]);
+    assert!(o.status.success(), "{}", text(&o));
+    ok(Command::new("tar").arg("-xzf").arg(&gz).arg("-C").arg(dir));
+    for (name, disk_img) in [
+        ("raw", disk_img),
+        ("vhd", vhd),
+        ("gce", dir.join("disk.raw")),
+    ] {
+        let console = dir.join(format!("{name}-console.log"));
+        let socket = dir.join(format!("{name}.sock"));
+        let mut child = Command::new(repo().join("qemu/boot.sh"))
+            .arg("--boot-disk")
+            .arg(&disk_img)
+            .arg("--console")
+            .arg(&console)
+            .arg("--serial-socket")
+            .arg(&socket)
+            .args(["--timeout", "300", "--quiet", "--no-net"])
+            .spawn()
+            .expect("run qemu/boot.sh");
+        let read = || std::fs::read_to_string(&console).unwrap_or_default();
+        let wait = |needle: &str, secs: u64| {
+            let end = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+            while std::time::Instant::now() < end {
+                if read().contains(needle) {
+                    return true;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(500));
             }
-            std::thread::sleep(std::time::Duration::from_millis(500));
+            false
+        };
+        let shell = wait("debug shell on the console", 280);
+        let mut serial = shell
+            .then(|| std::os::unix::net::UnixStream::connect(&socket).ok())
+            .flatten();
+        // The socket gets the console output too: drain it, or the guest's writes stall once the
+        // socket's buffer is full (the console file still gets everything).
+        if let Some(mut reader) = serial.as_ref().and_then(|s| s.try_clone().ok()) {
+            std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
         }
-        false
-    };
-    let shell = wait("debug shell on the console", 280);
-    let mut serial = shell
-        .then(|| std::os::unix::net::UnixStream::connect(&socket).ok())
-        .flatten();
-    // The socket gets the console output too: drain it, or the guest's writes stall once the
-    // socket's buffer is full (the console file still gets everything).
-    if let Some(mut reader) = serial.as_ref().and_then(|s| s.try_clone().ok()) {
-        std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
-    }
-    // (bank, pcr) → every value printed: the serial line sometimes garbles or cuts a line
-    // (busybox's line editor asks the terminal for the cursor position, kernel messages
-    // interleave), so the command is typed again until each predicted value was read whole.
-    let seen = |log: &str| {
-        let mut seen: std::collections::BTreeMap<(String, String), Vec<String>> =
-            Default::default();
-        for line in log.lines() {
-            let w: Vec<&str> = line.split_whitespace().collect();
-            if let ["PCRX", bank, n, value] = w[..] {
-                seen.entry((bank.into(), n.into()))
-                    .or_default()
-                    .push(value.to_lowercase());
-            }
-        }
-        seen
-    };
-    let missing = |log: &str| {
-        let seen = seen(log);
-        let mut missing = Vec::new();
-        for bank in ["sha1", "sha256", "sha384", "sha512"] {
-            for n in ["4", "9", "11", "12"] {
-                let want = predicted["pcrs"][bank][n].as_str().unwrap().to_string();
-                let got = seen.get(&(bank.to_string(), n.to_string()));
-                if !got.is_some_and(|g| g.contains(&want)) {
-                    missing.push(format!("{bank} PCR {n}: predicted {want}, read {got:?}"));
+        // (bank, pcr) → every value printed: the serial line sometimes garbles or cuts a line
+        // (busybox's line editor asks the terminal for the cursor position, kernel messages
+        // interleave), so the command is typed again until each predicted value was read whole.
+        let seen = |log: &str| {
+            let mut seen: std::collections::BTreeMap<(String, String), Vec<String>> =
+                Default::default();
+            for line in log.lines() {
+                let w: Vec<&str> = line.split_whitespace().collect();
+                if let ["PCRX", bank, n, value] = w[..] {
+                    seen.entry((bank.into(), n.into()))
+                        .or_default()
+                        .push(value.to_lowercase());
                 }
             }
+            seen
+        };
+        let missing = |log: &str| {
+            let seen = seen(log);
+            let mut missing = Vec::new();
+            for bank in ["sha1", "sha256", "sha384", "sha512"] {
+                for n in ["4", "9", "11", "12"] {
+                    let want = predicted["pcrs"][bank][n].as_str().unwrap().to_string();
+                    let got = seen.get(&(bank.to_string(), n.to_string()));
+                    if !got.is_some_and(|g| g.contains(&want)) {
+                        missing.push(format!("{bank} PCR {n}: predicted {want}, read {got:?}"));
+                    }
+                }
+            }
+            missing
+        };
+        let cmd = b"for b in sha1 sha256 sha384 sha512; do for n in 4 9 11 12; do \
+                    echo PCRX $b $n $(cat /sys/class/tpm/tpm0/pcr-$b/$n); done; done\n";
+        for _ in 0..6 {
+            let Some(s) = serial.as_mut() else { break };
+            let _ = s.write_all(cmd);
+            std::thread::sleep(std::time::Duration::from_secs(8));
+            if missing(&read()).is_empty() {
+                break;
+            }
         }
-        missing
-    };
-    let cmd = b"for b in sha1 sha256 sha384 sha512; do for n in 4 9 11 12; do \
-                echo PCRX $b $n $(cat /sys/class/tpm/tpm0/pcr-$b/$n); done; done\n";
-    for _ in 0..6 {
-        let Some(s) = serial.as_mut() else { break };
-        let _ = s.write_all(cmd);
-        std::thread::sleep(std::time::Duration::from_secs(8));
-        if missing(&read()).is_empty() {
-            break;
+        for _ in 0..10 {
+            let Some(s) = serial.as_mut() else { break };
+            let _ = s.write_all(b"poweroff -f\n");
+            std::thread::sleep(std::time::Duration::from_secs(3));
+            if child.try_wait().ok().flatten().is_some() {
+                break;
+            }
         }
-    }
-    for _ in 0..10 {
-        let Some(s) = serial.as_mut() else { break };
-        let _ = s.write_all(b"poweroff -f\n");
-        std::thread::sleep(std::time::Duration::from_secs(3));
-        if child.try_wait().ok().flatten().is_some() {
-            break;
+        if child.try_wait().ok().flatten().is_none() {
+            let _ = child.kill();
         }
+        let _ = child.wait();
+        let log = read();
+        let show = format!("{name}: --- console ---\n{log}");
+        assert!(shell, "no debug shell\n{show}");
+        assert!(
+            log.contains("verity: switched to the verified root (erofs)"),
+            "{show}"
+        );
+        let missing = missing(&log);
+        assert!(missing.is_empty(), "{}\n{show}", missing.join("\n"));
     }
-    if child.try_wait().ok().flatten().is_none() {
-        let _ = child.kill();
-    }
-    let _ = child.wait();
-    let log = read();
-    let show = format!("--- console ---\n{log}");
-    assert!(shell, "no debug shell\n{show}");
-    assert!(
-        log.contains("verity: switched to the verified root (erofs)"),
-        "{show}"
-    );
-    let missing = missing(&log);
-    assert!(missing.is_empty(), "{}\n{show}", missing.join("\n"));
 }

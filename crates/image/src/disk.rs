@@ -33,19 +33,34 @@
 //! `.cmdline` has `roothash=`, it must be that root hash too — a disk whose command line names
 //! another root would only fail at boot.
 //!
+//! Formats (`--format`): the same partitions in three containers, one per cloud's import path.
+//! - `raw` (default; QEMU, and AWS `import-snapshot` with `Format=RAW`): the disk as laid out,
+//!   ending at the first 1 MiB boundary after the backup GPT.
+//! - `vhd` (Azure): a fixed VHD ([`crate::vhd`]): the raw disk grown to a whole number of MiB
+//!   that the VHD's CHS geometry covers exactly (so every VHD reader sees the same size), then
+//!   the 512-byte footer, whose unique id is derived from the SHA-256 of the raw disk.
+//! - `gce` (GCP): `disk.raw` stored sparse in an old-GNU tar.gz ([`crate::gce`]), the raw disk
+//!   grown to a whole GiB, as Compute Engine sizes its disks.
+//!
+//! A grown disk is not the raw one with zeros appended: the GPT is laid out for the new size,
+//! so the backup header sits in the new last sector where firmware and `sgdisk` look for it.
+//! That changes the GPT's last-LBA fields and so PCR 5, per format; the partitions, and with
+//! them PCRs 4, 9, 11 and 12, stay the same.
+//!
 //! The ESP size rule (when none is given): the smallest whole number of MiB that is at least
 //! [`MIN_ESP_SIZE`] (64 MiB: FAT32 with 512-byte clusters and about 131,000 clusters, far
 //! from the FAT16/FAT32 boundary of 65,525 that some drivers get wrong, and what cvm-fat's
 //! OVMF test boots) and at least the UKI plus a quarter plus 1 MiB (the two FATs take 1/64 of
 //! the volume at this cluster size; the rest is margin).
 
+use crate::{gce, vhd};
 use cvm_disk::gpt::{self, Guid, NewPartition, Partition};
-use cvm_disk::verity::{self, Superblock};
+use cvm_disk::verity::{self, BLOCK_SIZE, Superblock};
 use cvm_fat::{FatImage, FatTime};
 use sha2::{Digest, Sha256};
 use std::fmt;
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -65,8 +80,34 @@ pub const DISK_GUID_DOMAIN: &[u8] = b"cvm-agent boot disk guid v1\0";
 pub const ESP_GUID_DOMAIN: &[u8] = b"cvm-agent boot disk esp guid v1\0";
 
 const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+/// Reads of the finished disk (hashing, archiving) go in chunks of this size.
+const READ_CHUNK: usize = 1 << 20;
+
 /// Writes of the ESP skip all-zero chunks of this size, so the output stays sparse.
 const ZERO_CHUNK: usize = 64 << 10;
+
+/// The container the disk is written in (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum DiskFormat {
+    /// The raw disk (QEMU; AWS import-snapshot Format=RAW).
+    #[default]
+    Raw,
+    /// `disk.raw`, sparse, in an old-GNU tar.gz, grown to a whole GiB (GCP `images create`).
+    Gce,
+    /// A fixed VHD, grown to a whole MiB that its CHS geometry covers exactly (Azure).
+    Vhd,
+}
+
+impl fmt::Display for DiskFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DiskFormat::Raw => "raw",
+            DiskFormat::Gce => "gce",
+            DiskFormat::Vhd => "vhd",
+        })
+    }
+}
 
 /// What to build.
 #[derive(Debug, Clone)]
@@ -77,6 +118,7 @@ pub struct DiskSpec {
     pub rootfs: PathBuf,
     /// ESP size in bytes (a multiple of 1 MiB); `None`: [`default_esp_size`].
     pub esp_size: Option<u64>,
+    pub format: DiskFormat,
     pub output: PathBuf,
 }
 
@@ -95,7 +137,13 @@ pub struct PartReport {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskReport {
     pub output: PathBuf,
+    pub format: DiskFormat,
+    /// The raw disk's size (for `vhd` and `gce` after growing).
     pub disk_size: u64,
+    /// The output file's size: `disk_size`, plus the footer (`vhd`), or the tar.gz (`gce`).
+    pub image_size: u64,
+    /// The VHD footer's unique id (`vhd` only).
+    pub vhd_unique_id: Option<Guid>,
     pub disk_guid: Guid,
     /// ESP, root, root-verity, in table order.
     pub partitions: Vec<PartReport>,
@@ -115,11 +163,31 @@ impl fmt::Display for DiskReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "{}: {} bytes, disk GUID {}",
+            "{}: {}{} bytes, disk GUID {}",
             self.output.display(),
+            if self.format == DiskFormat::Raw {
+                ""
+            } else {
+                "a disk of "
+            },
             self.disk_size,
             self.disk_guid
         )?;
+        match self.format {
+            DiskFormat::Raw => {}
+            DiskFormat::Gce => writeln!(
+                f,
+                "format gce: {} in a GNU tar.gz of {} bytes",
+                gce::MEMBER,
+                self.image_size
+            )?,
+            DiskFormat::Vhd => writeln!(
+                f,
+                "format vhd: fixed VHD of {} bytes, unique id {}",
+                self.image_size,
+                self.vhd_unique_id.unwrap_or(Guid::ZERO)
+            )?,
+        }
         for p in &self.partitions {
             writeln!(
                 f,
@@ -222,6 +290,8 @@ pub enum DiskError {
     },
     #[error("{}: the written disk does not read back as built", path.display())]
     ReadBack { path: PathBuf },
+    #[error("a {size}-byte disk cannot be grown to the {format} format's size")]
+    TooLargeForFormat { size: u64, format: DiskFormat },
 }
 
 /// The default ESP size for a UKI of `uki_len` bytes (the rule in the module doc).
@@ -366,6 +436,14 @@ fn read_root(path: &Path) -> Result<Root, DiskError> {
     file.read_exact_at(&mut block[..head], hash.offset())
         .map_err(io_err("cannot read the hash partition of", path))?;
     let sb = Superblock::parse(&block[..head]).map_err(bad_sb)?;
+    // The tree is recomputed below with the block size `cvmctl rootfs` writes.
+    if (sb.data_block_size(), sb.hash_block_size()) != (BLOCK_SIZE as u32, BLOCK_SIZE as u32) {
+        return Err(problem(format!(
+            "verity blocks of {}/{} bytes (data/hash); cvmctl disk takes cvmctl rootfs images, whose blocks are {BLOCK_SIZE} bytes",
+            sb.data_block_size(),
+            sb.hash_block_size()
+        )));
+    }
     if sb.data_size() != data.size() {
         return Err(problem(format!(
             "data partition {} is {} bytes, the verity superblock covers {}",
@@ -488,6 +566,17 @@ pub fn build(spec: &DiskSpec) -> Result<DiskReport, DiskError> {
     data_part.attributes = root.data.attributes;
     hash_part.attributes = root.hash.attributes;
     let (esp_part, data_part, hash_part) = (esp_part.clone(), data_part.clone(), hash_part.clone());
+    // Grown before anything is written, so the backup GPT goes to the grown disk's end.
+    let laid_out = layout.disk_size;
+    layout.disk_size = match spec.format {
+        DiskFormat::Raw => Some(laid_out),
+        DiskFormat::Vhd => vhd::virtual_size(laid_out),
+        DiskFormat::Gce => laid_out.checked_next_multiple_of(GIB),
+    }
+    .ok_or(DiskError::TooLargeForFormat {
+        size: laid_out,
+        format: spec.format,
+    })?;
 
     let esp_err = |source| DiskError::Esp {
         path: spec.uki.clone(),
@@ -547,11 +636,62 @@ pub fn build(spec: &DiskSpec) -> Result<DiskReport, DiskError> {
     if read_back != layout {
         return Err(DiskError::ReadBack { path: tmp });
     }
-    disk.sync_all().map_err(io_err("cannot sync", &tmp))?;
+    let (final_tmp, final_guard, image_size, vhd_unique_id) = match spec.format {
+        DiskFormat::Raw => {
+            disk.sync_all().map_err(io_err("cannot sync", &tmp))?;
+            (tmp.clone(), guard, layout.disk_size, None)
+        }
+        DiskFormat::Vhd => {
+            let sha = sha256_of(&disk, layout.disk_size, &tmp)?;
+            let id = vhd::unique_id(&sha);
+            disk.write_all_at(&vhd::footer(layout.disk_size, id), layout.disk_size)
+                .map_err(io_err("cannot write the VHD footer to", &tmp))?;
+            disk.sync_all().map_err(io_err("cannot sync", &tmp))?;
+            let size = layout.disk_size + vhd::FOOTER_SIZE as u64;
+            (tmp.clone(), guard, size, Some(id))
+        }
+        DiskFormat::Gce => {
+            let archive = temp_path(&spec.output);
+            let archive_guard = RemoveOnDrop(Some(archive.clone()));
+            let out = File::options()
+                .write(true)
+                .create_new(true)
+                .open(&archive)
+                .map_err(io_err("cannot create", &archive))?;
+            let size = layout.disk_size;
+            let read_at = |offset, buf: &mut [u8]| disk.read_exact_at(buf, offset);
+            // Holes read as zeros without the kernel zero-filling a GiB of page cache.
+            let next_data = |offset: u64| {
+                let at = i64::try_from(offset).unwrap_or(i64::MAX);
+                match nix::unistd::lseek(&disk, at, nix::unistd::Whence::SeekData) {
+                    Ok(found) => Ok(u64::try_from(found).unwrap_or(offset)),
+                    Err(nix::errno::Errno::ENXIO) => Ok(size),
+                    Err(e) => Err(io::Error::from(e)),
+                }
+            };
+            let mut out = gce::write_tar_gz(read_at, next_data, size, BufWriter::new(out))
+                .map_err(io_err("cannot write the GCE archive", &archive))?;
+            out.flush()
+                .map_err(io_err("cannot write the GCE archive", &archive))?;
+            let out = out.into_inner().map_err(|e| DiskError::Io {
+                what: "cannot write the GCE archive",
+                path: archive.clone(),
+                source: e.into_error(),
+            })?;
+            let size = out
+                .metadata()
+                .map_err(io_err("cannot stat", &archive))?
+                .len();
+            out.sync_all().map_err(io_err("cannot sync", &archive))?;
+            // The raw disk was only the archive's source; its guard removes it.
+            drop(guard);
+            (archive, archive_guard, size, None)
+        }
+    };
     drop(disk);
-    std::fs::rename(&tmp, &spec.output)
+    std::fs::rename(&final_tmp, &spec.output)
         .map_err(io_err("cannot move the disk into place at", &spec.output))?;
-    guard.disarm();
+    final_guard.disarm();
 
     let partitions = layout
         .partitions
@@ -567,7 +707,10 @@ pub fn build(spec: &DiskSpec) -> Result<DiskReport, DiskError> {
         .collect();
     Ok(DiskReport {
         output: spec.output.clone(),
+        format: spec.format,
         disk_size: layout.disk_size,
+        image_size,
+        vhd_unique_id,
         disk_guid,
         partitions,
         esp_volume_id: esp.volume_id(),
@@ -576,6 +719,23 @@ pub fn build(spec: &DiskSpec) -> Result<DiskReport, DiskError> {
         root_hash: root_hex,
         cmdline_has_roothash: cmdline_roothash.is_some(),
     })
+}
+
+/// SHA-256 of the first `size` bytes of `file`, read in bounded chunks.
+fn sha256_of(file: &File, size: u64, path: &Path) -> Result<[u8; 32], DiskError> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; READ_CHUNK];
+    let mut offset = 0u64;
+    while offset < size {
+        let n = usize::try_from(size - offset)
+            .unwrap_or(READ_CHUNK)
+            .min(READ_CHUNK);
+        file.read_exact_at(&mut buf[..n], offset)
+            .map_err(io_err("cannot read back", path))?;
+        hasher.update(&buf[..n]);
+        offset += n as u64;
+    }
+    Ok(hasher.finalize().into())
 }
 
 /// `.<name>.cvmctl-<pid>-<n>` next to `output`: same file system for the rename.

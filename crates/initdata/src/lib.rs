@@ -40,6 +40,7 @@
 //! algorithm, non-string documents and odd document names are errors, never ignored.
 #![forbid(unsafe_code)]
 
+pub mod cloud;
 pub mod launch;
 pub mod mode;
 pub mod policy;
@@ -120,6 +121,20 @@ pub enum InitDataError {
     BadPath(String),
     #[error("init-data source {0} is not supported yet")]
     Unsupported(&'static str),
+    #[error(
+        "init-data source {0} is a cloud metadata service: the agent fetches it over the network"
+    )]
+    Remote(&'static str),
+    #[error("init-data from the {cloud} metadata service is {len} bytes (limit {max})")]
+    CloudTooLarge {
+        cloud: &'static str,
+        len: usize,
+        max: usize,
+    },
+    #[error("init-data from the {cloud} metadata service: {why}")]
+    CloudEncoding { cloud: &'static str, why: String },
+    #[error("the SMBIOS system vendor (/sys/class/dmi/id/sys_vendor) is {0}")]
+    Vendor(String),
 }
 
 /// The hash named by `algorithm`.
@@ -319,8 +334,10 @@ pub(crate) fn toml_error(text: &str, error: &toml::de::Error) -> String {
     }
 }
 
-/// Reads the init-data from where the command line says it is. `root` is `/` in the agent and
-/// a temporary directory in tests. `Ok(None)` only for `auto` when no source has any.
+/// Reads the init-data from where the command line says it is, for the sources read locally.
+/// `root` is `/` in the agent and a temporary directory in tests. `Ok(None)` only for `auto`
+/// when no local source has any. The cloud sources are fetched by the agent ([`cloud::plan`]
+/// says which); here they are an error.
 pub fn load(source: &InitDataSource, root: &Path) -> Result<Option<Vec<u8>>, InitDataError> {
     match source {
         InitDataSource::File(path) => {
@@ -331,21 +348,30 @@ pub fn load(source: &InitDataSource, root: &Path) -> Result<Option<Vec<u8>>, Ini
         InitDataSource::Auto => {
             // fw_cfg first: it is how a host hands one image different configurations.
             for candidate in [FW_CFG_PATH, IMAGE_PATH] {
-                let path = root.join(candidate);
-                // symlink_metadata: a dangling or looping link is not "absent", it is an error
-                // for read_bounded to report.
-                match std::fs::symlink_metadata(&path) {
-                    Ok(_) => return read_bounded(&path).map(Some),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                    Err(source) => return Err(InitDataError::Io { path, source }),
+                if let Some(raw) = read_if_present(&root.join(candidate))? {
+                    return Ok(Some(raw));
                 }
             }
             Ok(None)
         }
         InitDataSource::Disk => Err(InitDataError::Unsupported("disk")),
-        InitDataSource::Gcp => Err(InitDataError::Unsupported("gcp")),
-        InitDataSource::Azure => Err(InitDataError::Unsupported("azure")),
-        InitDataSource::Aws => Err(InitDataError::Unsupported("aws")),
+        InitDataSource::Gcp => Err(InitDataError::Remote("gcp")),
+        InitDataSource::Azure => Err(InitDataError::Remote("azure")),
+        InitDataSource::Aws => Err(InitDataError::Remote("aws")),
+    }
+}
+
+/// [`read_bounded`] when `path` exists; `None` when it does not.
+pub(crate) fn read_if_present(path: &Path) -> Result<Option<Vec<u8>>, InitDataError> {
+    // symlink_metadata: a dangling or looping link is not "absent", it is an error for
+    // read_bounded to report.
+    match std::fs::symlink_metadata(path) {
+        Ok(_) => read_bounded(path).map(Some),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(InitDataError::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
     }
 }
 

@@ -490,15 +490,17 @@ fn load_refuses_oversized_odd_and_unsupported_sources() {
             "{bad}"
         );
     }
+    let err = load(&InitDataSource::Disk, root.path()).unwrap_err();
+    assert!(matches!(err, InitDataError::Unsupported("disk")));
+    assert!(err.to_string().contains("not supported yet"));
+    // The cloud sources are the agent's to fetch (cloud::plan), never read from a path.
     for (source, name) in [
-        (InitDataSource::Disk, "disk"),
         (InitDataSource::Gcp, "gcp"),
         (InitDataSource::Azure, "azure"),
         (InitDataSource::Aws, "aws"),
     ] {
         let err = load(&source, root.path()).unwrap_err();
-        assert!(matches!(err, InitDataError::Unsupported(n) if n == name));
-        assert!(err.to_string().contains("not supported yet"));
+        assert!(matches!(err, InitDataError::Remote(n) if n == name));
     }
 }
 

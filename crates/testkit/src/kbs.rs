@@ -57,6 +57,8 @@ pub struct Setup<'a> {
     /// QEMU's `-kernel` boots it (`cvmctl measure --uki … --boot-path kernel`), so the policy
     /// pins them.
     pub reference_uki: Option<&'a Path>,
+    /// A reference.json made elsewhere (an image's `cvmctl measure` prediction), written as is.
+    pub reference_json: Option<Vec<u8>>,
     /// More resources: (repo/type/tag, bytes).
     pub resources: Vec<(String, Vec<u8>)>,
     /// Where the guest's vTPM state lives (default: inside the KBS's directory). Its AK is
@@ -174,6 +176,9 @@ pub fn start_kbs(setup: &Setup) -> Kbs {
                 .args(["--boot-path", "kernel"]);
         }
         let reference = run_ok(&mut measure);
+        std::fs::write(dir.path().join("reference.json"), reference).unwrap();
+    }
+    if let Some(reference) = &setup.reference_json {
         std::fs::write(dir.path().join("reference.json"), reference).unwrap();
     }
     let ready = dir.path().join("kbs.addr");

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod kbs;
+pub mod metadata;
 pub mod registry;
 pub mod swtpm;
 

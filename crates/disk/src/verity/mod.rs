@@ -17,9 +17,11 @@
 //! guest uses only [`Superblock::parse`]: the kernel checks the data against the tree, and the
 //! tree against the root hash from the measured command line.
 //!
-//! Only SHA-256 and 4096-byte blocks are accepted. That is what we write and veritysetup's
-//! default; anything else on a disk we are asked to boot is a disk we did not build, so it is
-//! refused rather than interpreted.
+//! Only SHA-256 is accepted. We write 4096-byte blocks (veritysetup's default); the parser also
+//! takes data and hash blocks of 512, 1024 or 2048 bytes, since systemd-repart before v255
+//! (mkosi's images on Debian bookworm) formats verity with the disk's 512-byte sector size and
+//! the kernel verifies any power of two from 512 to the page size. Anything else is a disk we
+//! did not build, so it is refused rather than interpreted.
 //!
 //! Deterministic choices (a rebuild from the same tree must give the same bytes, and therefore
 //! the same root hash in the measured command line):
@@ -39,8 +41,10 @@ pub use tree::{HashTree, build_hash_tree};
 
 use sha2::{Digest, Sha256};
 
-/// Data and hash block size: the only one supported.
+/// Data and hash block size of the trees we build (and the largest the parser takes).
 pub const BLOCK_SIZE: usize = 4096;
+/// The smallest data or hash block size the parser takes (the kernel's lower bound).
+pub const MIN_BLOCK_SIZE: usize = 512;
 /// SHA-256.
 pub const DIGEST_SIZE: usize = 32;
 /// Size of the on-disk superblock (the rest of hash block 0 is zero).
@@ -66,7 +70,9 @@ pub enum VerityError {
     BadHashType(u32),
     #[error("verity hash algorithm {0:?} (only sha256 is supported)")]
     BadAlgorithm(String),
-    #[error("verity {which} block size {size} (only {BLOCK_SIZE} is supported)")]
+    #[error(
+        "verity {which} block size {size} (need a power of two from {MIN_BLOCK_SIZE} to {BLOCK_SIZE})"
+    )]
     BadBlockSize { which: &'static str, size: u32 },
     #[error("verity salt of {0} bytes (at most {MAX_SALT_SIZE})")]
     SaltTooLong(usize),
@@ -100,10 +106,15 @@ pub fn derive_salt(data_digest: &[u8; DIGEST_SIZE]) -> [u8; DIGEST_SIZE] {
 /// Number of hash blocks in each tree level, bottom (hashes of data blocks) first. Empty for a
 /// single data block, whose digest is the root hash itself (as in cryptsetup and the kernel).
 fn level_blocks(data_blocks: u64) -> Vec<u64> {
+    level_blocks_with(data_blocks, FANOUT)
+}
+
+/// [`level_blocks`] for `fanout` digests per hash block.
+fn level_blocks_with(data_blocks: u64, fanout: u64) -> Vec<u64> {
     let mut levels = Vec::new();
     let mut n = data_blocks;
     while n > 1 {
-        n = n.div_ceil(FANOUT);
+        n = n.div_ceil(fanout);
         levels.push(n);
     }
     levels

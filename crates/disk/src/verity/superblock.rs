@@ -15,16 +15,21 @@
 //! 344  pad2[168]
 //! ```
 
-use super::{BLOCK_SIZE, FANOUT, MAX_DATA_BLOCKS, MAX_SALT_SIZE, SUPERBLOCK_SIZE, VerityError};
+use super::{
+    BLOCK_SIZE, DIGEST_SIZE, FANOUT, MAX_DATA_BLOCKS, MAX_SALT_SIZE, MIN_BLOCK_SIZE,
+    SUPERBLOCK_SIZE, VerityError,
+};
 use crate::gpt::Guid;
 
 const MAGIC: &[u8; 8] = b"verity\0\0";
 const ALGORITHM: &[u8] = b"sha256";
 
-/// A validated superblock: version 1, hash type 1, SHA-256, 4096-byte blocks.
+/// A validated superblock: version 1, hash type 1, SHA-256, blocks of 512 to 4096 bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Superblock {
     uuid: Guid,
+    data_block_size: u32,
+    hash_block_size: u32,
     data_blocks: u64,
     salt: Vec<u8>,
 }
@@ -38,6 +43,15 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
     let mut a = [0u8; 4];
     a.copy_from_slice(&b[at..at + 4]);
     u32::from_le_bytes(a)
+}
+
+fn check_block_size(which: &'static str, size: u32) -> Result<(), VerityError> {
+    let ok = size.is_power_of_two() && (MIN_BLOCK_SIZE..=BLOCK_SIZE).contains(&(size as usize));
+    if ok {
+        Ok(())
+    } else {
+        Err(VerityError::BadBlockSize { which, size })
+    }
 }
 
 fn check_zero(b: &[u8], from: usize, to: usize) -> Result<(), VerityError> {
@@ -57,8 +71,28 @@ impl Superblock {
         }
         Ok(Superblock {
             uuid,
+            data_block_size: BLOCK_SIZE as u32,
+            hash_block_size: BLOCK_SIZE as u32,
             data_blocks,
             salt: salt.to_vec(),
+        })
+    }
+
+    /// A superblock with other block sizes than the 4096 bytes we build with (what older
+    /// systemd-repart writes), for callers that describe such a disk.
+    pub fn with_block_sizes(
+        uuid: Guid,
+        data_blocks: u64,
+        salt: &[u8],
+        data_block_size: u32,
+        hash_block_size: u32,
+    ) -> Result<Superblock, VerityError> {
+        check_block_size("data", data_block_size)?;
+        check_block_size("hash", hash_block_size)?;
+        Ok(Superblock {
+            data_block_size,
+            hash_block_size,
+            ..Superblock::new(uuid, data_blocks, salt)?
         })
     }
 
@@ -66,14 +100,16 @@ impl Superblock {
     pub(super) fn from_validated(uuid: Guid, data_blocks: u64, salt: Vec<u8>) -> Superblock {
         Superblock {
             uuid,
+            data_block_size: BLOCK_SIZE as u32,
+            hash_block_size: BLOCK_SIZE as u32,
             data_blocks,
             salt,
         }
     }
 
     /// Parses the first 512 bytes of `bytes` (the start of the hash device; the rest is ignored).
-    /// Strict: every field must hold the one value we support, and every reserved or padding
-    /// byte, including the salt field beyond `salt_size`, must be zero.
+    /// Strict: every field must hold a value we support, and every reserved or padding byte,
+    /// including the salt field beyond `salt_size`, must be zero.
     pub fn parse(bytes: &[u8]) -> Result<Superblock, VerityError> {
         let b = bytes
             .get(..SUPERBLOCK_SIZE)
@@ -96,12 +132,10 @@ impl Superblock {
                 String::from_utf8_lossy(name).into_owned(),
             ));
         }
-        for (which, at) in [("data", 64), ("hash", 68)] {
-            let size = u32_at(b, at);
-            if size as usize != BLOCK_SIZE {
-                return Err(VerityError::BadBlockSize { which, size });
-            }
-        }
+        let data_block_size = u32_at(b, 64);
+        check_block_size("data", data_block_size)?;
+        let hash_block_size = u32_at(b, 68);
+        check_block_size("hash", hash_block_size)?;
         let mut db = [0u8; 8];
         db.copy_from_slice(&b[72..80]);
         let data_blocks = u64::from_le_bytes(db);
@@ -118,6 +152,8 @@ impl Superblock {
         uuid.copy_from_slice(&b[16..32]);
         Ok(Superblock {
             uuid: Guid::from_bytes(uuid),
+            data_block_size,
+            hash_block_size,
             data_blocks,
             salt: b[88..88 + salt_size].to_vec(),
         })
@@ -130,8 +166,8 @@ impl Superblock {
         b[12..16].copy_from_slice(&1u32.to_le_bytes());
         b[16..32].copy_from_slice(self.uuid.as_bytes());
         b[32..32 + ALGORITHM.len()].copy_from_slice(ALGORITHM);
-        b[64..68].copy_from_slice(&(BLOCK_SIZE as u32).to_le_bytes());
-        b[68..72].copy_from_slice(&(BLOCK_SIZE as u32).to_le_bytes());
+        b[64..68].copy_from_slice(&self.data_block_size.to_le_bytes());
+        b[68..72].copy_from_slice(&self.hash_block_size.to_le_bytes());
         b[72..80].copy_from_slice(&self.data_blocks.to_le_bytes());
         // `new` and `parse` keep the salt within 256 bytes; `min` keeps this total regardless.
         let salt = &self.salt[..self.salt.len().min(MAX_SALT_SIZE)];
@@ -148,20 +184,31 @@ impl Superblock {
         self.data_blocks
     }
 
+    pub fn data_block_size(&self) -> u32 {
+        self.data_block_size
+    }
+
+    pub fn hash_block_size(&self) -> u32 {
+        self.hash_block_size
+    }
+
     pub fn salt(&self) -> &[u8] {
         &self.salt
     }
 
     /// Bytes of data the tree covers; the data device must be at least this big.
     pub fn data_size(&self) -> u64 {
-        self.data_blocks * BLOCK_SIZE as u64
+        self.data_blocks * u64::from(self.data_block_size)
     }
 
     /// Bytes of the hash device in use: the superblock block and the tree. The hash device must
     /// be at least this big.
     pub fn hash_area_size(&self) -> u64 {
-        let tree: u64 = super::level_blocks(self.data_blocks).iter().sum();
-        (1 + tree) * BLOCK_SIZE as u64
+        let fanout = u64::from(self.hash_block_size) / DIGEST_SIZE as u64;
+        let tree: u64 = super::level_blocks_with(self.data_blocks, fanout)
+            .iter()
+            .sum();
+        (1 + tree) * u64::from(self.hash_block_size)
     }
 
     /// The device-mapper table line for this superblock (`dmsetup create --table` syntax,
@@ -182,8 +229,10 @@ impl Superblock {
             super::to_hex(&self.salt)
         };
         let mut line = format!(
-            "0 {sectors} verity 1 {data_dev} {hash_dev} {BLOCK_SIZE} {BLOCK_SIZE} {blocks} 1 sha256 {root} {salt}",
+            "0 {sectors} verity 1 {data_dev} {hash_dev} {dbs} {hbs} {blocks} 1 sha256 {root} {salt}",
             sectors = self.data_size() / 512,
+            dbs = self.data_block_size,
+            hbs = self.hash_block_size,
             blocks = self.data_blocks,
             root = super::to_hex(root_hash),
         );

@@ -153,6 +153,50 @@ fn superblock_round_trip_and_layout() {
     assert_eq!(sb.hash_area_size(), 5 * 4096);
 }
 
+/// systemd-repart before v255 (mkosi's bookworm images) formats verity with 512-byte blocks:
+/// veritysetup's superblock and hash file with other block sizes must parse to the sizes and
+/// the dm table veritysetup itself uses.
+#[test]
+fn smaller_blocks_as_veritysetup_writes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_path = dir.path().join("data.img");
+    std::fs::write(&data_path, pseudo_random(1000 * 512 + 512 * 7, 5)).unwrap();
+    for (dbs, hbs) in [(512u32, 512u32), (1024, 2048), (4096, 512), (2048, 4096)] {
+        let hash_path = dir.path().join(format!("hash-{dbs}-{hbs}.img"));
+        let blocks = 1007 * 512 / dbs as usize;
+        let out = veritysetup(&[
+            "format",
+            &format!("--data-block-size={dbs}"),
+            &format!("--hash-block-size={hbs}"),
+            &format!("--data-blocks={blocks}"),
+            &format!("--uuid={UUID}"),
+            data_path.to_str().unwrap(),
+            hash_path.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{out:?}");
+        let root = tool_root_hash(&out.stdout);
+        let hash_file = std::fs::read(&hash_path).unwrap();
+        let sb = parse(&hash_file).unwrap();
+        assert_eq!((sb.data_block_size(), sb.hash_block_size()), (dbs, hbs));
+        assert_eq!(sb.data_blocks(), blocks as u64);
+        assert_eq!(sb.data_size(), blocks as u64 * u64::from(dbs));
+        assert_eq!(sb.hash_area_size(), hash_file.len() as u64, "{dbs}/{hbs}");
+        let table = sb.dm_table("/dev/a", "/dev/b", &from_hex(&root).unwrap(), &[]);
+        assert!(
+            table.contains(&format!(
+                " /dev/a /dev/b {dbs} {hbs} {blocks} 1 sha256 {root} "
+            )),
+            "{table}"
+        );
+        assert_eq!(
+            Superblock::with_block_sizes(UUID.parse().unwrap(), blocks as u64, sb.salt(), dbs, hbs)
+                .unwrap()
+                .to_bytes()[..],
+            hash_file[..SUPERBLOCK_SIZE]
+        );
+    }
+}
+
 #[test]
 fn superblock_rejects_everything_else() {
     let good = sample_superblock().to_bytes();
@@ -183,17 +227,16 @@ fn superblock_rejects_everything_else() {
     // "sha256" followed by garbage instead of NULs.
     assert!(matches!(with(38, b"x"), Err(VerityError::BadAlgorithm(_))));
     assert!(matches!(with(63, b"x"), Err(VerityError::BadAlgorithm(_))));
-    assert!(matches!(
-        with(64, &512u32.to_le_bytes()),
-        Err(VerityError::BadBlockSize {
-            which: "data",
-            size: 512
-        })
-    ));
-    assert!(matches!(
-        with(68, &8192u32.to_le_bytes()),
-        Err(VerityError::BadBlockSize { which: "hash", .. })
-    ));
+    for bad in [0u32, 256, 3072, 8192] {
+        assert!(matches!(
+            with(64, &bad.to_le_bytes()),
+            Err(VerityError::BadBlockSize { which: "data", size }) if size == bad
+        ));
+        assert!(matches!(
+            with(68, &bad.to_le_bytes()),
+            Err(VerityError::BadBlockSize { which: "hash", size }) if size == bad
+        ));
+    }
     assert!(matches!(
         with(72, &0u64.to_le_bytes()),
         Err(VerityError::BadDataBlocks(0))
