@@ -59,6 +59,10 @@ pub enum EvidenceError {
     Unsupported(TeeKind),
     #[error("report data for {0}")]
     ReportData(TeeKind, #[source] KbsError),
+    #[error("runtime data for the {0} evidence")]
+    RuntimeData(&'static str, #[source] KbsError),
+    #[error("{0} cannot be additional evidence (only snp and tdx)")]
+    NotAdditional(TeeKind),
 }
 
 /// Which TEE, and why: Azure's HCL report in the vTPM beats TDX beats SNP beats a plain vTPM.
@@ -164,6 +168,59 @@ pub fn collect<T: Transport>(
         }
         TeeKind::AzSnpVtpm | TeeKind::AzTdxVtpm => Err(EvidenceError::Unsupported(kind)),
     }
+}
+
+/// One attestation's evidence: the primary evidence, the `additional_evidence` string (the
+/// map TEE → evidence, `""` for none) and the digests each is bound to, for the console.
+#[derive(Debug, Clone)]
+pub struct Composite {
+    pub primary: serde_json::Value,
+    pub additional: String,
+    /// The runtime-data digest of the primary (with the additional-evidence string).
+    pub digest: Vec<u8>,
+    /// The digest of `{"nonce", "tee-pubkey"}` the additional evidence carries, if any.
+    pub device_digest: Option<Vec<u8>>,
+}
+
+/// The evidence for a challenge, composed as guest-components does (`get_composite_evidence`):
+/// the `additional` TEE's evidence (snp or tdx) first, bound to the digest of
+/// [`protocol::device_runtime_data`]; then the primary `kind`'s evidence, bound to the digest
+/// of [`protocol::runtime_data`] with that evidence's map string in it. `hash` is the one the
+/// challenge selected.
+#[allow(clippy::too_many_arguments)]
+pub fn collect_composite<T: Transport>(
+    kind: TeeKind,
+    additional: Option<TeeKind>,
+    root: &Path,
+    mut tpm: Option<&mut Tpm<T>>,
+    nonce: &str,
+    tee_pubkey: &protocol::TeePubKey,
+    hash: protocol::RuntimeDataHash,
+    eventlog: Option<&EventLog>,
+) -> Result<Composite, EvidenceError> {
+    let (additional, device_digest) = match additional {
+        None => (protocol::NO_ADDITIONAL_EVIDENCE.to_string(), None),
+        Some(add @ (TeeKind::Snp | TeeKind::Tdx)) => {
+            let device = protocol::device_runtime_data(nonce, tee_pubkey);
+            let d = protocol::runtime_data_digest(hash, &device)
+                .map_err(|e| EvidenceError::RuntimeData("additional", e))?;
+            let ev = collect(add, root, tpm.as_deref_mut(), &d, eventlog)?;
+            let s = protocol::additional_evidence(&[(add.kbs_tee(), ev)])
+                .map_err(|e| EvidenceError::RuntimeData("additional", e))?;
+            (s, Some(d))
+        }
+        Some(other) => return Err(EvidenceError::NotAdditional(other)),
+    };
+    let rd = protocol::runtime_data(nonce, tee_pubkey, &additional);
+    let digest = protocol::runtime_data_digest(hash, &rd)
+        .map_err(|e| EvidenceError::RuntimeData("primary", e))?;
+    let primary = collect(kind, root, tpm, &digest, eventlog)?;
+    Ok(Composite {
+        primary,
+        additional,
+        digest,
+        device_digest,
+    })
 }
 
 /// The firmware's TCG event log under `root`, at most [`MAX_FIRMWARE_LOG`] bytes (a larger one
