@@ -59,6 +59,8 @@ pub enum VerifyError {
     ReportData(&'static str),
     #[error("the AK (sha256 {0}) is not in the policy's trusted_aks")]
     AkNotTrusted(String),
+    #[error("the AK certificate does not make the AK trusted: {0}")]
+    AkCert(String),
     #[error(
         "the TPM quote's nonce is {0} bytes: Trustee (v0.16 and later) expects exactly the first \
          32 bytes of the runtime-data digest, not the 64-byte padded form"
@@ -119,17 +121,27 @@ pub struct Verified {
     pub claims: Map<String, Value>,
 }
 
-/// The trusted AKs: exactly the policy's list (SHA-256 of each AK's DER SPKI), as Trustee's
-/// `tpm` verifier holds them.
+/// The trusted AKs, as Trustee's `tpm` verifier holds them: the policy's list (SHA-256 of
+/// each AK's DER SPKI); and, when the policy names AK CAs (`ak_ca`), any AK whose `ak_cert`
+/// one of those CAs signed for exactly that key (GCP's certified vTPM AK). The certificate's
+/// validity period is not checked (the dev KBS has no trusted clock source to speak of, and
+/// GCP's AK certificates outlive the VM).
 #[derive(Debug)]
 pub struct AkStore {
     listed: Vec<String>,
+    cas: Vec<cvm_tee::x509::Cert>,
 }
 
 impl AkStore {
     pub fn new(policy: &Policy) -> AkStore {
         AkStore {
             listed: policy.trusted_aks.clone(),
+            // Parsed at policy load: these parse.
+            cas: policy
+                .ak_ca
+                .iter()
+                .filter_map(|der| cvm_tee::x509::Cert::from_der(der).ok())
+                .collect(),
         }
     }
 
@@ -139,6 +151,46 @@ impl AkStore {
         } else {
             Err(VerifyError::AkNotTrusted(ak.into()))
         }
+    }
+
+    /// Listed, or certified: `cert` (DER) names the AK `spki` and a policy CA signed it.
+    pub fn check_with_cert(
+        &self,
+        ak: &str,
+        spki: &[u8],
+        cert: Option<&[u8]>,
+    ) -> Result<&'static str, VerifyError> {
+        if self.check(ak).is_ok() {
+            return Ok("listed");
+        }
+        let Some(cert) = cert else {
+            return Err(VerifyError::AkNotTrusted(ak.into()));
+        };
+        if self.cas.is_empty() {
+            return Err(VerifyError::AkCert(
+                "the evidence has an ak_cert but the policy names no ak_ca".into(),
+            ));
+        }
+        let leaf =
+            cvm_tee::x509::Cert::from_der(cert).map_err(|e| VerifyError::AkCert(chain(&e)))?;
+        if leaf.spki_der().ok().as_deref() != Some(spki) {
+            return Err(VerifyError::AkCert(format!(
+                "the certificate ({}) is for another key than ak_public",
+                leaf.subject()
+            )));
+        }
+        let mut last = None;
+        for ca in &self.cas {
+            match leaf.verify_by(ca) {
+                Ok(()) => return Ok("certified"),
+                Err(e) => last = Some(chain(&e)),
+            }
+        }
+        Err(VerifyError::AkCert(format!(
+            "no ak_ca signed the certificate ({}): {}",
+            leaf.subject(),
+            last.unwrap_or_default()
+        )))
     }
 }
 
@@ -306,7 +358,7 @@ fn verify_tpm(
         .map_err(|e| malformed("tpm", &e))?;
     // Trustee's order: the AK must be trusted before anything signed with it is looked at.
     let ak = hex::encode(&ev.ak_sha256());
-    aks.check(&ak)?;
+    let ak_trust = aks.check_with_cert(&ak, &ev.ak_public, ev.ak_cert.as_deref())?;
     let attest = ev.verify().map_err(|e| signature("tpm", &e))?;
     if attest.extra_data != report_data {
         if attest.extra_data.len() != report_data.len() {
@@ -360,6 +412,7 @@ fn verify_tpm(
         .collect();
     v.claims.insert("pcrs".into(), Value::Object(pcr_claims));
     v.claims.insert("ak".into(), json!(ak));
+    v.claims.insert("ak-trust".into(), json!(ak_trust));
     Ok(v)
 }
 

@@ -20,6 +20,7 @@
 mod ak;
 mod error;
 mod nv;
+mod platform_ak;
 mod transport;
 pub mod verify;
 
@@ -30,9 +31,12 @@ mod test_support;
 #[cfg(test)]
 mod tests;
 
-pub use ak::{AK_HANDLE, AttestationKey, MAX_QUALIFYING_DATA, Quote, rsa_spki_der};
+pub use ak::{
+    AK_HANDLE, AttestationKey, MAX_QUALIFYING_DATA, Quote, ak_template_bytes, rsa_spki_der,
+};
 pub use error::{ResponseCode, TPM_RC_HANDLE, TpmError};
 pub use nv::NvPublic;
+pub use platform_ak::{AZURE_AK_HANDLE, GCE_AK_CERT_NV_INDEX_RSA, GCE_AK_TEMPLATE_NV_INDEX_RSA};
 pub use transport::{
     DEFAULT_SLOW_TIMEOUT, DEFAULT_TIMEOUT, DeviceTransport, TcpTransport, Transport,
 };
@@ -202,6 +206,19 @@ impl<T: Transport> Tpm<T> {
             transport,
             stats: TpmStats::default(),
         }
+    }
+
+    /// The transport, for a test double that wraps one.
+    pub fn transport(&self) -> &T {
+        &self.transport
+    }
+
+    pub fn transport_mut(&mut self) -> &mut T {
+        &mut self.transport
+    }
+
+    pub fn into_transport(self) -> T {
+        self.transport
     }
 
     pub fn stats(&self) -> TpmStats {
