@@ -55,8 +55,6 @@ pub enum EvidenceError {
     FirmwareLogTooLarge(PathBuf),
     #[error("cannot encode the evidence")]
     Json(#[source] serde_json::Error),
-    #[error("{0} evidence is not supported yet")]
-    Unsupported(TeeKind),
     #[error("report data for {0}")]
     ReportData(TeeKind, #[source] KbsError),
     #[error("runtime data for the {0} evidence")]
