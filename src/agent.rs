@@ -156,6 +156,8 @@ pub struct Agent {
     tee: Option<TeeKind>,
     /// The hardware report sent beside a cloud's `tpm` primary evidence.
     additional_tee: Option<TeeKind>,
+    /// The cloud from SMBIOS, for the cloud's evidence inputs.
+    cloud: Option<crate::tee::detect::Cloud>,
     /// launch.toml from the init-data, once measured.
     launch: Option<LaunchConfig>,
     net: Option<net::NetUp>,
@@ -260,6 +262,7 @@ pub fn main() -> ! {
         initdata: None,
         tee: None,
         additional_tee: None,
+        cloud: None,
         launch: None,
         net: None,
         kbs: None,
@@ -677,6 +680,7 @@ impl Agent {
         }
         self.tee = platform.kind;
         self.additional_tee = platform.additional;
+        self.cloud = platform.cloud;
         if let Some(kind) = platform.kind
             && let Some(register) = crate::tee::binding::register(kind)
         {
@@ -823,6 +827,7 @@ impl Agent {
             .transpose()
             .map_err(|_| StageError::new(Stage::Attest, AgentError::InitDataNotText))?;
         let additional = self.additional_tee;
+        let gcp_ak = self.cloud == Some(crate::tee::detect::Cloud::Google);
         let mut tpm = self.tpm.as_mut();
         let log = self.measurer.as_ref().map(Measurer::log);
         let mut evidence_ms = 0;
@@ -839,6 +844,13 @@ impl Agent {
                     &jwk,
                     hash,
                     log,
+                    &mut evidence::CloudInputs {
+                        gcp_ak,
+                        // Azure's VCEK and TD quote come from the host services the network
+                        // stage reaches; until those are wired in, Azure evidence is refused
+                        // naming them.
+                        azure: None,
+                    },
                 )
                 .map_err(AttestError::Evidence)?;
                 let digest = &composite.digest;

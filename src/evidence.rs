@@ -144,6 +144,34 @@ pub fn collect<T: Transport>(
     digest: &[u8],
     eventlog: Option<&EventLog>,
 ) -> Result<serde_json::Value, EvidenceError> {
+    collect_on(
+        kind,
+        root,
+        tpm,
+        digest,
+        eventlog,
+        &mut CloudInputs::default(),
+    )
+}
+
+/// What the cloud adds to the evidence: GCP's certified AK (used for `tpm` evidence instead
+/// of the agent's own, when the platform is GCP) and Azure's host services (VCEK, TD quote),
+/// which the network code provides.
+#[derive(Default)]
+pub struct CloudInputs<'a> {
+    pub gcp_ak: bool,
+    pub azure: Option<&'a mut dyn AzureHost>,
+}
+
+/// [`collect`] with the cloud's inputs.
+pub fn collect_on<T: Transport>(
+    kind: TeeKind,
+    root: &Path,
+    tpm: Option<&mut Tpm<T>>,
+    digest: &[u8],
+    eventlog: Option<&EventLog>,
+    cloud: &mut CloudInputs<'_>,
+) -> Result<serde_json::Value, EvidenceError> {
     let b64 = base64::engine::general_purpose::STANDARD;
     let report_data = report_data_for(kind, digest)?;
     let hw_report_data = || -> Result<[u8; 64], EvidenceError> {
@@ -160,7 +188,11 @@ pub fn collect<T: Transport>(
     match kind {
         TeeKind::Tpm => {
             let tpm = tpm.ok_or(EvidenceError::NoTpm(kind))?;
-            let mut ev = tpm_evidence(tpm, &report_data)?;
+            let mut ev = if cloud.gcp_ak {
+                gcp_tpm_evidence(tpm, &report_data)?
+            } else {
+                tpm_evidence(tpm, &report_data)?
+            };
             ev.cel_eventlog = eventlog.map(EventLog::to_json);
             ev.eventlog = firmware_log(root)?;
             serde_json::to_value(ev).map_err(EvidenceError::Json)
@@ -186,7 +218,14 @@ pub fn collect<T: Transport>(
                 "cert_chain": report.auxblob.as_ref().map(|a| b64.encode(a)),
             }))
         }
-        TeeKind::AzSnpVtpm | TeeKind::AzTdxVtpm => Err(EvidenceError::NoAzureHost(kind)),
+        TeeKind::AzSnpVtpm | TeeKind::AzTdxVtpm => {
+            let tpm = tpm.ok_or(EvidenceError::NoTpm(kind))?;
+            let host = cloud
+                .azure
+                .as_deref_mut()
+                .ok_or(EvidenceError::NoAzureHost(kind))?;
+            azure_evidence(kind, tpm, digest, host)
+        }
     }
 }
 
@@ -410,6 +449,7 @@ pub fn collect_composite<T: Transport>(
     tee_pubkey: &protocol::TeePubKey,
     hash: protocol::RuntimeDataHash,
     eventlog: Option<&EventLog>,
+    cloud: &mut CloudInputs<'_>,
 ) -> Result<Composite, EvidenceError> {
     let (additional, device_digest) = match additional {
         None => (protocol::NO_ADDITIONAL_EVIDENCE.to_string(), None),
@@ -417,7 +457,7 @@ pub fn collect_composite<T: Transport>(
             let device = protocol::device_runtime_data(nonce, tee_pubkey);
             let d = protocol::runtime_data_digest(hash, &device)
                 .map_err(|e| EvidenceError::RuntimeData("additional", e))?;
-            let ev = collect(add, root, tpm.as_deref_mut(), &d, eventlog)?;
+            let ev = collect_on(add, root, tpm.as_deref_mut(), &d, eventlog, cloud)?;
             let s = protocol::additional_evidence(&[(add.kbs_tee(), ev)])
                 .map_err(|e| EvidenceError::RuntimeData("additional", e))?;
             (s, Some(d))
@@ -427,7 +467,7 @@ pub fn collect_composite<T: Transport>(
     let rd = protocol::runtime_data(nonce, tee_pubkey, &additional);
     let digest = protocol::runtime_data_digest(hash, &rd)
         .map_err(|e| EvidenceError::RuntimeData("primary", e))?;
-    let primary = collect(kind, root, tpm, &digest, eventlog)?;
+    let primary = collect_on(kind, root, tpm, &digest, eventlog, cloud)?;
     Ok(Composite {
         primary,
         additional,

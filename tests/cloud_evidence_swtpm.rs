@@ -250,6 +250,22 @@ fn azure_snp_evidence_refreshes_the_hcl_report_and_quotes_with_its_ak() {
     // data, so a verifier stops at the binding, before the VCEK.
     assert!(matches!(ev.verify(), Err(AzureError::Binding)));
 
+    // The same through the agent's entry point, with the host services as its cloud input.
+    let value = evidence::collect_on(
+        TeeKind::AzSnpVtpm,
+        std::path::Path::new("/nonexistent"),
+        Some(&mut tpm),
+        &DIGEST,
+        None,
+        &mut evidence::CloudInputs {
+            gcp_ak: false,
+            azure: Some(&mut host),
+        },
+    )
+    .unwrap();
+    assert_eq!(value["version"], 2);
+    assert_eq!(tpm.transport().refreshes, 2);
+
     // A paravisor that does not refresh the report: the stale one is refused by name.
     tpm.transport_mut().refresh = false;
     let err =
@@ -397,6 +413,22 @@ fn gcp_ak_from_the_nv_template_chains_to_the_ca() {
     assert!(json["ak_cert"].is_string());
     let parsed = TpmEvidence::from_json(json.to_string().as_bytes()).unwrap();
     assert_eq!(parsed, ev);
+
+    // The agent's entry point on GCP uses this AK too.
+    let value = evidence::collect_on(
+        TeeKind::Tpm,
+        std::path::Path::new("/nonexistent"),
+        Some(&mut tpm),
+        &digest,
+        Some(log.log()),
+        &mut evidence::CloudInputs {
+            gcp_ak: true,
+            azure: None,
+        },
+    )
+    .unwrap();
+    assert_eq!(value["ak_public"], json["ak_public"]);
+    assert_eq!(value["ak_cert"], json["ak_cert"]);
 
     let pem = |c: &rcgen::Certificate| c.pem();
     let dir = tempfile::tempdir().unwrap();

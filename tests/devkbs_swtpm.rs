@@ -936,6 +936,7 @@ fn tpm_primary_with_snp_additional_evidence() {
         &jwk,
         protocol::RuntimeDataHash::Sha384,
         Some(g.log.log()),
+        &mut evidence::CloudInputs::default(),
     )
     .unwrap();
     // The additional evidence: the map {"snp": …} with the report configfs-tsm gave, bound
@@ -1021,6 +1022,7 @@ fn tpm_primary_with_snp_additional_evidence() {
         &jwk,
         protocol::RuntimeDataHash::Sha384,
         Some(g.log.log()),
+        &mut evidence::CloudInputs::default(),
     )
     .unwrap();
     let err = run(&c.primary, &c.additional, &forged).unwrap_err();
@@ -1084,6 +1086,7 @@ fn the_kbs_checks_additional_evidence_against_the_session() {
         &jwk,
         protocol::RuntimeDataHash::Sha384,
         Some(g.log.log()),
+        &mut evidence::CloudInputs::default(),
     )
     .unwrap();
     let body = |primary: Value, additional: &str| {
