@@ -216,3 +216,72 @@ fn platform_key(handle: u32, public: &[u8]) -> Result<AttestationKey, String> {
         spki_der: super::rsa_spki_der(modulus, exponent),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A TPM2B_PUBLIC of `template` with a 2048-bit modulus in `unique`.
+    fn public_of(template: &[u8]) -> Vec<u8> {
+        let mut area = template[..template.len() - 2].to_vec();
+        area.extend_from_slice(&256u16.to_be_bytes());
+        area.extend(std::iter::once(0xC5).chain(std::iter::repeat_n(0x11, 255)));
+        let mut out = (area.len() as u16).to_be_bytes().to_vec();
+        out.extend_from_slice(&area);
+        out
+    }
+
+    #[test]
+    fn templates_in_both_forms_and_nothing_after() {
+        let t = super::super::ak_template_bytes().unwrap();
+        let a = parse_template(&t).unwrap();
+        let mut sized = (t.len() as u16).to_be_bytes().to_vec();
+        sized.extend_from_slice(&t);
+        assert_eq!(parse_template(&sized).unwrap(), a);
+        let mut trailing = t.clone();
+        trailing.push(0);
+        assert!(
+            parse_template(&trailing)
+                .unwrap_err()
+                .to_string()
+                .contains("after")
+        );
+        assert!(parse_template(&t[..t.len() - 1]).is_err());
+        assert!(parse_template(&vec![0; MAX_TEMPLATE + 1]).is_err());
+    }
+
+    #[test]
+    fn platform_keys_must_quote_safely() {
+        let t = super::super::ak_template_bytes().unwrap();
+        let key = platform_key(0x8100_0003, &public_of(&t)).unwrap();
+        assert_eq!(key.rsa_exponent, 65537);
+        assert_eq!(key.rsa_modulus.len(), 256);
+        // objectAttributes at bytes 4..8 of the TPMT_PUBLIC.
+        let with = |f: &dyn Fn(u32) -> u32| {
+            let mut t = t.clone();
+            let a = u32::from_be_bytes(t[4..8].try_into().unwrap());
+            t[4..8].copy_from_slice(&f(a).to_be_bytes());
+            platform_key(1, &public_of(&t))
+        };
+        assert!(
+            with(&|a| a & !RESTRICTED)
+                .unwrap_err()
+                .contains("restricted")
+        );
+        assert!(with(&|a| a & !SIGN).unwrap_err().contains("sign"));
+        assert!(with(&|a| a & !FIXED_TPM).unwrap_err().contains("fixedTPM"));
+        assert!(with(&|a| a | DECRYPT).unwrap_err().contains("decrypt"));
+        // Other attributes are the platform's (noDA here).
+        assert!(with(&|a| a | 0x400).is_ok());
+        let mut ecc = t.clone();
+        ecc[0..2].copy_from_slice(&0x0023u16.to_be_bytes());
+        assert!(
+            platform_key(1, &public_of(&ecc))
+                .unwrap_err()
+                .contains("RSA")
+        );
+        let mut short = public_of(&t);
+        short.truncate(short.len() - 1);
+        assert!(platform_key(1, &short).is_err());
+    }
+}
