@@ -17,10 +17,19 @@
 //! Each form's report data is [`protocol::tee_report_data`] of the runtime-data digest: the one
 //! rule the agent and the dev KBS share, checked against Trustee's verifiers there.
 //!
+//! - `az-snp-vtpm` (v2) / `az-tdx-vtpm` (v1): [`azure_evidence`] — the HCL report refreshed
+//!   through NV 0x01400002 with the report data, a quote by the AK at 0x81000003, and the VCEK
+//!   or TD quote from Azure's host services ([`AzureHost`], implemented by the network code).
+//!
+//! On GCP and AWS a vTPM next to an SNP/TDX device makes `tpm` the primary evidence and the
+//! hardware report additional evidence ([`collect_composite`], `tee::detect` says why); on
+//! GCP the `tpm` evidence uses Google's certified AK ([`gcp_tpm_evidence`]).
+//!
 //! The `tpm` form is checked against the real evidence fixture and Trustee's verifier logic
 //! (`tee::tpm`); `tdx`/`snp` are produced from the kernel's report but could not be run on
-//! hardware here. The Azure forms need the VCEK/TD quote from the host's services and are
-//! refused with a clear error until the network stage exists.
+//! hardware here; the Azure forms are tested against swtpm with a paravisor double
+//! (`tests/cloud_evidence_swtpm.rs`), the composite form with the SNP fixture
+//! (`tests/devkbs_swtpm.rs`).
 
 use crate::kbs::KbsError;
 use crate::kbs::protocol;

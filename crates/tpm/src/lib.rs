@@ -2,8 +2,10 @@
 //! static PID 1 needs no tpm2-tss libraries).
 //!
 //! It does only what the agent needs to measure and attest: list the PCR banks, read and extend
-//! PCRs, get random bytes, create (or find) the attestation key, quote, and read NV indices
-//! (the Azure HCL report, cloud AK certificates). The only authorization ever used is a password
+//! PCRs, get random bytes, create (or find) the attestation key, use the cloud's AK (Azure's
+//! persistent one, GCP's from its NV template), quote, read NV indices (the Azure HCL report,
+//! GCP's AK template and certificate) and write one (Azure's report-data index). Defining an
+//! index and making a key persistent at a chosen handle are there for tests that play a cloud. The only authorization ever used is a password
 //! session with an empty password (`TPM_RS_PW`): PCRs, the endorsement and owner hierarchies of a
 //! vTPM, our own AK and the NV indices we read all have empty auth values. Commands that need no
 //! authorization go out as `TPM_ST_NO_SESSIONS`.
