@@ -198,6 +198,10 @@ pub struct Agent {
     initdata: Option<InitData>,
     /// The TEE evidence will come from, once detected.
     tee: Option<TeeKind>,
+    /// The hardware report sent beside a cloud's `tpm` primary evidence.
+    additional_tee: Option<TeeKind>,
+    /// The cloud from SMBIOS, for the cloud's evidence inputs.
+    cloud: Option<crate::tee::detect::Cloud>,
     /// launch.toml from the init-data, once measured.
     launch: Option<LaunchConfig>,
     net: Option<net::NetUp>,
@@ -303,6 +307,8 @@ pub fn main() -> ! {
         measurer: None,
         initdata: None,
         tee: None,
+        additional_tee: None,
+        cloud: None,
         launch: None,
         net: None,
         kbs: None,
@@ -797,11 +803,19 @@ impl Agent {
             warn!("no TPM: events are logged but not extended");
         }
         let platform = evidence::detect_platform(Path::new("/"), self.tpm.as_mut());
-        match platform.kind {
-            Some(kind) => info!("TEE {} ({})", kind.as_str(), platform.reason),
-            None => warn!("no TEE: {}", platform.reason),
+        match (platform.kind, platform.additional) {
+            (Some(kind), Some(add)) => info!(
+                "TEE {} with {} as additional evidence ({})",
+                kind.as_str(),
+                add.as_str(),
+                platform.reason
+            ),
+            (Some(kind), None) => info!("TEE {} ({})", kind.as_str(), platform.reason),
+            (None, _) => warn!("no TEE: {}", platform.reason),
         }
         self.tee = platform.kind;
+        self.additional_tee = platform.additional;
+        self.cloud = platform.cloud;
         if let Some(kind) = platform.kind
             && let Some(register) = crate::tee::binding::register(kind)
         {
@@ -931,6 +945,8 @@ impl Agent {
             .map(|d| std::str::from_utf8(d.raw()).map(str::to_owned))
             .transpose()
             .map_err(|_| StageError::new(Stage::Attest, AgentError::InitDataNotText))?;
+        let additional = self.additional_tee;
+        let gcp_ak = self.cloud == Some(crate::tee::detect::Cloud::Google);
         let mut tpm = self.tpm.as_mut();
         let log = self.measurer.as_ref().map(Measurer::log);
         let mut evidence_ms = 0;
@@ -938,33 +954,51 @@ impl Agent {
             .attest(kind.kbs_tee(), |challenge| {
                 let t = Instant::now();
                 let hash = protocol::hash_algorithm(challenge).map_err(AttestError::Kbs)?;
-                let runtime_data = protocol::runtime_data(
+                let composite = evidence::collect_composite(
+                    kind,
+                    additional,
+                    Path::new("/"),
+                    tpm.as_deref_mut(),
                     &challenge.nonce,
                     &jwk,
-                    protocol::NO_ADDITIONAL_EVIDENCE,
-                );
-                let digest =
-                    protocol::runtime_data_digest(hash, &runtime_data).map_err(AttestError::Kbs)?;
+                    hash,
+                    log,
+                    &mut evidence::CloudInputs {
+                        gcp_ak,
+                        // Azure's VCEK and TD quote come from the host services the network
+                        // stage reaches; until those are wired in, Azure evidence is refused
+                        // naming them.
+                        azure: None,
+                    },
+                )
+                .map_err(AttestError::Evidence)?;
+                let digest = &composite.digest;
                 // Public values (a hash of the nonce and the public TEE key), logged so that a
                 // refusal can be compared with what the KBS expected.
-                if let Ok(bound) = evidence::report_data_for(kind, &digest) {
+                if let Ok(bound) = evidence::report_data_for(kind, digest) {
                     info!(
                         "runtime data {}: {}; {} report data ({} bytes): {}",
                         hash.name(),
-                        crate::hex::encode(&digest),
+                        crate::hex::encode(digest),
                         kind.as_str(),
                         bound.len(),
                         crate::hex::encode(&bound)
                     );
                 }
-                let evidence =
-                    evidence::collect(kind, Path::new("/"), tpm.as_deref_mut(), &digest, log)
-                        .map_err(AttestError::Evidence)?;
+                if let (Some(add), Some(d)) = (additional, &composite.device_digest) {
+                    info!(
+                        "additional {} evidence bound to {} of {{nonce, tee-pubkey}}: {}",
+                        add.as_str(),
+                        hash.name(),
+                        crate::hex::encode(d)
+                    );
+                }
                 evidence_ms += t.elapsed().as_millis();
-                Ok::<_, AttestError>(protocol::attestation(
+                Ok::<_, AttestError>(protocol::composite_attestation(
                     &challenge.nonce,
                     &jwk,
-                    evidence,
+                    composite.primary,
+                    &composite.additional,
                     initdata_toml.as_deref(),
                 ))
             })

@@ -865,3 +865,279 @@ fn firmware_log_and_boot_pcr_pins() {
         )
     );
 }
+
+/// The SNP fixture's VCEK as the cert table (auxblob) configfs-tsm hands out.
+fn snp_cert_table() -> Vec<u8> {
+    let vcek = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/snp/test-vcek.der"
+    ))
+    .unwrap();
+    let guid = 0x63da758d_e664_4564_adc5_f4b93be8accdu128.to_be_bytes();
+    let mut t = guid.to_vec();
+    t.extend_from_slice(&48u32.to_le_bytes());
+    t.extend_from_slice(&(vcek.len() as u32).to_le_bytes());
+    t.extend_from_slice(&[0; 24]);
+    t.extend_from_slice(&vcek);
+    t
+}
+
+/// A guest root whose configfs-tsm entry (a provider the report-data check does not know)
+/// hands out `report` and `auxblob`, as GCP's or AWS's SNP guest driver would.
+fn root_with_tsm(report: &[u8], auxblob: &[u8]) -> tempfile::TempDir {
+    let root = tempfile::tempdir().unwrap();
+    let entry = root
+        .path()
+        .join("sys/kernel/config/tsm/report")
+        .join(cvm_agent::tee::tsm::ENTRY_NAME);
+    std::fs::create_dir_all(&entry).unwrap();
+    std::fs::write(entry.join("provider"), "fixture\n").unwrap();
+    std::fs::write(entry.join("generation"), "1\n").unwrap();
+    std::fs::write(entry.join("inblob"), "").unwrap();
+    std::fs::write(entry.join("outblob"), report).unwrap();
+    std::fs::write(entry.join("auxblob"), auxblob).unwrap();
+    root
+}
+
+fn snp_fixture() -> Vec<u8> {
+    std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/snp/test-report.bin"
+    ))
+    .unwrap()
+}
+
+/// GCP/AWS SNP: `tpm` primary evidence from swtpm + the real SNP report as additional
+/// evidence, composed by the agent's code, verified by the dev KBS's composite check exactly
+/// as Trustee splits it. The SNP fixture was signed for a report data we cannot choose, so the
+/// additional evidence's digest is given as that report data (what the device runtime data of
+/// the session it was made for hashed to); the primary's digest is recomputed on the verifier
+/// side from the attestation's own strings. Refused: the additional evidence checked against
+/// this session's {nonce, tee-pubkey} (bound to other runtime data), a tampered report data,
+/// a tpm quote over runtime data without the additional-evidence string, and an
+/// additional-evidence string changed after the quote.
+#[test]
+fn tpm_primary_with_snp_additional_evidence() {
+    use cvm_devkbs::Policy;
+    use cvm_devkbs::verify::{self, AkStore, VerifyError};
+    let mut g = guest(&facts(Mode::Production, 1));
+    let report = snp_fixture();
+    let root = root_with_tsm(&report, &snp_cert_table());
+    let parsed = cvm_agent::tee::snp::AttestationReport::parse(&report).unwrap();
+    let fixture_digest = parsed.report_data[..48].to_vec();
+    let nonce = "RKVMrB6ZyIA2qJ1nhh3UHZnNBk1QJv8xdzIEKzKLEYU=";
+    let jwk = g.key.public_jwk();
+    let composite = evidence::collect_composite(
+        TeeKind::Tpm,
+        Some(TeeKind::Snp),
+        root.path(),
+        Some(&mut g.tpm),
+        nonce,
+        &jwk,
+        protocol::RuntimeDataHash::Sha384,
+        Some(g.log.log()),
+        &mut evidence::CloudInputs::default(),
+    )
+    .unwrap();
+    // The additional evidence: the map {"snp": …} with the report configfs-tsm gave, bound
+    // to SHA-384 of {nonce, tee-pubkey}.
+    let additional = protocol::parse_additional_evidence(&composite.additional).unwrap();
+    assert_eq!(additional.len(), 1);
+    assert_eq!(additional[0].0, Tee::Snp);
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    assert_eq!(additional[0].1["attestation_report"], b64.encode(&report));
+    let device = protocol::runtime_data_digest(
+        protocol::RuntimeDataHash::Sha384,
+        &protocol::device_runtime_data(nonce, &jwk),
+    )
+    .unwrap();
+    assert_eq!(composite.device_digest.as_deref(), Some(&device[..]));
+    // The primary's runtime data holds the additional-evidence string.
+    let verifier_digest = |additional: &str| {
+        protocol::runtime_data_digest(
+            protocol::RuntimeDataHash::Sha384,
+            &protocol::runtime_data(nonce, &jwk, additional),
+        )
+        .unwrap()
+    };
+    assert_eq!(composite.digest, verifier_digest(&composite.additional));
+
+    let policy = Policy::parse(
+        &trusting(
+            &g,
+            &format!(
+                "tee = [\"tpm\", \"snp\"]\nsnp_measurement = \"{}\"\n",
+                cvm_agent::hex::encode(&parsed.measurement)
+            ),
+        ),
+        Path::new("/nonexistent"),
+    )
+    .unwrap();
+    let aks = AkStore::new(&policy);
+    let init = cvm_agent::initdata::InitData::parse(initdata(1).as_bytes()).unwrap();
+    let run = |primary: &Value, additional_str: &str, device_digest: &[u8]| {
+        let additional = protocol::parse_additional_evidence(additional_str).unwrap();
+        verify::verify_composite(
+            Tee::Tpm,
+            primary,
+            &additional,
+            &verifier_digest(additional_str),
+            device_digest,
+            Some(&init),
+            &policy,
+            &aks,
+        )
+    };
+    let v = run(&composite.primary, &composite.additional, &fixture_digest).unwrap();
+    assert_eq!(
+        v.claims["additional"]["snp"]["measurement"],
+        cvm_agent::hex::encode(&parsed.measurement)
+    );
+    assert_eq!(v.claims["mode"], "production");
+    assert_eq!(
+        v.claims["pcrs"]["8"],
+        cvm_agent::hex::encode(&init.pcr8_expected())
+    );
+
+    // Bound to other runtime data: this session's {nonce, tee-pubkey}, not the fixture's.
+    let err = run(&composite.primary, &composite.additional, &device).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "additional snp evidence: the SNP REPORT_DATA does not match the report data of this \
+         session's runtime data (wrong nonce or TEE key)"
+    );
+    // A report whose REPORT_DATA was changed no longer verifies against the VCEK.
+    let mut tampered = report.clone();
+    tampered[0x50] ^= 1;
+    let mut forged = fixture_digest.clone();
+    forged[0] ^= 1;
+    let bad = root_with_tsm(&tampered, &snp_cert_table());
+    let c = evidence::collect_composite(
+        TeeKind::Tpm,
+        Some(TeeKind::Snp),
+        bad.path(),
+        Some(&mut g.tpm),
+        nonce,
+        &jwk,
+        protocol::RuntimeDataHash::Sha384,
+        Some(g.log.log()),
+        &mut evidence::CloudInputs::default(),
+    )
+    .unwrap();
+    let err = run(&c.primary, &c.additional, &forged).unwrap_err();
+    assert!(
+        matches!(&err, VerifyError::Additional { tee, source }
+            if tee == "snp" && matches!(**source, VerifyError::Signature { tee: "snp", .. })),
+        "{err}"
+    );
+    // A tpm quote over the runtime data without the additional-evidence string.
+    let without = evidence::collect(
+        TeeKind::Tpm,
+        root.path(),
+        Some(&mut g.tpm),
+        &verifier_digest(""),
+        Some(g.log.log()),
+    )
+    .unwrap();
+    let err = run(&without, &composite.additional, &fixture_digest).unwrap_err();
+    assert!(
+        matches!(err, VerifyError::ReportData("the TPM quote's nonce")),
+        "{err}"
+    );
+    // The same evidence under a re-serialized string: the quote covered the other bytes.
+    let respaced = composite.additional.replacen(':', ": ", 1);
+    assert_eq!(
+        protocol::parse_additional_evidence(&respaced).unwrap()[0].1,
+        additional[0].1
+    );
+    let err = run(&composite.primary, &respaced, &fixture_digest).unwrap_err();
+    assert!(
+        matches!(err, VerifyError::ReportData("the TPM quote's nonce")),
+        "{err}"
+    );
+}
+
+/// Through the wire: the dev KBS parses `additional_evidence`, verifies the primary with it,
+/// and holds the additional report to this session's {nonce, tee-pubkey}: the fixture report
+/// (made for another session) is refused by name; a malformed map is refused before any
+/// evidence is looked at; without the additional evidence the same guest passes.
+#[test]
+fn the_kbs_checks_additional_evidence_against_the_session() {
+    let mut g = guest(&facts(Mode::Production, 1));
+    let parsed = cvm_agent::tee::snp::AttestationReport::parse(&snp_fixture()).unwrap();
+    let policy = trusting(
+        &g,
+        &format!(
+            "tee = [\"tpm\", \"snp\"]\nsnp_measurement = \"{}\"\n",
+            cvm_agent::hex::encode(&parsed.measurement)
+        ),
+    );
+    let k = kbs(&policy, None);
+    let root = root_with_tsm(&snp_fixture(), &snp_cert_table());
+    let (cookie, nonce) = auth(k.addr);
+    let jwk = g.key.public_jwk();
+    let c = evidence::collect_composite(
+        TeeKind::Tpm,
+        Some(TeeKind::Snp),
+        root.path(),
+        Some(&mut g.tpm),
+        &nonce,
+        &jwk,
+        protocol::RuntimeDataHash::Sha384,
+        Some(g.log.log()),
+        &mut evidence::CloudInputs::default(),
+    )
+    .unwrap();
+    let body = |primary: Value, additional: &str| {
+        serde_json::to_vec(&protocol::composite_attestation(
+            &nonce,
+            &jwk,
+            primary,
+            additional,
+            Some(&initdata(1)),
+        ))
+        .unwrap()
+    };
+    let r = attest(k.addr, &cookie, &body(c.primary.clone(), &c.additional));
+    assert_eq!(
+        r.cause(),
+        "additional snp evidence: the SNP REPORT_DATA does not match the report data of this \
+         session's runtime data (wrong nonce or TEE key)"
+    );
+    let (cookie, nonce2) = auth(k.addr);
+    let rd = protocol::runtime_data(&nonce2, &jwk, r#"{"sev":{}}"#);
+    let d = protocol::runtime_data_digest(protocol::RuntimeDataHash::Sha384, &rd).unwrap();
+    let ev = evidence::collect(
+        TeeKind::Tpm,
+        root.path(),
+        Some(&mut g.tpm),
+        &d,
+        Some(g.log.log()),
+    )
+    .unwrap();
+    let r = attest(
+        k.addr,
+        &cookie,
+        &serde_json::to_vec(&protocol::composite_attestation(
+            &nonce2,
+            &jwk,
+            ev,
+            r#"{"sev":{}}"#,
+            Some(&initdata(1)),
+        ))
+        .unwrap(),
+    );
+    assert!(
+        r.cause().contains("additional evidence") && r.cause().contains("unknown TEE"),
+        "{}",
+        r.cause()
+    );
+    let (cookie, nonce3) = auth(k.addr);
+    let r = attest(
+        k.addr,
+        &cookie,
+        &attest_body(&mut g, &nonce3, Some(&initdata(1))),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+}

@@ -67,7 +67,7 @@ fn platform_detection_on_a_plain_vtpm_is_tpm() {
 }
 
 #[test]
-fn azure_forms_are_refused_clearly_until_supported() {
+fn azure_forms_without_the_host_services_are_refused_clearly() {
     let (_swtpm, mut tpm) = start();
     let root = tempfile::tempdir().unwrap();
     let err = evidence::collect(
@@ -78,5 +78,8 @@ fn azure_forms_are_refused_clearly_until_supported() {
         None,
     )
     .unwrap_err();
-    assert_eq!(err.to_string(), "az-snp-vtpm evidence is not supported yet");
+    assert_eq!(
+        err.to_string(),
+        "az-snp-vtpm evidence needs Azure's host services (VCEK, TD quote), which this boot has not"
+    );
 }

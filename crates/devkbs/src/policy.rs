@@ -66,6 +66,8 @@ pub enum PolicyError {
         reference: String,
         path: PathBuf,
     },
+    #[error("policy: ak_ca {path}: {why}")]
+    AkCa { path: PathBuf, why: String },
     #[error("policy: {tee} is allowed but {field} is not pinned: {why}")]
     Unpinned {
         tee: &'static str,
@@ -98,6 +100,7 @@ struct Wire {
     tdx_mrtd: Option<String>,
     tdx_rtmr: Option<BTreeMap<String, String>>,
     pcrs: Option<BTreeMap<String, String>>,
+    ak_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,6 +126,10 @@ pub struct Policy {
     pub tdx_mrtd: Option<String>,
     /// TDX RTMR0-3 as quoted at attestation, lower-case hex of 48 bytes each; `None`: any.
     pub tdx_rtmr: [Option<String>; 4],
+    /// DER certificates of the CAs that issue AK certificates (GCP's AK CA): a `tpm` AK with
+    /// an `ak_cert` one of them signed, for that very key, is trusted like a listed one.
+    /// From the PEM file `ak_ca` (relative to the policy file).
+    pub ak_ca: Vec<Vec<u8>>,
 }
 
 impl Default for Policy {
@@ -140,6 +147,7 @@ impl Default for Policy {
             snp_measurement: None,
             tdx_mrtd: None,
             tdx_rtmr: [None, None, None, None],
+            ak_ca: Vec::new(),
         }
     }
 }
@@ -307,6 +315,10 @@ impl Policy {
             snp_measurement: hex_field("snp_measurement", wire.snp_measurement, LAUNCH_DIGEST_LEN)?,
             tdx_mrtd: hex_field("tdx_mrtd", wire.tdx_mrtd, LAUNCH_DIGEST_LEN)?,
             tdx_rtmr,
+            ak_ca: match wire.ak_ca {
+                None => Vec::new(),
+                Some(rel) => load_ak_ca(&base.join(rel))?,
+            },
         };
         policy.check_launch_pins()?;
         Ok(policy)
@@ -352,6 +364,23 @@ impl Policy {
 /// The `log` of a `cvmctl measure` output (or a bare log array), and the SHA-256 values of its
 /// `pcrs` for the boot PCRs ([`BOOT_PCRS`]; its other PCRs are the agent's, checked through
 /// the log and the init-data).
+/// The CA certificates of a PEM file: at least one, each a certificate with a usable key.
+fn load_ak_ca(path: &Path) -> Result<Vec<Vec<u8>>, PolicyError> {
+    let bad = |why: String| PolicyError::AkCa {
+        path: path.to_path_buf(),
+        why,
+    };
+    let certs =
+        cvm_tee::x509::pem_certificates(&read_bounded(path)?).map_err(|e| bad(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(bad("no CERTIFICATE block".into()));
+    }
+    for der in &certs {
+        cvm_tee::x509::Cert::from_der(der).map_err(|e| bad(e.to_string()))?;
+    }
+    Ok(certs)
+}
+
 fn load_reference(path: &Path) -> Result<(EventLog, BTreeMap<u32, String>), PolicyError> {
     let bad = |why: String| PolicyError::Reference {
         path: path.to_path_buf(),

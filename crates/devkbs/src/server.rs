@@ -311,10 +311,20 @@ impl Kbs {
                 Some(verify::parse_init_data(&init.body).map_err(|e| refuse(e.to_string()))?)
             }
         };
-        let verified = verify::verify(
+        let additional =
+            protocol::parse_additional_evidence(&attestation.tee_evidence.additional_evidence)
+                .map_err(|e| refuse(e.to_string()))?;
+        let device_digest = protocol::runtime_data_digest(
+            RuntimeDataHash::Sha384,
+            &protocol::device_runtime_data(&nonce, &tee_pubkey),
+        )
+        .map_err(|e| refuse(format!("runtime data: {e}")))?;
+        let verified = verify::verify_composite(
             tee,
             &attestation.tee_evidence.primary_evidence,
+            &additional,
             &digest,
+            &device_digest,
             init_data.as_ref(),
             &self.policy,
             &self.aks,

@@ -59,6 +59,8 @@ pub enum VerifyError {
     ReportData(&'static str),
     #[error("the AK (sha256 {0}) is not in the policy's trusted_aks")]
     AkNotTrusted(String),
+    #[error("the AK certificate does not make the AK trusted: {0}")]
+    AkCert(String),
     #[error(
         "the TPM quote's nonce is {0} bytes: Trustee (v0.16 and later) expects exactly the first \
          32 bytes of the runtime-data digest, not the 64-byte padded form"
@@ -96,6 +98,12 @@ pub enum VerifyError {
     },
     #[error("PCR {pcr} is {got}, but the policy pins {want}")]
     Pcr { pcr: u32, got: String, want: String },
+    #[error("additional {tee} evidence: {source}")]
+    Additional {
+        tee: String,
+        #[source]
+        source: Box<VerifyError>,
+    },
     #[error(transparent)]
     Policy(#[from] PolicyError),
 }
@@ -113,17 +121,27 @@ pub struct Verified {
     pub claims: Map<String, Value>,
 }
 
-/// The trusted AKs: exactly the policy's list (SHA-256 of each AK's DER SPKI), as Trustee's
-/// `tpm` verifier holds them.
+/// The trusted AKs, as Trustee's `tpm` verifier holds them: the policy's list (SHA-256 of
+/// each AK's DER SPKI); and, when the policy names AK CAs (`ak_ca`), any AK whose `ak_cert`
+/// one of those CAs signed for exactly that key (GCP's certified vTPM AK). The certificate's
+/// validity period is not checked (the dev KBS has no trusted clock source to speak of, and
+/// GCP's AK certificates outlive the VM).
 #[derive(Debug)]
 pub struct AkStore {
     listed: Vec<String>,
+    cas: Vec<cvm_tee::x509::Cert>,
 }
 
 impl AkStore {
     pub fn new(policy: &Policy) -> AkStore {
         AkStore {
             listed: policy.trusted_aks.clone(),
+            // Parsed at policy load: these parse.
+            cas: policy
+                .ak_ca
+                .iter()
+                .filter_map(|der| cvm_tee::x509::Cert::from_der(der).ok())
+                .collect(),
         }
     }
 
@@ -133,6 +151,46 @@ impl AkStore {
         } else {
             Err(VerifyError::AkNotTrusted(ak.into()))
         }
+    }
+
+    /// Listed, or certified: `cert` (DER) names the AK `spki` and a policy CA signed it.
+    pub fn check_with_cert(
+        &self,
+        ak: &str,
+        spki: &[u8],
+        cert: Option<&[u8]>,
+    ) -> Result<&'static str, VerifyError> {
+        if self.check(ak).is_ok() {
+            return Ok("listed");
+        }
+        let Some(cert) = cert else {
+            return Err(VerifyError::AkNotTrusted(ak.into()));
+        };
+        if self.cas.is_empty() {
+            return Err(VerifyError::AkCert(
+                "the evidence has an ak_cert but the policy names no ak_ca".into(),
+            ));
+        }
+        let leaf =
+            cvm_tee::x509::Cert::from_der(cert).map_err(|e| VerifyError::AkCert(chain(&e)))?;
+        if leaf.spki_der().ok().as_deref() != Some(spki) {
+            return Err(VerifyError::AkCert(format!(
+                "the certificate ({}) is for another key than ak_public",
+                leaf.subject()
+            )));
+        }
+        let mut last = None;
+        for ca in &self.cas {
+            match leaf.verify_by(ca) {
+                Ok(()) => return Ok("certified"),
+                Err(e) => last = Some(chain(&e)),
+            }
+        }
+        Err(VerifyError::AkCert(format!(
+            "no ak_ca signed the certificate ({}): {}",
+            leaf.subject(),
+            last.unwrap_or_default()
+        )))
     }
 }
 
@@ -163,7 +221,7 @@ pub fn verify(
     let mut v = match tee {
         Tee::Tpm => verify_tpm(evidence, report_data, init_data, policy, aks)?,
         Tee::Snp => verify_snp(evidence, report_data, init_data, policy)?,
-        Tee::Tdx => verify_tdx(evidence, report_data, init_data, policy)?,
+        Tee::Tdx => verify_tdx(evidence, report_data, init_data, policy, true)?,
         Tee::AzSnpVtpm => {
             let ev = AzSnpVtpmEvidence::from_json(evidence.to_string().as_bytes())
                 .map_err(|e| malformed("az-snp-vtpm", &e))?;
@@ -193,6 +251,69 @@ pub fn verify(
             v.claims.insert(name.into(), json!(value));
         }
     }
+    Ok(v)
+}
+
+/// Verifies a composite attestation as Trustee does (`backend.rs` `__attest`): the primary
+/// `evidence` of `tee` against `digest` (the runtime data with the additional-evidence string)
+/// with the init-data, then each additional evidence against `device_digest` (the runtime data
+/// `{"nonce", "tee-pubkey"}` only, [`protocol::device_runtime_data`]) without init-data. Every
+/// one must verify. Additional evidence may be `snp` or `tdx` (the hardware report beside a
+/// cloud's `tpm`); its launch pins hold as for a primary one, its debug state counts, and its
+/// claims go under `additional.<tee>`. A `tdx` one needs no agent log: the primary's PCR 15
+/// carries the agent's measurements.
+#[allow(clippy::too_many_arguments)]
+pub fn verify_composite(
+    tee: Tee,
+    evidence: &Value,
+    additional: &[(Tee, Value)],
+    digest: &[u8],
+    device_digest: &[u8],
+    init_data: Option<&InitData>,
+    policy: &Policy,
+    aks: &AkStore,
+) -> Result<Verified, VerifyError> {
+    let mut v = verify(tee, evidence, digest, init_data, policy, aks)?;
+    let mut extra = Map::new();
+    for (add, ev) in additional {
+        let wrap = |source: VerifyError| VerifyError::Additional {
+            tee: tee_name(*add),
+            source: Box::new(source),
+        };
+        let a = verify_additional(*add, ev, device_digest, policy).map_err(wrap)?;
+        v.debug |= a.debug;
+        extra.insert(tee_name(*add), Value::Object(a.claims));
+    }
+    if !extra.is_empty() {
+        check_policy(&v, policy)?;
+        v.claims.insert("debug".into(), json!(v.debug));
+        v.claims.insert("additional".into(), Value::Object(extra));
+    }
+    Ok(v)
+}
+
+fn verify_additional(
+    tee: Tee,
+    evidence: &Value,
+    device_digest: &[u8],
+    policy: &Policy,
+) -> Result<Verified, VerifyError> {
+    if !policy.allows_tee(tee) {
+        return Err(VerifyError::TeeNotAllowed(tee_name(tee)));
+    }
+    let report_data = protocol::tee_report_data(tee, device_digest)
+        .map_err(|e| VerifyError::RuntimeData(chain(&e)))?;
+    let mut v = match tee {
+        Tee::Snp => verify_snp(evidence, &report_data, None, policy)?,
+        Tee::Tdx => verify_tdx(evidence, &report_data, None, policy, false)?,
+        other => {
+            return Err(VerifyError::Unsupported(format!(
+                "{} as additional evidence",
+                tee_name(other)
+            )));
+        }
+    };
+    v.claims.insert("debug".into(), json!(v.debug));
     Ok(v)
 }
 
@@ -237,7 +358,7 @@ fn verify_tpm(
         .map_err(|e| malformed("tpm", &e))?;
     // Trustee's order: the AK must be trusted before anything signed with it is looked at.
     let ak = hex::encode(&ev.ak_sha256());
-    aks.check(&ak)?;
+    let ak_trust = aks.check_with_cert(&ak, &ev.ak_public, ev.ak_cert.as_deref())?;
     let attest = ev.verify().map_err(|e| signature("tpm", &e))?;
     if attest.extra_data != report_data {
         if attest.extra_data.len() != report_data.len() {
@@ -291,6 +412,7 @@ fn verify_tpm(
         .collect();
     v.claims.insert("pcrs".into(), Value::Object(pcr_claims));
     v.claims.insert("ak".into(), json!(ak));
+    v.claims.insert("ak-trust".into(), json!(ak_trust));
     Ok(v)
 }
 
@@ -514,6 +636,7 @@ fn verify_tdx(
     report_data: &[u8],
     init_data: Option<&InitData>,
     policy: &Policy,
+    agent_log: bool,
 ) -> Result<Verified, VerifyError> {
     policy.check_launch_pins()?;
     let raw = b64_member("tdx", evidence, "quote")?.ok_or_else(|| VerifyError::Malformed {
@@ -543,7 +666,11 @@ fn verify_tdx(
     {
         return Err(VerifyError::InitDataBinding("the TDX MRCONFIGID"));
     }
-    let mut v = tdx_agent_log(evidence, &body.rtmr[2], policy)?;
+    let mut v = if agent_log {
+        tdx_agent_log(evidence, &body.rtmr[2], policy)?
+    } else {
+        Verified::default()
+    };
     v.debug |= body.td_attributes.debug();
     v.claims
         .insert("mrtd".into(), json!(hex::encode(&body.mr_td)));
@@ -862,6 +989,51 @@ mod tests {
         policy.tee.push(Tee::Sgx);
         let err = verify(Tee::Sgx, &snp, &[0; 48], None, &policy, &aks).unwrap_err();
         assert!(matches!(err, VerifyError::Unsupported(_)), "{err}");
+    }
+
+    /// The fixtures as additional evidence, each for the device runtime-data digest it was
+    /// made for (its own report data): they verify, without an agent log for TDX; another
+    /// session's digest, a TEE the policy does not list, and kinds that are no hardware report
+    /// are refused, each naming the additional TEE.
+    #[test]
+    fn fixtures_verify_as_additional_evidence_for_their_own_digest() {
+        let snp = snp_evidence();
+        let report = AttestationReport::parse(&fixture("snp/test-report.bin")).unwrap();
+        let policy = pinned_policy(&snp);
+        let v = verify_additional(Tee::Snp, &snp, &report.report_data[..48], &policy).unwrap();
+        assert_eq!(
+            v.claims["measurement"],
+            json!(hex::encode(&report.measurement))
+        );
+        let err = verify_additional(Tee::Snp, &snp, &[0x5a; 48], &policy).unwrap_err();
+        assert!(
+            matches!(err, VerifyError::ReportData("the SNP REPORT_DATA")),
+            "{err}"
+        );
+        for name in ["tdx/tdx_quote_4.dat", "tdx/tdx_quote_5.dat"] {
+            let raw = fixture(name);
+            let quote = tdx::Quote::parse(&raw).unwrap();
+            let ev = json!({"quote": STANDARD.encode(&raw)});
+            let policy = pinned_policy(&ev);
+            let v = verify_additional(Tee::Tdx, &ev, &quote.body.report_data, &policy)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(v.claims["mrtd"], json!(hex::encode(&quote.body.mr_td)));
+            let err = verify_additional(Tee::Tdx, &ev, &[0x5a; 48], &policy).unwrap_err();
+            assert!(
+                matches!(err, VerifyError::ReportData("the TDX REPORTDATA")),
+                "{err}"
+            );
+        }
+        let mut only_tpm = policy.clone();
+        only_tpm.tee = vec![Tee::Tpm];
+        let err =
+            verify_additional(Tee::Snp, &snp, &report.report_data[..48], &only_tpm).unwrap_err();
+        assert_eq!(err.to_string(), "TEE snp is not allowed by policy");
+        let az: Value = serde_json::from_slice(&fixture("az-snp-vtpm/evidence-v2.json")).unwrap();
+        for (tee, ev) in [(Tee::Tpm, &snp), (Tee::AzSnpVtpm, &az)] {
+            let err = verify_additional(tee, ev, &[0; 48], &policy).unwrap_err();
+            assert!(err.to_string().contains("as additional evidence"), "{err}");
+        }
     }
 
     fn snp_evidence() -> Value {

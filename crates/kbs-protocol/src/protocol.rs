@@ -32,6 +32,13 @@
 //!   SHA-384 when it selects none (`get_hash_algorithm`, `DEFAULT_HASH_ALGORITHM`);
 //! - the digest then goes into each TEE's evidence in that TEE's own form ([`tee_report_data`]).
 //!
+//! Additional evidence (the SNP report or TDX quote beside a primary `tpm` on GCP and AWS,
+//! see `cvm_tee::detect`): each additional TEE's evidence is bound to the digest of
+//! [`device_runtime_data`] (`{"nonce", "tee-pubkey"}` only), the map TEE → evidence is
+//! serialized once ([`additional_evidence`]), and that string goes both into the primary's
+//! runtime data and, unchanged, into `tee-evidence.additional_evidence`. Trustee verifies the
+//! primary with the init-data and the additional ones without (`backend.rs` `__attest`).
+//!
 //! Trustee rebuilds the same object from the `Attestation` (`kbs/src/attestation/backend.rs`
 //! `AttestationService::__attest`, after checking the nonce against the session's), hashes its
 //! canonical JSON (`attestation-service/src/lib.rs` `parse_runtime_data`, `canon_json`) with
@@ -266,6 +273,25 @@ pub fn attestation(
     primary_evidence: Value,
     init_data_toml: Option<&str>,
 ) -> Attestation {
+    composite_attestation(
+        nonce,
+        tee_pubkey,
+        primary_evidence,
+        NO_ADDITIONAL_EVIDENCE,
+        init_data_toml,
+    )
+}
+
+/// The `/attest` request body with `additional_evidence` (the string from
+/// [`additional_evidence`], the very one hashed into the primary evidence's
+/// [`runtime_data`]).
+pub fn composite_attestation(
+    nonce: &str,
+    tee_pubkey: &TeePubKey,
+    primary_evidence: Value,
+    additional_evidence: &str,
+    init_data_toml: Option<&str>,
+) -> Attestation {
     Attestation {
         init_data: init_data_toml.map(init_data),
         runtime_data: RuntimeData {
@@ -274,8 +300,129 @@ pub fn attestation(
         },
         tee_evidence: CompositeEvidence {
             primary_evidence,
-            additional_evidence: NO_ADDITIONAL_EVIDENCE.to_string(),
+            additional_evidence: additional_evidence.to_string(),
         },
+    }
+}
+
+/// The runtime data the additional evidence is bound to: `{"nonce", "tee-pubkey"}`, without
+/// `additional-evidence` (which holds that evidence). The attester hashes the canonical JSON
+/// of kbs-types' `RuntimeData` with the negotiated algorithm
+/// (`rcar_client.rs` `get_composite_evidence`: `device_runtime_data`); Trustee rebuilds
+/// `{"tee-pubkey", "nonce"}` (`backend.rs` `kbs_evidence_runtime_data`) and hashes it with
+/// SHA-384 like the primary's. Each additional TEE carries the digest in its own form
+/// ([`tee_report_data`]).
+pub fn device_runtime_data(nonce: &str, tee_pubkey: &TeePubKey) -> Value {
+    let mut map = serde_json::Map::new();
+    map.insert("nonce".into(), Value::String(nonce.into()));
+    map.insert("tee-pubkey".into(), jwk_value(tee_pubkey));
+    Value::Object(map)
+}
+
+/// Most additional evidences accepted in one attestation.
+pub const MAX_ADDITIONAL: usize = 4;
+
+/// The `additional_evidence` string: [`NO_ADDITIONAL_EVIDENCE`] for none, else the JSON text
+/// of the map TEE name → evidence (guest-components `get_additional_evidence`:
+/// `serde_json::to_vec(&HashMap<Tee, TeeEvidence>)`), which Trustee parses back into
+/// `HashMap<Tee, TeeEvidence>`. A TEE twice is an error: the map keeps one.
+pub fn additional_evidence(items: &[(Tee, Value)]) -> Result<String, KbsError> {
+    if items.is_empty() {
+        return Ok(NO_ADDITIONAL_EVIDENCE.to_string());
+    }
+    let mut map = serde_json::Map::new();
+    for (tee, evidence) in items {
+        let name = tee_name(*tee)?;
+        if map.insert(name.clone(), evidence.clone()).is_some() {
+            return Err(KbsError::BadMessage {
+                what: "additional evidence",
+                why: format!("{name} twice"),
+            });
+        }
+    }
+    serde_json::to_string(&Value::Object(map)).map_err(|e| KbsError::BadMessage {
+        what: "additional evidence",
+        why: e.to_string(),
+    })
+}
+
+/// Parses an `additional_evidence` string as Trustee does (`""`: none; else a JSON object
+/// TEE name → evidence), bounded: at most [`MAX_ADDITIONAL`] entries, each TEE once, every
+/// name a kbs-types TEE.
+pub fn parse_additional_evidence(s: &str) -> Result<Vec<(Tee, Value)>, KbsError> {
+    if s.is_empty() {
+        return Ok(Vec::new());
+    }
+    check_size("the additional evidence", s.len(), MAX_MESSAGE)?;
+    let bad = |why: String| KbsError::BadMessage {
+        what: "additional evidence",
+        why,
+    };
+    // Duplicate names would silently collapse in a map: refuse them before.
+    let entries: Vec<(String, Value)> = serde_json::from_str::<DistinctKeys>(s)
+        .map_err(|e| bad(e.to_string()))?
+        .0;
+    if entries.len() > MAX_ADDITIONAL {
+        return Err(bad(format!(
+            "{} entries, at most {MAX_ADDITIONAL}",
+            entries.len()
+        )));
+    }
+    entries
+        .into_iter()
+        .map(|(name, evidence)| {
+            let tee: Tee = serde_json::from_value(Value::String(name.clone()))
+                .map_err(|_| bad(format!("unknown TEE {:?}", sanitize(&name))))?;
+            Ok((tee, evidence))
+        })
+        .collect()
+}
+
+/// A JSON object's members in order, refusing a name that comes twice.
+struct DistinctKeys(Vec<(String, Value)>);
+
+impl<'de> Deserialize<'de> for DistinctKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = DistinctKeys;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object of TEE name to evidence")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<DistinctKeys, A::Error> {
+                let mut out: Vec<(String, Value)> = Vec::new();
+                while let Some((k, v)) = map.next_entry::<String, Value>()? {
+                    if out.iter().any(|(seen, _)| *seen == k) {
+                        return Err(serde::de::Error::custom(format!(
+                            "{:?} twice",
+                            sanitize(&k)
+                        )));
+                    }
+                    if out.len() >= MAX_ADDITIONAL {
+                        return Err(serde::de::Error::custom(format!(
+                            "more than {MAX_ADDITIONAL} entries"
+                        )));
+                    }
+                    out.push((k, v));
+                }
+                Ok(DistinctKeys(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// The kbs-types name of `tee` (`"snp"`, `"az-snp-vtpm"`, …).
+fn tee_name(tee: Tee) -> Result<String, KbsError> {
+    match serde_json::to_value(tee) {
+        Ok(Value::String(s)) => Ok(s),
+        _ => Err(KbsError::BadMessage {
+            what: "additional evidence",
+            why: format!("TEE {tee:?} has no name"),
+        }),
     }
 }
 

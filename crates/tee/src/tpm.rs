@@ -64,6 +64,44 @@ pub struct TpmEvidence {
         with = "b64_firmware_log"
     )]
     pub eventlog: Option<Vec<u8>>,
+    /// DER certificate of the AK from the cloud (GCP: NV 0x01c10000), standard base64, at most
+    /// [`MAX_AK_CERT`] bytes, so a verifier can chain the AK to the cloud's CA instead of
+    /// listing it. An extra member Trustee's `tpm` verifier ignores.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "b64_ak_cert")]
+    pub ak_cert: Option<Vec<u8>>,
+}
+
+/// Largest AK certificate carried (GCP's are under 2 KiB).
+pub const MAX_AK_CERT: usize = 16 << 10;
+
+/// `ak_cert`: optional standard base64 of at most [`MAX_AK_CERT`] bytes.
+mod b64_ak_cert {
+    use super::MAX_AK_CERT;
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize as _, Deserializer, Serializer, de::Error as _};
+
+    pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(v) => s.serialize_str(&STANDARD.encode(v)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        let Some(text) = Option::<String>::deserialize(d)? else {
+            return Ok(None);
+        };
+        if text.len() > MAX_AK_CERT.div_ceil(3) * 4 {
+            return Err(D::Error::custom(format!(
+                "ak_cert is larger than {MAX_AK_CERT} bytes"
+            )));
+        }
+        STANDARD
+            .decode(text.as_bytes())
+            .map(Some)
+            .map_err(|_| D::Error::custom("ak_cert is not standard base64"))
+    }
 }
 
 /// `eventlog`: optional standard base64 of at most [`MAX_FIRMWARE_LOG`] bytes.

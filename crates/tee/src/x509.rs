@@ -44,6 +44,7 @@ pub enum CertError {
 
 pub(crate) const OID_RSASSA_PSS: ObjectIdentifier =
     ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.10");
+const OID_SHA256_WITH_RSA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.11");
 pub(crate) const OID_ECDSA_SHA256: ObjectIdentifier =
     ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.2");
 const OID_EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
@@ -121,7 +122,8 @@ impl Cert {
         Some(first.extn_value.as_bytes())
     }
 
-    fn spki_der(&self) -> Result<Vec<u8>, CertError> {
+    /// The DER SubjectPublicKeyInfo of the certified key.
+    pub fn spki_der(&self) -> Result<Vec<u8>, CertError> {
         self.cert
             .tbs_certificate
             .subject_public_key_info
@@ -194,6 +196,25 @@ impl Cert {
         self.check_issuer_name(issuer)?;
         let key = rsa::pss::VerifyingKey::<sha2::Sha384>::new(issuer.rsa_key()?);
         let sig = rsa::pss::Signature::try_from(self.signature_bytes()?)
+            .map_err(|_| CertError::SignatureEncoding(self.subject()))?;
+        key.verify(self.tbs_bytes(), &sig)
+            .map_err(|_| CertError::BadSignature {
+                subject: self.subject(),
+                issuer: issuer.subject(),
+            })
+    }
+
+    /// Checks that `issuer` signed `self` with the algorithm `self` names, of the two a cloud
+    /// CA uses for AK certificates: sha256WithRSAEncryption (RSA issuer) or ecdsa-with-SHA256
+    /// (P-256 issuer). Anything else is refused.
+    pub fn verify_by(&self, issuer: &Cert) -> Result<(), CertError> {
+        if self.cert.signature_algorithm.oid == OID_ECDSA_SHA256 {
+            return self.verify_ecdsa_p256_sha256_by(issuer);
+        }
+        self.check_algorithm(&OID_SHA256_WITH_RSA, "sha256WithRSAEncryption")?;
+        self.check_issuer_name(issuer)?;
+        let key = rsa::pkcs1v15::VerifyingKey::<sha2::Sha256>::new(issuer.rsa_key()?);
+        let sig = rsa::pkcs1v15::Signature::try_from(self.signature_bytes()?)
             .map_err(|_| CertError::SignatureEncoding(self.subject()))?;
         key.verify(self.tbs_bytes(), &sig)
             .map_err(|_| CertError::BadSignature {

@@ -86,9 +86,9 @@ fn ak_template() -> TpmtPublic {
     }
 }
 
-/// The marshalled TPMT_PUBLIC of [`ak_template`] (unique empty).
-#[cfg(test)]
-pub(crate) fn ak_template_bytes() -> Result<Vec<u8>, TpmError> {
+/// The marshalled TPMT_PUBLIC of the agent's AK template (unique empty): what a cloud stores
+/// as an AK template (GCP's NV 0x01c10001 holds one of this form), and what tests provision.
+pub fn ak_template_bytes() -> Result<Vec<u8>, TpmError> {
     use tpm2_protocol::{TpmMarshal, TpmWriter};
     let mut buf = [0u8; 128];
     let mut writer = TpmWriter::new(&mut buf);
@@ -333,6 +333,14 @@ impl<T: Transport> Tpm<T> {
                 Err(e)
             }
         }
+    }
+
+    /// TPM2_EvictControl (owner, empty password): the transient `object` made persistent at
+    /// `persistent`. The agent does this only for its own AK; tests use it to play a cloud
+    /// that provisions one (Azure's 0x81000003).
+    pub fn make_persistent(&mut self, object: u32, persistent: u32) -> Result<(), TpmError> {
+        self.evict_control(object, persistent)
+            .map_err(|e| e.in_command("EvictControl"))
     }
 
     fn evict_control(&mut self, object: u32, persistent: u32) -> Result<(), TpmError> {

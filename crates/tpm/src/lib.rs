@@ -2,8 +2,10 @@
 //! static PID 1 needs no tpm2-tss libraries).
 //!
 //! It does only what the agent needs to measure and attest: list the PCR banks, read and extend
-//! PCRs, get random bytes, create (or find) the attestation key, quote, and read NV indices
-//! (the Azure HCL report, cloud AK certificates). The only authorization ever used is a password
+//! PCRs, get random bytes, create (or find) the attestation key, use the cloud's AK (Azure's
+//! persistent one, GCP's from its NV template), quote, read NV indices (the Azure HCL report,
+//! GCP's AK template and certificate) and write one (Azure's report-data index). Defining an
+//! index and making a key persistent at a chosen handle are there for tests that play a cloud. The only authorization ever used is a password
 //! session with an empty password (`TPM_RS_PW`): PCRs, the endorsement and owner hierarchies of a
 //! vTPM, our own AK and the NV indices we read all have empty auth values. Commands that need no
 //! authorization go out as `TPM_ST_NO_SESSIONS`.
@@ -20,6 +22,7 @@
 mod ak;
 mod error;
 mod nv;
+mod platform_ak;
 mod transport;
 pub mod verify;
 
@@ -30,9 +33,12 @@ mod test_support;
 #[cfg(test)]
 mod tests;
 
-pub use ak::{AK_HANDLE, AttestationKey, MAX_QUALIFYING_DATA, Quote, rsa_spki_der};
+pub use ak::{
+    AK_HANDLE, AttestationKey, MAX_QUALIFYING_DATA, Quote, ak_template_bytes, rsa_spki_der,
+};
 pub use error::{ResponseCode, TPM_RC_HANDLE, TpmError};
 pub use nv::NvPublic;
+pub use platform_ak::{AZURE_AK_HANDLE, GCE_AK_CERT_NV_INDEX_RSA, GCE_AK_TEMPLATE_NV_INDEX_RSA};
 pub use transport::{
     DEFAULT_SLOW_TIMEOUT, DEFAULT_TIMEOUT, DeviceTransport, TcpTransport, Transport,
 };
@@ -202,6 +208,19 @@ impl<T: Transport> Tpm<T> {
             transport,
             stats: TpmStats::default(),
         }
+    }
+
+    /// The transport, for a test double that wraps one.
+    pub fn transport(&self) -> &T {
+        &self.transport
+    }
+
+    pub fn transport_mut(&mut self) -> &mut T {
+        &mut self.transport
+    }
+
+    pub fn into_transport(self) -> T {
+        self.transport
     }
 
     pub fn stats(&self) -> TpmStats {

@@ -1,9 +1,15 @@
-//! Reading NV indices: the Azure vTPM's HCL report (0x01400001), cloud AK certificates.
-//!
-//! Defining or writing indices is not something the agent does.
+//! NV indices: reading the Azure vTPM's HCL report (0x01400001) and GCP's AK template and
+//! certificate (0x01c10001, 0x01c10000); writing the report data Azure's paravisor puts into a
+//! fresh HCL report (0x01400002). Defining an index is for tests and test doubles (the
+//! clouds provision theirs before the guest runs).
 
 use tpm2_protocol::basic::{TpmUint16, TpmUint32};
-use tpm2_protocol::frame::{TpmNvReadCommand, TpmNvReadPublicCommand};
+use tpm2_protocol::data::{
+    Tpm2bAuth, Tpm2bDigest, Tpm2bMaxNvBuffer, Tpm2bNvPublic, TpmAlgId, TpmaNv, TpmsNvPublic,
+};
+use tpm2_protocol::frame::{
+    TpmNvDefineSpaceCommand, TpmNvReadCommand, TpmNvReadPublicCommand, TpmNvWriteCommand,
+};
 
 use super::ak::check_name;
 use super::{
@@ -22,6 +28,11 @@ const MAX_NV_CHUNK: u16 = 2048;
 
 /// `TPMA_NV_OWNERREAD`, `TPMA_NV_AUTHREAD`, `TPMA_NV_WRITTEN`.
 const TPMA_NV_OWNERREAD: u32 = 0x0002_0000;
+/// `TPMA_NV_OWNERWRITE`, `TPMA_NV_AUTHWRITE`.
+const TPMA_NV_OWNERWRITE: u32 = 0x0000_0002;
+const TPMA_NV_AUTHWRITE: u32 = 0x0000_0004;
+/// TPM2_NV_Write's data is a TPM2B_MAX_NV_BUFFER: 1024 bytes at most per command.
+const NV_WRITE_CHUNK: usize = 1024;
 const TPMA_NV_AUTHREAD: u32 = 0x0004_0000;
 const TPMA_NV_WRITTEN: u32 = 0x2000_0000;
 
@@ -49,6 +60,16 @@ impl NvPublic {
     /// TPMA_NV_OWNERREAD: the owner hierarchy's auth value authorizes reading it.
     pub fn owner_read(&self) -> bool {
         self.attributes & TPMA_NV_OWNERREAD != 0
+    }
+
+    /// TPMA_NV_AUTHWRITE: the index's own auth value authorizes writing it.
+    pub fn auth_write(&self) -> bool {
+        self.attributes & TPMA_NV_AUTHWRITE != 0
+    }
+
+    /// TPMA_NV_OWNERWRITE: the owner's auth value authorizes writing it.
+    pub fn owner_write(&self) -> bool {
+        self.attributes & TPMA_NV_OWNERWRITE != 0
     }
 
     /// TPMA_NV_WRITTEN: the index has been written since it was defined; reading one that
@@ -86,6 +107,84 @@ impl<T: Transport> Tpm<T> {
         };
         self.read_nv(&public, chunk)
             .map_err(|e| e.in_command("NV_Read"))
+    }
+
+    /// TPM2_NV_Write of `data` at offset 0 of NV index `index` (ordinary index: at most its
+    /// size), in chunks of 1024 bytes, authorized with an empty password as the index
+    /// (TPMA_NV_AUTHWRITE) or else as the owner (TPMA_NV_OWNERWRITE). Azure's paravisor makes
+    /// a new HCL report when the guest writes its report data to 0x01400002 this way.
+    pub fn nv_write(&mut self, index: u32, data: &[u8]) -> Result<(), TpmError> {
+        let public = self.nv_read_public(index)?;
+        if data.len() > usize::from(public.data_size) {
+            return Err(TpmError::InvalidArgument(format!(
+                "{} bytes for NV index {index:#010x} of {} bytes",
+                data.len(),
+                public.data_size
+            )));
+        }
+        let auth = if !public.auth_write() && public.owner_write() {
+            TPM_RH_OWNER
+        } else {
+            index
+        };
+        for (i, chunk) in data.chunks(NV_WRITE_CHUNK).enumerate() {
+            let offset = u16::try_from(i * NV_WRITE_CHUNK)
+                .map_err(|_| TpmError::InvalidArgument("NV offset beyond 64 KiB".to_string()))?;
+            self.write_nv(auth, index, chunk, offset)
+                .map_err(|e| e.in_command("NV_Write"))?;
+        }
+        Ok(())
+    }
+
+    /// TPM2_NV_DefineSpace of an ordinary index of `size` bytes with TPMA_NV `attributes`,
+    /// nameAlg SHA-256, an empty auth value and no policy, authorized by the owner (empty
+    /// password). For tests and test doubles: the agent never defines indices.
+    pub fn nv_define_space(
+        &mut self,
+        index: u32,
+        attributes: u32,
+        size: u16,
+    ) -> Result<(), TpmError> {
+        check_nv_index(index)?;
+        let command = marshal_with_password(&TpmNvDefineSpaceCommand {
+            handles: [TpmUint32::new(TPM_RH_OWNER)],
+            auth: Tpm2bAuth::default(),
+            public_info: Tpm2bNvPublic {
+                inner: TpmsNvPublic {
+                    nv_index: TpmUint32::new(index),
+                    name_alg: TpmAlgId::Sha256,
+                    attributes: TpmaNv::from_bits_truncate(attributes),
+                    auth_policy: Tpm2bDigest::default(),
+                    data_size: TpmUint16::new(size),
+                },
+            },
+        })
+        .map_err(|e| e.in_command("NV_DefineSpace"))?;
+        let frame = self
+            .execute_authorized(&command)
+            .map_err(|e| e.in_command("NV_DefineSpace"))?;
+        let (_, params) =
+            session_response(&frame, 0).map_err(|e| e.in_command("NV_DefineSpace"))?;
+        params.finish().map_err(|e| e.in_command("NV_DefineSpace"))
+    }
+
+    fn write_nv(
+        &mut self,
+        auth: u32,
+        index: u32,
+        data: &[u8],
+        offset: u16,
+    ) -> Result<(), TpmError> {
+        let data =
+            Tpm2bMaxNvBuffer::try_from(data).map_err(|e| TpmError::Marshal(super::describe(e)))?;
+        let command = marshal_with_password(&TpmNvWriteCommand {
+            handles: [TpmUint32::new(auth), TpmUint32::new(index)],
+            data,
+            offset: TpmUint16::new(offset),
+        })?;
+        let frame = self.execute_authorized(&command)?;
+        let (_, params) = session_response(&frame, 0)?;
+        params.finish()
     }
 
     fn read_nv_public(&mut self, index: u32) -> Result<NvPublic, TpmError> {

@@ -27,6 +27,17 @@ pub trait Transport {
     }
 }
 
+/// A borrowed transport, so a test double can wrap one and still talk to it itself.
+impl<T: Transport + ?Sized> Transport for &mut T {
+    fn transact(&mut self, command: &[u8]) -> Result<Vec<u8>, TpmError> {
+        (**self).transact(command)
+    }
+
+    fn transact_slow(&mut self, command: &[u8]) -> Result<Vec<u8>, TpmError> {
+        (**self).transact_slow(command)
+    }
+}
+
 /// How long an ordinary command may take on the device before PID 1 gives up on it.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// The same for key generation (TPM2_CreatePrimary of an RSA key): a vTPM needs well under a

@@ -325,3 +325,43 @@ fn swtpm_planted_key_at_the_ak_handle_is_refused() {
     );
     assert!(source.to_string().contains("objectAttributes"), "{source}");
 }
+
+/// NV define, write in more than one 1024-byte chunk, read back; a platform AK made from a
+/// template, made persistent, read back as the same key, quoting; an index handle refused.
+#[test]
+fn swtpm_nv_write_and_platform_aks() {
+    let (_swtpm, mut tpm) = start();
+    let index = 0x01c1_0000;
+    // OWNERWRITE | OWNERREAD | AUTHREAD.
+    tpm.nv_define_space(index, 0x0000_0002 | 0x0002_0000 | 0x0004_0000, 2000)
+        .expect("NV_DefineSpace");
+    let data: Vec<u8> = (0..2000u32).map(|i| (i * 7) as u8).collect();
+    tpm.nv_write(index, &data).expect("NV_Write");
+    assert_eq!(tpm.nv_read(index).unwrap(), data);
+    let public = tpm.nv_read_public(index).unwrap();
+    assert!(public.is_written() && public.owner_write() && !public.auth_write());
+    assert!(tpm.nv_write(index, &vec![0; 2001]).is_err());
+    assert!(tpm.nv_write(0x8100_0003, &[0]).is_err());
+
+    let template = cvm_tpm::ak_template_bytes().unwrap();
+    let ak = tpm.ak_from_template(&template).expect("CreatePrimary");
+    tpm.make_persistent(ak.handle, cvm_tpm::AZURE_AK_HANDLE)
+        .expect("EvictControl");
+    tpm.flush_context(ak.handle).unwrap();
+    let persistent = tpm.persistent_ak(cvm_tpm::AZURE_AK_HANDLE).unwrap();
+    assert_eq!(persistent.spki_der, ak.spki_der);
+    let quote = tpm.quote(&persistent, b"nonce", &[0, 8, 15]).unwrap();
+    let pcrs = tpm.pcr_read(HashAlg::Sha256, &[0, 8, 15]).unwrap();
+    let attest = verify::verify_quote(
+        &persistent.verifier_key(),
+        &quote.attest,
+        &quote.signature,
+        b"nonce",
+        &pcrs,
+    )
+    .unwrap();
+    assert_eq!(attest.extra_data, b"nonce");
+    // Nothing at another persistent handle.
+    let err = tpm.persistent_ak(0x8100_0009).unwrap_err();
+    assert_eq!(err.response_base(), Some(TPM_RC_HANDLE), "{err}");
+}

@@ -255,3 +255,76 @@ fn resource_paths() {
     let uri = ResourceUri::parse("kbs:///default/state/key").unwrap();
     assert_eq!(resource_path(&uri), "/kbs/v0/resource/default/state/key");
 }
+
+/// The additional evidence's runtime data is kbs-types' `RuntimeData` without
+/// `additional-evidence`, canonical: written out literally here.
+#[test]
+fn device_runtime_data_is_nonce_and_key_only() {
+    let literal = r#"{"nonce":"RKVMrB6ZyIA2qJ1nhh3UHZnNBk1QJv8xdzIEKzKLEYU=","tee-pubkey":{"alg":"ECDH-ES+A256KW","crv":"P-256","kty":"EC","x":"weNJy2HscCSM6AEDTDg04biOvhFhyyWvOHQfeF_PxMQ","y":"e8lnCO-AlStT-NJVX-crhB7QRYhiix03illJOVAOyck"}}"#;
+    let rd = device_runtime_data(NONCE, &ec_jwk());
+    assert_eq!(
+        crate::canon::canonicalize_to_vec(&rd).unwrap(),
+        literal.as_bytes()
+    );
+    // What the attester hashes: kbs-types' own RuntimeData, canonical, is the same object.
+    let kbs = serde_json::to_value(RuntimeData {
+        nonce: NONCE.into(),
+        tee_pubkey: ec_jwk(),
+    })
+    .unwrap();
+    assert_eq!(
+        crate::canon::canonicalize_to_vec(&kbs).unwrap(),
+        literal.as_bytes()
+    );
+    assert_eq!(
+        runtime_data_digest(RuntimeDataHash::Sha384, &rd).unwrap(),
+        Sha384::digest(literal.as_bytes()).to_vec()
+    );
+}
+
+#[test]
+fn additional_evidence_string_round_trips_and_is_bounded() {
+    assert_eq!(additional_evidence(&[]).unwrap(), "");
+    assert!(parse_additional_evidence("").unwrap().is_empty());
+    let snp = json!({"attestation_report": "AAAA", "cert_chain": null});
+    let s = additional_evidence(&[(Tee::Snp, snp.clone())]).unwrap();
+    assert_eq!(
+        s,
+        r#"{"snp":{"attestation_report":"AAAA","cert_chain":null}}"#
+    );
+    // Trustee's own parse: HashMap<Tee, Value>.
+    let theirs: std::collections::HashMap<Tee, Value> = serde_json::from_str(&s).unwrap();
+    assert_eq!(theirs.get(&Tee::Snp), Some(&snp));
+    let parsed = parse_additional_evidence(&s).unwrap();
+    assert_eq!(parsed.len(), 1);
+    assert_eq!(parsed[0].0, Tee::Snp);
+    assert_eq!(parsed[0].1, snp);
+    // The attestation carries the string byte for byte, and the primary's runtime data holds it.
+    let att = composite_attestation(NONCE, &ec_jwk(), json!({"q": 1}), &s, None);
+    assert_eq!(att.tee_evidence.additional_evidence, s);
+    assert_eq!(
+        runtime_data(NONCE, &ec_jwk(), &s)["additional-evidence"],
+        Value::String(s.clone())
+    );
+
+    assert!(additional_evidence(&[(Tee::Snp, json!(1)), (Tee::Snp, json!(2))]).is_err());
+    for bad in [
+        r#"{"snp":{},"snp":{}}"#,
+        r#"{"sev":{}}"#,
+        r#"["snp"]"#,
+        r#"{"snp":{},"tdx":{},"tpm":{},"sample":{},"csv":{}}"#,
+        "not json",
+    ] {
+        let err = parse_additional_evidence(bad).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                KbsError::BadMessage {
+                    what: "additional evidence",
+                    ..
+                }
+            ),
+            "{bad}: {err}"
+        );
+    }
+}
