@@ -45,6 +45,8 @@ const NETWORK_DEADLINE: Duration = Duration::from_secs(20);
 /// The init-data from a cloud's metadata service, retries included (Azure asks clients to retry
 /// its 410s for up to 70 s, and serves userData empty for a while on a first boot).
 const METADATA_DEADLINE: Duration = Duration::from_secs(60);
+/// Azure's VCEK (THIM) or TD quote for one piece of evidence, retries included.
+const AZURE_HOST_DEADLINE: Duration = Duration::from_secs(20);
 /// Reporting Ready to Azure's WireServer (goal state, then health), retries included.
 const REPORT_READY_DEADLINE: Duration = Duration::from_secs(30);
 /// A cloud's data disk can take a few seconds to appear, like the root disk.
@@ -950,6 +952,10 @@ impl Agent {
         let mut tpm = self.tpm.as_mut();
         let log = self.measurer.as_ref().map(Measurer::log);
         let mut evidence_ms = 0;
+        let mut azure_host = crate::cloud::azure::HostServices {
+            base: crate::cloud::imds::METADATA,
+            deadline: AZURE_HOST_DEADLINE,
+        };
         let token = client
             .attest(kind.kbs_tee(), |challenge| {
                 let t = Instant::now();
@@ -965,10 +971,9 @@ impl Agent {
                     log,
                     &mut evidence::CloudInputs {
                         gcp_ak,
-                        // Azure's VCEK and TD quote come from the host services the network
-                        // stage reaches; until those are wired in, Azure evidence is refused
-                        // naming them.
-                        azure: None,
+                        // Azure's VCEK and TD quote, from its host services over the network
+                        // the KBS is reached through.
+                        azure: Some(&mut azure_host),
                     },
                 )
                 .map_err(AttestError::Evidence)?;
