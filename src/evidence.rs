@@ -197,9 +197,17 @@ pub fn collect_on<T: Transport>(
     match kind {
         TeeKind::Tpm => {
             let tpm = tpm.ok_or(EvidenceError::NoTpm(kind))?;
-            let mut ev = if cloud.gcp_ak {
+            let mut ev = if cloud.gcp_ak && has_gcp_ak_template(tpm)? {
                 gcp_tpm_evidence(tpm, &report_data)?
             } else {
+                if cloud.gcp_ak {
+                    // Safe to go on: the KBS decides whether an AK without Google's
+                    // certificate is trusted (listed in its policy, or refused).
+                    tracing::warn!(
+                        "SMBIOS says GCP, but the vTPM has no AK template at NV {:#010x}: quoting with the agent's AK, without a certificate",
+                        crate::tpm::GCE_AK_TEMPLATE_NV_INDEX_RSA
+                    );
+                }
                 tpm_evidence(tpm, &report_data)?
             };
             ev.cel_eventlog = eventlog.map(EventLog::to_json);
@@ -394,6 +402,15 @@ fn quote_all<T: Transport>(
 /// certificate from NV 0x01c10000, which must name that key, so a verifier can chain it to
 /// Google's CA instead of trusting the AK on first use. Trustee's `tpm` verifier ignores the
 /// member and trusts listed AKs only; the dev KBS checks the chain when given the CA.
+/// Whether the vTPM holds GCP's AK template (its absence is the one error that is not a stop).
+fn has_gcp_ak_template<T: Transport>(tpm: &mut Tpm<T>) -> Result<bool, EvidenceError> {
+    match tpm.nv_read_public(crate::tpm::GCE_AK_TEMPLATE_NV_INDEX_RSA) {
+        Ok(_) => Ok(true),
+        Err(e) if e.response_base() == Some(crate::tpm::TPM_RC_HANDLE) => Ok(false),
+        Err(e) => Err(EvidenceError::Tpm(e)),
+    }
+}
+
 pub fn gcp_tpm_evidence<T: Transport>(
     tpm: &mut Tpm<T>,
     report_data: &[u8],
