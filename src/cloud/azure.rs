@@ -251,6 +251,27 @@ pub fn parse_quote_answer(body: &[u8]) -> Result<Vec<u8>, AzureError> {
     Ok(quote)
 }
 
+/// Azure's host services as the evidence code asks for them (`evidence::AzureHost`): the VCEK
+/// from THIM and the TD quote from `/acc/tdquote`, both through the metadata service. What they
+/// return is host input that only a verifier can judge: the VCEK must chain to AMD's roots and
+/// sign the HCL report's SNP report, the quote must chain to Intel's root.
+pub struct HostServices {
+    pub base: &'static str,
+    pub deadline: Duration,
+}
+
+impl crate::evidence::AzureHost for HostServices {
+    fn fetch_vcek(&mut self) -> Result<Vec<u8>, String> {
+        amd_certification(self.base, self.deadline)
+            .map(|c| c.vcek.der)
+            .map_err(|e| crate::stage::error_chain(&e))
+    }
+
+    fn fetch_td_quote(&mut self, td_report: &[u8]) -> Result<Vec<u8>, String> {
+        td_quote(self.base, td_report, self.deadline).map_err(|e| crate::stage::error_chain(&e))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -322,26 +343,5 @@ mod tests {
         let body = serde_json::json!({ "quote": b64url.encode([4u8, 0, 2]) }).to_string();
         assert!(parse_quote_answer(body.as_bytes()).is_err());
         assert!(td_quote("http://127.0.0.1:9", &[0; 64], Duration::from_secs(1)).is_err());
-    }
-}
-
-/// Azure's host services as the evidence code asks for them (`evidence::AzureHost`): the VCEK
-/// from THIM and the TD quote from `/acc/tdquote`, both through the metadata service. What they
-/// return is host input that only a verifier can judge: the VCEK must chain to AMD's roots and
-/// sign the HCL report's SNP report, the quote must chain to Intel's root.
-pub struct HostServices {
-    pub base: &'static str,
-    pub deadline: Duration,
-}
-
-impl crate::evidence::AzureHost for HostServices {
-    fn fetch_vcek(&mut self) -> Result<Vec<u8>, String> {
-        amd_certification(self.base, self.deadline)
-            .map(|c| c.vcek.der)
-            .map_err(|e| crate::stage::error_chain(&e))
-    }
-
-    fn fetch_td_quote(&mut self, td_report: &[u8]) -> Result<Vec<u8>, String> {
-        td_quote(self.base, td_report, self.deadline).map_err(|e| crate::stage::error_chain(&e))
     }
 }
