@@ -55,6 +55,8 @@ pub struct BlockDev {
 pub struct Scan {
     pub devices: Vec<BlockDev>,
     pub gpt_errors: Vec<(String, String)>,
+    /// Disks that look like a cloud's whose name did not read or parse, and why.
+    pub cloud_errors: Vec<(String, String)>,
 }
 
 /// Device classes that never carry a root or state disk.
@@ -101,7 +103,10 @@ pub fn scan(sys: &Path, dev: &Path) -> Scan {
             None
         };
         let cloud = if partition.is_none() {
-            cloud_disk::identify(sys, name)
+            cloud_disk::identify(sys, dev, name).unwrap_or_else(|e| {
+                out.cloud_errors.push((name.clone(), e.to_string()));
+                None
+            })
         } else {
             None
         };

@@ -1,24 +1,33 @@
-//! The names clouds give disks, read from sysfs the way their udev rules read them (the agent
-//! is PID 1: there is no udev and no /dev/disk/by-id).
+//! The names clouds give disks, read the way their udev rules read them (the agent is PID 1:
+//! there is no udev and no /dev/disk/by-id).
 //!
 //! - GCP persistent disk on SCSI (virtio-scsi): `google-<device-name>` comes from
 //!   `scsi_id`, which takes the unit serial number of VPD page 0x80; the kernel exposes the
-//!   raw page as `device/vpd_pg80`. The vendor is "Google". (PD on NVMe keeps the name in the
-//!   vendor-specific bytes of Identify Namespace, which sysfs does not expose: not supported.)
+//!   raw page as `device/vpd_pg80`. The vendor is "Google".
+//! - GCP persistent disk on NVMe (Confidential VMs, C3, N4 and later): the controller's model
+//!   is `nvme_card-pd` and the device name is in a JSON object (`{"device_name":…}`) in the
+//!   vendor-specific bytes of Identify Namespace, as `google_nvme_id` reads them; sysfs does
+//!   not show them, so the agent sends Identify Namespace itself (src/nvme.rs).
 //! - AWS EBS on NVMe: the controller's serial number is the volume id without its dash
 //!   (`vol0123…`), model "Amazon Elastic Block Store".
 //! - Azure data disk on hv_storvsc: the LUN is the last field of the SCSI address
 //!   (`device` → `H:C:T:L`), on the VMBus SCSI controller whose `device_id` is
 //!   `{f8b3781b-1e82-4818-a1c3-63d806ec15bb}` (Azure's "scsi1", where data disks attach; the
 //!   OS disk and the resource disk sit on other controllers). The vendor is "Msft".
+//! - Azure data disk on NVMe (v6 sizes): controller model "MSFT NVMe Accelerator v1.0";
+//!   namespace 1 is the OS disk and data disk LUN n is namespace n + 2, as azure-vm-utils'
+//!   udev rules derive it.
 //!
 //! The host writes every one of these values. They only select which disk the state volume
 //! is on; LUKS2 and the KBS-released key decide whether it opens, so a wrong disk fails closed.
-//! Values are still read with a size bound, parsed strictly, and a disk that does not parse
-//! simply has no cloud identity.
+//! Values are still read with a size bound and parsed strictly. A disk that does not look like
+//! any cloud's has no identity; one that looks like a cloud's but whose name does not parse
+//! gives an error that says why, shown when the state disk is not found.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
+
+use crate::nvme::{self, IdNamespace, NvmeError};
 
 /// A disk's identity in its cloud's own terms.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,12 +53,41 @@ impl std::fmt::Display for CloudDisk {
 /// The VMBus instance id of the SCSI controller Azure attaches data disks to.
 const AZURE_DATA_CONTROLLER: &str = "{f8b3781b-1e82-4818-a1c3-63d806ec15bb}";
 const EBS_MODEL: &str = "Amazon Elastic Block Store";
+/// The model of GCP's persistent-disk NVMe controller (GCP's `65-gce-disk-naming.rules`).
+const GCP_PD_NVME_MODEL: &str = "nvme_card-pd";
+/// The model of Azure's remote-disk NVMe controller (azure-vm-utils' `80-azure-disk.rules`).
+const AZURE_NVME_MODEL: &str = "MSFT NVMe Accelerator v1.0";
+/// Azure NVMe: namespace 1 is the OS disk; data disk LUN n is namespace n + 2.
+const AZURE_NVME_LUN_BASE: u32 = 2;
+/// Azure's highest data-disk LUN.
+const AZURE_MAX_LUN: u8 = 63;
 /// SPC-4 §7.8.15: Unit Serial Number VPD page.
 const VPD_UNIT_SERIAL: u8 = 0x80;
 /// sysfs attributes are at most a page; the VPD page is at most 4 + 255 bytes on GCP.
 const MAX_ATTR: u64 = 4096;
 /// Ancestors searched for the controller's `device_id` (disk → target → host → VMBus device).
 const MAX_ANCESTORS: usize = 8;
+/// How much of a host-supplied name an error message repeats.
+const SHOWN: usize = 80;
+
+/// Why a disk that looks like a cloud's has no usable name.
+#[derive(Debug, thiserror::Error)]
+pub enum CloudDiskError {
+    #[error("GCP persistent disk without a unit serial number (VPD page 0x80)")]
+    GcpNoSerial,
+    #[error("GCP PD-NVMe namespace id unreadable")]
+    NoNsid,
+    #[error("GCP PD-NVMe: {0}")]
+    Nvme(#[from] NvmeError),
+    #[error("GCP PD-NVMe: no device name in Identify Namespace's vendor-specific bytes ({0})")]
+    GcpNoName(String),
+    #[error("GCP device name {0:?} is not one GCP allows")]
+    GcpName(String),
+    #[error("EBS serial {0:?} is not a volume id")]
+    AwsSerial(String),
+    #[error("Azure NVMe namespace id {0:?} is no data-disk LUN (namespace 2 + LUN 0-63)")]
+    AzureNsid(String),
+}
 
 fn read_raw(path: &Path) -> Option<Vec<u8>> {
     let mut data = Vec::new();
@@ -67,24 +105,106 @@ fn read_text(path: &Path) -> Option<String> {
     Some(text.trim().to_string())
 }
 
-/// The identity of the whole disk `name` under `<sys>/class/block`, if it has one.
-pub fn identify(sys: &Path, name: &str) -> Option<CloudDisk> {
-    let device = sys.join("class/block").join(name).join("device");
-    let vendor = read_text(&device.join("vendor"));
-    match vendor.as_deref() {
-        Some("Google") => return gcp(&device),
-        Some("Msft") => return azure(&device),
-        _ => {}
-    }
-    if read_text(&device.join("model")).as_deref() == Some(EBS_MODEL) {
-        return aws(&device);
-    }
-    None
+/// A host-supplied string cut to a length an error line can carry.
+fn shown(s: &str) -> String {
+    s.chars().take(SHOWN).collect()
 }
 
-fn gcp(device: &Path) -> Option<CloudDisk> {
-    let serial = vpd_unit_serial(&read_raw(&device.join("vpd_pg80"))?)?;
-    valid_gcp_name(&serial).then_some(CloudDisk::Gcp(serial))
+/// The identity of the whole disk `name` under `<sys>/class/block`, if it has one; `dev` is
+/// where its device node is, for the NVMe admin command.
+pub fn identify(sys: &Path, dev: &Path, name: &str) -> Result<Option<CloudDisk>, CloudDiskError> {
+    let node = dev.join(name);
+    identify_with(sys, name, |nsid| nvme::identify_namespace(&node, nsid))
+}
+
+/// [`identify`] with the Identify Namespace command given, so tests can stand in for a
+/// controller.
+pub(crate) fn identify_with(
+    sys: &Path,
+    name: &str,
+    identify_ns: impl FnOnce(u32) -> Result<IdNamespace, NvmeError>,
+) -> Result<Option<CloudDisk>, CloudDiskError> {
+    let block = sys.join("class/block").join(name);
+    let device = block.join("device");
+    match read_text(&device.join("vendor")).as_deref() {
+        Some("Google") => return gcp(&device).map(Some),
+        Some("Msft") => return Ok(azure(&device)),
+        _ => {}
+    }
+    match read_text(&device.join("model")).as_deref() {
+        Some(EBS_MODEL) => aws(&device).map(Some),
+        Some(GCP_PD_NVME_MODEL) => gcp_nvme(&block, identify_ns).map(Some),
+        Some(AZURE_NVME_MODEL) => azure_nvme(&block),
+        _ => Ok(None),
+    }
+}
+
+fn gcp(device: &Path) -> Result<CloudDisk, CloudDiskError> {
+    let serial = read_raw(&device.join("vpd_pg80"))
+        .and_then(|page| vpd_unit_serial(&page))
+        .ok_or(CloudDiskError::GcpNoSerial)?;
+    gcp_name(serial)
+}
+
+fn gcp_name(name: String) -> Result<CloudDisk, CloudDiskError> {
+    if valid_gcp_name(&name) {
+        Ok(CloudDisk::Gcp(name))
+    } else {
+        Err(CloudDiskError::GcpName(shown(&name)))
+    }
+}
+
+fn nsid(block: &Path) -> Option<u32> {
+    read_text(&block.join("nsid"))?
+        .parse()
+        .ok()
+        .filter(|n| *n > 0)
+}
+
+fn gcp_nvme(
+    block: &Path,
+    identify_ns: impl FnOnce(u32) -> Result<IdNamespace, NvmeError>,
+) -> Result<CloudDisk, CloudDiskError> {
+    let nsid = nsid(block).ok_or(CloudDiskError::NoNsid)?;
+    let sectors: u64 = read_text(&block.join("size"))
+        .and_then(|s| s.parse().ok())
+        .ok_or(CloudDiskError::NoNsid)?;
+    let ns = identify_ns(nsid)?;
+    ns.check_size(sectors.saturating_mul(512))?;
+    gcp_name(gcp_vendor_device_name(&ns.vendor_specific)?)
+}
+
+/// What GCP's PD-NVMe controller puts in the vendor-specific bytes: a JSON object, then NULs.
+#[derive(serde::Deserialize)]
+struct GcpNvmeVendor {
+    device_name: String,
+}
+
+/// The `device_name` of the JSON object at the start of the vendor-specific bytes.
+pub(crate) fn gcp_vendor_device_name(vendor: &[u8]) -> Result<String, CloudDiskError> {
+    let end = vendor.iter().position(|b| *b == 0).unwrap_or(vendor.len());
+    if end == 0 {
+        return Err(CloudDiskError::GcpNoName("empty".into()));
+    }
+    let info: GcpNvmeVendor = serde_json::from_slice(&vendor[..end])
+        .map_err(|e| CloudDiskError::GcpNoName(format!("not the expected JSON: {e}")))?;
+    Ok(info.device_name)
+}
+
+fn azure_nvme(block: &Path) -> Result<Option<CloudDisk>, CloudDiskError> {
+    let raw = read_text(&block.join("nsid")).unwrap_or_default();
+    let nsid: u32 = raw
+        .parse()
+        .map_err(|_| CloudDiskError::AzureNsid(shown(&raw)))?;
+    if nsid < AZURE_NVME_LUN_BASE {
+        // The OS disk.
+        return Ok(None);
+    }
+    u8::try_from(nsid - AZURE_NVME_LUN_BASE)
+        .ok()
+        .filter(|lun| *lun <= AZURE_MAX_LUN)
+        .map(|lun| Some(CloudDisk::AzureLun(lun)))
+        .ok_or(CloudDiskError::AzureNsid(nsid.to_string()))
 }
 
 /// The serial number in a raw Unit Serial Number VPD page: a 4-byte header (peripheral byte,
@@ -116,14 +236,18 @@ fn valid_gcp_name(name: &str) -> bool {
         && b[b.len() - 1] != b'-'
 }
 
-fn aws(device: &Path) -> Option<CloudDisk> {
-    let serial = read_text(&device.join("serial"))?;
-    let hex = serial.strip_prefix("vol")?;
+fn aws(device: &Path) -> Result<CloudDisk, CloudDiskError> {
+    let serial = read_text(&device.join("serial")).unwrap_or_default();
+    let hex = serial.strip_prefix("vol").unwrap_or_default();
     let ok = matches!(hex.len(), 8 | 17)
         && hex
             .bytes()
             .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c));
-    ok.then(|| CloudDisk::Aws(format!("vol-{hex}")))
+    if ok {
+        Ok(CloudDisk::Aws(format!("vol-{hex}")))
+    } else {
+        Err(CloudDiskError::AwsSerial(shown(&serial)))
+    }
 }
 
 fn azure(device: &Path) -> Option<CloudDisk> {
@@ -231,6 +355,52 @@ pub(crate) mod tests {
         fs::write(dev.join("model"), "Virtual Disk    \n").unwrap();
     }
 
+    /// GCP: a PD-NVMe namespace (`nsid`) on the `nvme_card-pd` controller.
+    pub(crate) fn gcp_nvme_disk(sys: &Path, name: &str, nsid: u32) {
+        let dev = fake_disk(
+            sys,
+            name,
+            &format!("pci0000:00/0000:00:04.0/nvme/{name}-ctrl"),
+        );
+        fs::write(
+            dev.join("model"),
+            "nvme_card-pd                            \n",
+        )
+        .unwrap();
+        fs::write(dev.join("serial"), "nvme_card-pd\n").unwrap();
+        fs::write(
+            dev.join("block").join(name).join("nsid"),
+            format!("{nsid}\n"),
+        )
+        .unwrap();
+    }
+
+    /// Azure: a namespace on the remote-disk NVMe controller.
+    pub(crate) fn azure_nvme_disk(sys: &Path, name: &str, nsid: &str) {
+        let dev = fake_disk(
+            sys,
+            name,
+            &format!("pci0000:00/0000:00:05.0/nvme/{name}-ctrl"),
+        );
+        fs::write(dev.join("model"), "MSFT NVMe Accelerator v1.0\n").unwrap();
+        fs::write(
+            dev.join("block").join(name).join("nsid"),
+            format!("{nsid}\n"),
+        )
+        .unwrap();
+    }
+
+    /// What GCP's controller answers for a 1 GiB namespace (fake_disk's size) named `name`.
+    fn gcp_answer(vendor: &[u8]) -> Result<IdNamespace, NvmeError> {
+        IdNamespace::parse(&crate::nvme::tests::id_ns(262144, 12, vendor))
+    }
+
+    /// The identity of `name`, with no NVMe admin command allowed: only GCP PD-NVMe sends one.
+    fn id(sys: &Path, name: &str) -> Result<Option<CloudDisk>, String> {
+        identify_with(sys, name, |_| panic!("Identify Namespace sent to {name}"))
+            .map_err(|e| e.to_string())
+    }
+
     #[test]
     fn each_cloud_identity_is_read() {
         let tmp = tempfile::tempdir().unwrap();
@@ -247,18 +417,20 @@ pub(crate) mod tests {
         );
         // A plain virtio disk.
         fake_disk(sys, "vda", "pci0000:00/0000:00:04.0/virtio1");
+        azure_nvme_disk(sys, "nvme2n1", "1");
+        azure_nvme_disk(sys, "nvme2n3", "3");
+        assert_eq!(id(sys, "sdb"), Ok(Some(CloudDisk::Gcp("cvm-state".into()))));
         assert_eq!(
-            identify(sys, "sdb"),
-            Some(CloudDisk::Gcp("cvm-state".into()))
+            id(sys, "nvme1n1"),
+            Ok(Some(CloudDisk::Aws("vol-0123456789abcdef0".into())))
         );
-        assert_eq!(
-            identify(sys, "nvme1n1"),
-            Some(CloudDisk::Aws("vol-0123456789abcdef0".into()))
-        );
-        assert_eq!(identify(sys, "sdc"), Some(CloudDisk::AzureLun(3)));
-        assert_eq!(identify(sys, "sda"), None);
-        assert_eq!(identify(sys, "vda"), None);
-        assert_eq!(identify(sys, "nosuch"), None);
+        assert_eq!(id(sys, "sdc"), Ok(Some(CloudDisk::AzureLun(3))));
+        // Azure NVMe: namespace 1 is the OS disk, namespace 3 is LUN 1.
+        assert_eq!(id(sys, "nvme2n1"), Ok(None));
+        assert_eq!(id(sys, "nvme2n3"), Ok(Some(CloudDisk::AzureLun(1))));
+        assert_eq!(id(sys, "sda"), Ok(None));
+        assert_eq!(id(sys, "vda"), Ok(None));
+        assert_eq!(id(sys, "nosuch"), Ok(None));
         assert_eq!(
             CloudDisk::Aws("vol-0123456789abcdef0".into()).to_string(),
             "aws:vol-0123456789abcdef0"
@@ -266,7 +438,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn hostile_values_give_no_identity() {
+    fn hostile_values_give_no_identity_and_say_why() {
         let tmp = tempfile::tempdir().unwrap();
         let sys = tmp.path();
         gcp_disk(sys, "sdb", "Not_A_Name");
@@ -276,14 +448,100 @@ pub(crate) mod tests {
         let dev = fake_disk(sys, "nvme3n1", "pci0000:00/0000:00:1e.0/nvme/x");
         fs::write(dev.join("model"), "QEMU NVMe Ctrl\n").unwrap();
         fs::write(dev.join("serial"), "vol0123456789abcdef0\n").unwrap();
-        for name in ["sdb", "nvme1n1", "nvme2n1", "nvme3n1"] {
-            assert_eq!(identify(sys, name), None, "{name}");
-        }
+        let refused = |name: &str, why: &str| {
+            let err = id(sys, name).unwrap_err();
+            assert!(err.contains(why), "{name}: {err}");
+        };
+        refused("sdb", "\"Not_A_Name\" is not one GCP allows");
+        refused(
+            "nvme1n1",
+            "EBS serial \"vol-0123456789abcdef0\" is not a volume id",
+        );
+        refused("nvme2n1", "\"vol0123\"");
+        assert_eq!(id(sys, "nvme3n1"), Ok(None));
         // An attribute larger than a page is not read at all.
         let dev = fake_disk(sys, "sdz", "big/0:0:0:1");
         fs::write(dev.join("vendor"), "Google\n").unwrap();
         fs::write(dev.join("vpd_pg80"), vec![b'a'; 5000]).unwrap();
-        assert_eq!(identify(sys, "sdz"), None);
+        refused("sdz", "without a unit serial number");
+        // Azure NVMe namespaces past LUN 63, or not a number.
+        azure_nvme_disk(sys, "nvme4n66", "66");
+        azure_nvme_disk(sys, "nvme4n9", "9x");
+        refused("nvme4n66", "namespace id \"66\" is no data-disk LUN");
+        refused("nvme4n9", "namespace id \"9x\"");
+        // A long hostile name is cut in the message.
+        let long = format!("{}-", "a".repeat(300));
+        let dev = fake_disk(sys, "sdy", "long/0:0:0:2");
+        fs::write(dev.join("vendor"), "Google\n").unwrap();
+        fs::write(dev.join("vpd_pg80"), vpd80(&long[..250])).unwrap();
+        let err = id(sys, "sdy").unwrap_err();
+        assert!(err.len() < 200, "{err}");
+    }
+
+    #[test]
+    fn gcp_pd_nvme_name_comes_from_identify_namespace() {
+        let tmp = tempfile::tempdir().unwrap();
+        let sys = tmp.path();
+        gcp_nvme_disk(sys, "nvme0n2", 2);
+        let vendor = br#"{"device_name":"cvm-state","disk_name":"state-disk-7"}"#;
+        let mut asked = None;
+        let got = identify_with(sys, "nvme0n2", |nsid| {
+            asked = Some(nsid);
+            gcp_answer(vendor)
+        });
+        assert_eq!(got.unwrap(), Some(CloudDisk::Gcp("cvm-state".into())));
+        assert_eq!(asked, Some(2), "the namespace's own id is asked for");
+        // Whitespace and key order as JSON allows.
+        let vendor = br#"{ "disk_name": "d", "device_name": "persistent-disk-1" }"#;
+        let got = identify_with(sys, "nvme0n2", |_| gcp_answer(vendor)).unwrap();
+        assert_eq!(got, Some(CloudDisk::Gcp("persistent-disk-1".into())));
+    }
+
+    #[test]
+    fn gcp_pd_nvme_hostile_answers_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let sys = tmp.path();
+        gcp_nvme_disk(sys, "nvme0n1", 1);
+        let refused = |answer: Result<IdNamespace, NvmeError>, why: &str| {
+            let err = identify_with(sys, "nvme0n1", |_| answer)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(why), "{err}");
+        };
+        refused(
+            gcp_answer(b""),
+            "no device name in Identify Namespace's vendor-specific bytes (empty)",
+        );
+        refused(gcp_answer(b"{\"device_name\":"), "not the expected JSON");
+        refused(
+            gcp_answer(br#"{"disk_name":"x"}"#),
+            "missing field `device_name`",
+        );
+        refused(gcp_answer(br#"{"device_name":7}"#), "not the expected JSON");
+        refused(
+            gcp_answer(br#"{"device_name":"Bad_Name"}"#),
+            "\"Bad_Name\" is not one GCP allows",
+        );
+        refused(gcp_answer(b"\xff\xfe"), "not the expected JSON");
+        // The answer for another (2 GiB) namespace.
+        let other = IdNamespace::parse(&crate::nvme::tests::id_ns(
+            524288,
+            12,
+            br#"{"device_name":"cvm-state"}"#,
+        ));
+        refused(other, "not for this namespace");
+        refused(
+            Err(NvmeError::Status {
+                path: "/dev/nvme0n1".into(),
+                nsid: 1,
+                status: 0x4002,
+            }),
+            "NVMe status 0x4002",
+        );
+        // No namespace id in sysfs: no command at all.
+        gcp_nvme_disk(sys, "nvme0n9", 0);
+        let err = identify_with(sys, "nvme0n9", |_| panic!("sent")).unwrap_err();
+        assert!(err.to_string().contains("namespace id unreadable"), "{err}");
     }
 
     #[test]
@@ -343,6 +601,6 @@ pub(crate) mod tests {
             "{f8b3781a-1e82-4818-a1c3-63d806ec15bb}",
             "0:0:0:1",
         );
-        assert_eq!(identify(sys, "sdb"), None);
+        assert_eq!(id(sys, "sdb"), Ok(None));
     }
 }

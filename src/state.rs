@@ -167,6 +167,11 @@ pub fn find(
                     .iter()
                     .map(|(disk, e)| format!("{disk}: GPT refused: {e}")),
             );
+            seen.extend(
+                scan.cloud_errors
+                    .iter()
+                    .map(|(disk, e)| format!("{disk}: no cloud name: {e}")),
+            );
             return Err(StateError::NotFound {
                 spec: describe,
                 waited: wait,
@@ -658,7 +663,9 @@ mod tests {
 
     #[test]
     fn cloud_disks_are_found_by_their_cloud_names() {
-        use crate::cloud_disk::tests::{aws_disk, azure_disk, gcp_disk};
+        use crate::cloud_disk::tests::{
+            aws_disk, azure_disk, azure_nvme_disk, gcp_disk, gcp_nvme_disk,
+        };
         let tmp = tempfile::tempdir().unwrap();
         let sys = tmp.path().join("sys");
         let dev = tmp.path().join("dev");
@@ -677,10 +684,15 @@ mod tests {
             "{f8b3781b-1e82-4818-a1c3-63d806ec15bb}",
             "1:0:0:2",
         );
+        azure_nvme_disk(&sys, "nvme2n7", "7");
+        // A PD-NVMe namespace whose device node is not there: the admin command cannot be
+        // sent, and the reason is in the error.
+        gcp_nvme_disk(&sys, "nvme0n1", 1);
         let find = |spec: &str| {
             let spec = StateDevice::parse(spec).unwrap();
             find(&sys, &dev, Some(&spec), Duration::ZERO)
         };
+        assert_eq!(find("azure-lun:5").unwrap().name, "nvme2n7");
         assert_eq!(find("gcp:cvm-state").unwrap().name, "sdb");
         assert_eq!(find("aws:vol-0123456789abcdef0").unwrap().name, "nvme1n1");
         assert_eq!(find("azure-lun:2").unwrap().name, "sdd");
@@ -689,6 +701,10 @@ mod tests {
         assert!(err.contains("gcp:cvm-stat"), "{err}");
         assert!(err.contains("sdb (gcp:cvm-state)"), "{err}");
         assert!(err.contains("sdd (azure-lun:2)"), "{err}");
+        assert!(
+            err.contains("nvme0n1: no cloud name: GCP PD-NVMe: open "),
+            "{err}"
+        );
         assert!(find("azure-lun:1").is_err());
         assert!(find("aws:vol-0123456789abcdef1").is_err());
         // Two disks claiming one name: refused, not guessed.
