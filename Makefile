@@ -3,6 +3,7 @@ SHELL := /bin/bash
 TARGET := x86_64-unknown-linux-gnu
 AGENT := target/$(TARGET)/release/cvm-agent
 TRIVIAL := target/$(TARGET)/release/trivial_init
+NVME_PROBE := target/$(TARGET)/release/nvme_probe
 CVMCTL := target/release/cvmctl
 KERNEL := .cache/kernel/vmlinuz
 MODULES := .cache/kernel/modules
@@ -26,7 +27,7 @@ build: setup
 	@# The agent alone: an example in the same cargo command would pull the dev-dependencies in,
 	@# and their features would be unified into the agent's crates (serde_json_canonicalizer turns
 	@# on serde_json's float_roundtrip, for one); the bench's trivial init is a package of its own.
-	$(STATIC) cargo build --locked --release --target $(TARGET) -p cvm-agent -p trivial-init --bin cvm-agent --bin trivial_init
+	$(STATIC) cargo build --locked --release --target $(TARGET) -p cvm-agent -p trivial-init -p cvm-nvme --bin cvm-agent --bin trivial_init --bin nvme_probe
 	cargo build --locked --release -p cvmctl --bin cvmctl
 	@# static-pie keeps ASLR for PID 1; ldd calls that "statically linked" (plain static: "not a dynamic executable").
 	@ldd $(AGENT) 2>&1 | grep -Eq "not a dynamic executable|statically linked" || { echo "error: $(AGENT) is not static"; exit 1; }
@@ -36,6 +37,7 @@ initrd: build
 	@mkdir -p $(OUT)
 	$(CVMCTL) initrd --agent $(AGENT) --spec initrd --modules $(realpath $(MODULES)) -o $(OUT)/initrd.img
 	$(CVMCTL) initrd --agent $(TRIVIAL) --spec tests/initrd-trivial -o $(OUT)/trivial-initrd.img
+	$(CVMCTL) initrd --agent $(NVME_PROBE) --spec tests/initrd-trivial -o $(OUT)/nvme-probe-initrd.img
 
 rootfs: build
 	CVMCTL=$(CVMCTL) scripts/mkroot.sh $(OUT)/root-tree
@@ -95,7 +97,7 @@ test: images
 	$(MAKE) --no-print-directory lint && cargo test --locked --workspace --all-targets --no-run; rc=$$?; \
 	if ! wait $$image; then tail -40 $(OUT)/image.log; echo "make test: make image failed (log: $(OUT)/image.log)"; exit 1; fi; \
 	grep '^image' $(OUT)/image.log; [ $$rc = 0 ] || exit $$rc; \
-	CVM_IMAGE_DIR=$(abspath $(IMAGE)) CVM_AGENT=$(abspath $(AGENT)) CVM_INITRD=$(abspath $(OUT)/initrd.img) CVM_ROOTFS=$(abspath $(OUT)/rootfs.img) CVM_KERNEL=$(abspath $(KERNEL)) CVM_MODULES=$(realpath $(MODULES)) \
+	CVM_IMAGE_DIR=$(abspath $(IMAGE)) CVM_AGENT=$(abspath $(AGENT)) CVM_INITRD=$(abspath $(OUT)/initrd.img) CVM_NVME_PROBE_INITRD=$(abspath $(OUT)/nvme-probe-initrd.img) CVM_ROOTFS=$(abspath $(OUT)/rootfs.img) CVM_KERNEL=$(abspath $(KERNEL)) CVM_MODULES=$(realpath $(MODULES)) \
 	  cargo test --locked --workspace --all-targets --no-fail-fast -- --include-ignored --test-threads=2
 
 bench: images

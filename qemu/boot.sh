@@ -6,7 +6,7 @@
 #                [--console FILE] [--tpm-state DIR] [--no-tpm] [--no-net] [--fw-cfg NAME=FILE]
 #                [--guestfwd PORT|GUESTPORT:HOSTPORT|ADDR:GUESTPORT:HOSTPORT] [--net CIDR]
 #                [--smbios-vendor NAME] [--memory MB] [--monitor SOCKET] [--quiet]
-#                [--serial-socket SOCKET] [--allow-reboot]
+#                [--serial-socket SOCKET] [--allow-reboot] [--nvme FILE[:BLOCKSIZE]]...
 #                [--direct | --uki FILE [--host-append "..."] | --boot-disk FILE]
 #
 # How the VM boots. By default, as a confidential VM does: OVMF (UEFI, measured boot into the
@@ -32,13 +32,15 @@
 # e.g. --net 168.0.0.0/7, which holds both.
 # --smbios-vendor NAME sets the SMBIOS system manufacturer (/sys/class/dmi/id/sys_vendor),
 # which clouds set to Google, Microsoft Corporation or Amazon EC2.
+# --nvme FILE[:BLOCKSIZE] adds FILE as the next namespace (nsid 1, 2, …) of one NVMe
+# controller, with logical blocks of BLOCKSIZE bytes (default 512).
 # KVM only with CVM_KVM=1 (TCG by default).
 set -euo pipefail
 
 kernel="" initrd="" append="" timeout=120 console="" tpm_state="" tpm=1 net=1 memory=512 quiet=0
 monitor="" serial_socket="" reboot=0 mode=uki uki="" host_append="" boot_disk=""
 usernet=10.0.2.0/24 smbios_vendor=""
-disks=() fwcfg=() fwds=()
+disks=() fwcfg=() fwds=() nvmes=()
 die() { echo "boot.sh: error: $*" >&2; exit 125; }
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -46,6 +48,7 @@ while [ $# -gt 0 ]; do
     --initrd) initrd=$2; shift 2 ;;
     --append) append=$2; shift 2 ;;
     --disk) disks+=("$2"); shift 2 ;;
+    --nvme) nvmes+=("$2"); shift 2 ;;
     --timeout) timeout=$2; shift 2 ;;
     --console) console=$2; shift 2 ;;
     --tpm-state) tpm_state=$2; shift 2 ;;
@@ -168,6 +171,17 @@ for d in "${disks[@]}"; do
          -device "virtio-blk-pci,drive=disk$i,serial=cvm-disk$i")
   i=$((i + 1))
 done
+if [ "${#nvmes[@]}" -gt 0 ]; then
+  args+=(-device "nvme,id=nvme0,serial=cvm-nvme0")
+  n=1
+  for d in "${nvmes[@]}"; do
+    file=${d%%:*}; bs=512; [ "$file" != "$d" ] && bs=${d#*:}
+    [ -f "$file" ] || die "no NVMe namespace image at '$file'"
+    args+=(-drive "file=$file,if=none,id=nvmens$n,format=raw"
+           -device "nvme-ns,bus=nvme0,drive=nvmens$n,nsid=$n,logical_block_size=$bs,physical_block_size=$bs")
+    n=$((n + 1))
+  done
+fi
 for f in "${fwcfg[@]}"; do args+=(-fw_cfg "name=${f%%=*},file=${f#*=}"); done
 
 if [ "$net" = 1 ]; then

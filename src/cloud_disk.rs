@@ -27,7 +27,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use crate::nvme::{self, IdNamespace, NvmeError};
+use cvm_nvme::{self as nvme, IdNamespace, NvmeError};
 
 /// A disk's identity in its cloud's own terms.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -390,9 +390,19 @@ pub(crate) mod tests {
         .unwrap();
     }
 
-    /// What GCP's controller answers for a 1 GiB namespace (fake_disk's size) named `name`.
+    /// What GCP's controller answers for a 1 GiB namespace (fake_disk's size) of 4 KiB blocks.
     fn gcp_answer(vendor: &[u8]) -> Result<IdNamespace, NvmeError> {
-        IdNamespace::parse(&crate::nvme::tests::id_ns(262144, 12, vendor))
+        Ok(namespace(262144, vendor))
+    }
+
+    fn namespace(blocks: u64, vendor: &[u8]) -> IdNamespace {
+        let mut vendor_specific = vec![0; nvme::VENDOR_SPECIFIC.len()];
+        vendor_specific[..vendor.len()].copy_from_slice(vendor);
+        IdNamespace {
+            blocks,
+            block_size: 4096,
+            vendor_specific,
+        }
     }
 
     /// The identity of `name`, with no NVMe admin command allowed: only GCP PD-NVMe sends one.
@@ -524,12 +534,8 @@ pub(crate) mod tests {
         );
         refused(gcp_answer(b"\xff\xfe"), "not the expected JSON");
         // The answer for another (2 GiB) namespace.
-        let other = IdNamespace::parse(&crate::nvme::tests::id_ns(
-            524288,
-            12,
-            br#"{"device_name":"cvm-state"}"#,
-        ));
-        refused(other, "not for this namespace");
+        let other = namespace(524288, br#"{"device_name":"cvm-state"}"#);
+        refused(Ok(other), "not for this namespace");
         refused(
             Err(NvmeError::Status {
                 path: "/dev/nvme0n1".into(),

@@ -17,7 +17,6 @@ pub mod evidence;
 pub mod kbs_client;
 pub mod logging;
 pub mod net;
-pub mod nvme;
 pub mod pid1;
 pub mod registry;
 pub mod result;

@@ -177,12 +177,12 @@ pub fn identify_namespace(path: &Path, nsid: u32) -> Result<IdNamespace, NvmeErr
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
 
     /// An Identify Namespace structure of `blocks` blocks of 2^`lbads` bytes (format 1, as
     /// a controller that offers 512 and 4096 may pick) with `vendor` at byte 384.
-    pub(crate) fn id_ns(blocks: u64, lbads: u8, vendor: &[u8]) -> Vec<u8> {
+    fn id_ns(blocks: u64, lbads: u8, vendor: &[u8]) -> Vec<u8> {
         let mut d = vec![0u8; IDENTIFY_LEN];
         d[0..8].copy_from_slice(&blocks.to_le_bytes());
         d[25] = 1; // two formats
