@@ -8,7 +8,8 @@
 //! SHA256(init-data))`) and attested (the dev KBS checks the init-data binding and releases the
 //! secret); Azure's userData is served empty first and the agent waits for it, and its
 //! WireServer hears Ready once the workload runs; an IMDSv1-only AWS service, oversized and
-//! malformed documents stop the boot with one error line, after one read.
+//! malformed documents, and a launch.toml asking for a static network (the init-data came over
+//! DHCP) stop the boot with one error line, after one read.
 
 use cvm_testkit as common;
 
@@ -247,7 +248,8 @@ fn aws_imdsv1_only_is_refused_before_any_user_data_read() {
 }
 
 /// Three hostile documents, one per cloud, booted side by side: each is read once and stops
-/// the boot with its own error.
+/// the boot with its own error. A fourth, well-formed, asks for a static network after the
+/// agent used DHCP to fetch it: refused before anything is measured.
 #[test]
 #[ignore = "boots a VM: run through `make test`"]
 fn oversized_and_malformed_documents_are_refused_after_one_read() {
@@ -257,11 +259,22 @@ fn oversized_and_malformed_documents_are_refused_after_one_read() {
         ..Default::default()
     });
     let bad_toml = Aws::imdsv2(Some(b"version = \"0.1.0\"\nalgorithm = sha256\n".to_vec()));
-    let (a, b, c) = std::thread::scope(|s| {
+    let static_net = metadata::gcp(Some(
+        b"version = \"0.1.0\"\nalgorithm = \"sha256\"\n[data]\n\"launch.toml\" = '''\n\
+          [network]\nmode = \"static\"\naddress = \"10.0.2.15/24\"\ngateway = \"10.0.2.2\"\n'''\n"
+            .to_vec(),
+    ));
+    let (a, b, c, d) = std::thread::scope(|s| {
         let a = s.spawn(|| boot_cloud(GCP, "gcp", &oversized, None, None));
         let b = s.spawn(|| boot_cloud(AZURE, "auto", &bad_base64, None, None));
         let c = s.spawn(|| boot_cloud(AWS, "aws", &bad_toml, None, None));
-        (a.join().unwrap(), b.join().unwrap(), c.join().unwrap())
+        let d = s.spawn(|| boot_cloud(GCP, "auto", &static_net, None, None));
+        (
+            a.join().unwrap(),
+            b.join().unwrap(),
+            c.join().unwrap(),
+            d.join().unwrap(),
+        )
     });
     assert_refused(&a, &["gcp metadata service", "larger than 262144 bytes"]);
     assert_eq!(oversized.seen().len(), 1, "{:?}", oversized.seen());
@@ -269,4 +282,15 @@ fn oversized_and_malformed_documents_are_refused_after_one_read() {
     assert_eq!(bad_base64.count("GET", metadata::AZURE_USER_DATA, 200), 1);
     assert_refused(&c, &["init-data is not valid", "line 2"]);
     assert_eq!(bad_toml.count("GET", "/latest/user-data", 200), 1);
+    assert_refused(&d, &["[network] mode = \"static\"", "only DHCP applies"]);
+    assert_eq!(static_net.seen().len(), 1, "{:?}", static_net.seen());
+    // The tpm stage shows PCR 8 still zero; nothing extends it before the refusal.
+    let zero = format!("PCR 8 sha256={}", "0".repeat(64));
+    assert!(
+        d.console
+            .lines()
+            .all(|l| !l.contains("PCR 8 sha256=") || l.contains(&zero)),
+        "PCR 8 measured before the refusal\n{}",
+        d.show()
+    );
 }
