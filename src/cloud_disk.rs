@@ -7,7 +7,7 @@
 //! - GCP persistent disk on NVMe (Confidential VMs, C3, N4 and later): the controller's model
 //!   is `nvme_card-pd` and the device name is in a JSON object (`{"device_name":…}`) in the
 //!   vendor-specific bytes of Identify Namespace, as `google_nvme_id` reads them; sysfs does
-//!   not show them, so the agent sends Identify Namespace itself (src/nvme.rs).
+//!   not show them, so the agent sends Identify Namespace itself (cvm-nvme).
 //! - AWS EBS on NVMe: the controller's serial number is the volume id without its dash
 //!   (`vol0123…`), model "Amazon Elastic Block Store".
 //! - Azure data disk on hv_storvsc: the LUN is the last field of the SCSI address
@@ -15,8 +15,9 @@
 //!   `{f8b3781b-1e82-4818-a1c3-63d806ec15bb}` (Azure's "scsi1", where data disks attach; the
 //!   OS disk and the resource disk sit on other controllers). The vendor is "Msft".
 //! - Azure data disk on NVMe (v6 sizes): controller model "MSFT NVMe Accelerator v1.0";
-//!   namespace 1 is the OS disk and data disk LUN n is namespace n + 2, as azure-vm-utils'
-//!   udev rules derive it.
+//!   namespace 1 is the OS disk and data disk LUN n is namespace n + 2, unless the vendor-specific
+//!   bytes of Identify Namespace say otherwise (`type=data,lun=4,name=…`), as azure-vm-utils'
+//!   udev rules and `azure-nvme-id` derive it.
 //!
 //! The host writes every one of these values. They only select which disk the state volume
 //! is on; LUKS2 and the KBS-released key decide whether it opens, so a wrong disk fails closed.
@@ -85,6 +86,8 @@ pub enum CloudDiskError {
     GcpName(String),
     #[error("EBS serial {0:?} is not a volume id")]
     AwsSerial(String),
+    #[error("Azure NVMe vendor-specific key-values: {0}")]
+    AzureVendor(String),
     #[error("Azure NVMe namespace id {0:?} is no data-disk LUN (namespace 2 + LUN 0-63)")]
     AzureNsid(String),
 }
@@ -134,7 +137,7 @@ pub(crate) fn identify_with(
     match read_text(&device.join("model")).as_deref() {
         Some(EBS_MODEL) => aws(&device).map(Some),
         Some(GCP_PD_NVME_MODEL) => gcp_nvme(&block, identify_ns).map(Some),
-        Some(AZURE_NVME_MODEL) => azure_nvme(&block),
+        Some(AZURE_NVME_MODEL) => azure_nvme(&block, identify_ns),
         _ => Ok(None),
     }
 }
@@ -191,13 +194,42 @@ pub(crate) fn gcp_vendor_device_name(vendor: &[u8]) -> Result<String, CloudDiskE
     Ok(info.device_name)
 }
 
-fn azure_nvme(block: &Path) -> Result<Option<CloudDisk>, CloudDiskError> {
+fn azure_nvme(
+    block: &Path,
+    identify_ns: impl FnOnce(u32) -> Result<IdNamespace, NvmeError>,
+) -> Result<Option<CloudDisk>, CloudDiskError> {
     let raw = read_text(&block.join("nsid")).unwrap_or_default();
     let nsid: u32 = raw
         .parse()
         .map_err(|_| CloudDiskError::AzureNsid(shown(&raw)))?;
+    // azure-vm-utils' rules: the vendor-specific key-values, where the controller sends them,
+    // override what the namespace id implies; when Identify Namespace fails, or sends none,
+    // the namespace id stands.
+    let sectors: Option<u64> = read_text(&block.join("size")).and_then(|s| s.parse().ok());
+    let vendor = sectors.and_then(|sectors| {
+        let ns = identify_ns(nsid).ok()?;
+        ns.check_size(sectors.saturating_mul(512)).ok()?;
+        Some(ns.vendor_specific)
+    });
+    if let Some(vs) = vendor
+        .as_deref()
+        .map(azure_vendor_keys)
+        .transpose()?
+        .flatten()
+    {
+        return match (vs.kind.as_str(), vs.lun) {
+            ("data", Some(lun)) => Ok(Some(CloudDisk::AzureLun(lun))),
+            ("data", None) => azure_nsid_lun(nsid),
+            // The OS disk, local (ephemeral) disks, and kinds not known yet.
+            _ => Ok(None),
+        };
+    }
+    azure_nsid_lun(nsid)
+}
+
+/// Namespace 1 is the OS disk; LUN n is namespace n + 2.
+fn azure_nsid_lun(nsid: u32) -> Result<Option<CloudDisk>, CloudDiskError> {
     if nsid < AZURE_NVME_LUN_BASE {
-        // The OS disk.
         return Ok(None);
     }
     u8::try_from(nsid - AZURE_NVME_LUN_BASE)
@@ -205,6 +237,45 @@ fn azure_nvme(block: &Path) -> Result<Option<CloudDisk>, CloudDiskError> {
         .filter(|lun| *lun <= AZURE_MAX_LUN)
         .map(|lun| Some(CloudDisk::AzureLun(lun)))
         .ok_or(CloudDiskError::AzureNsid(nsid.to_string()))
+}
+
+/// What Azure puts in the vendor-specific bytes: `type=data,lun=4,name=data-db`, then NULs.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct AzureVendorKeys {
+    kind: String,
+    lun: Option<u8>,
+}
+
+/// The `type` and `lun` of Azure's key-values; None when the controller sent none (the
+/// bytes start with NUL) or named no type.
+pub(crate) fn azure_vendor_keys(vendor: &[u8]) -> Result<Option<AzureVendorKeys>, CloudDiskError> {
+    let end = vendor.iter().position(|b| *b == 0).unwrap_or(vendor.len());
+    let text = std::str::from_utf8(&vendor[..end])
+        .ok()
+        .filter(|t| t.bytes().all(|b| b.is_ascii_graphic()))
+        .ok_or_else(|| CloudDiskError::AzureVendor("not printable ASCII".into()))?;
+    let (mut kind, mut lun) = (None, None);
+    for pair in text.split(',').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').ok_or_else(|| {
+            CloudDiskError::AzureVendor(format!("{:?} is no key=value", shown(pair)))
+        })?;
+        match key {
+            "type" => kind = Some(value.to_string()),
+            "lun" => {
+                lun = Some(
+                    value
+                        .parse::<u8>()
+                        .ok()
+                        .filter(|l| *l <= AZURE_MAX_LUN)
+                        .ok_or_else(|| {
+                            CloudDiskError::AzureVendor(format!("lun {:?}", shown(value)))
+                        })?,
+                )
+            }
+            _ => {}
+        }
+    }
+    Ok(kind.map(|kind| AzureVendorKeys { kind, lun }))
 }
 
 /// The serial number in a raw Unit Serial Number VPD page: a 4-byte header (peripheral byte,
@@ -405,8 +476,16 @@ pub(crate) mod tests {
         }
     }
 
-    /// The identity of `name`, with no NVMe admin command allowed: only GCP PD-NVMe sends one.
+    /// The identity of `name` where Identify Namespace fails (as on a fake sysfs tree).
     fn id(sys: &Path, name: &str) -> Result<Option<CloudDisk>, String> {
+        identify_with(sys, name, |_| {
+            Err(NvmeError::Malformed("no controller here"))
+        })
+        .map_err(|e| e.to_string())
+    }
+
+    /// The identity of `name`, asserting no NVMe admin command is sent for it.
+    fn id_without_command(sys: &Path, name: &str) -> Result<Option<CloudDisk>, String> {
         identify_with(sys, name, |_| panic!("Identify Namespace sent to {name}"))
             .map_err(|e| e.to_string())
     }
@@ -429,6 +508,10 @@ pub(crate) mod tests {
         fake_disk(sys, "vda", "pci0000:00/0000:00:04.0/virtio1");
         azure_nvme_disk(sys, "nvme2n1", "1");
         azure_nvme_disk(sys, "nvme2n3", "3");
+        // Only NVMe controllers of GCP's and Azure's models get an admin command.
+        for name in ["sdb", "nvme1n1", "sdc", "sda", "vda", "nosuch"] {
+            let _ = id_without_command(sys, name);
+        }
         assert_eq!(id(sys, "sdb"), Ok(Some(CloudDisk::Gcp("cvm-state".into()))));
         assert_eq!(
             id(sys, "nvme1n1"),
@@ -608,5 +691,43 @@ pub(crate) mod tests {
             "0:0:0:1",
         );
         assert_eq!(id(sys, "sdb"), Ok(None));
+    }
+
+    #[test]
+    fn azure_nvme_vendor_keys_override_the_namespace_rule() {
+        let tmp = tempfile::tempdir().unwrap();
+        let sys = tmp.path();
+        azure_nvme_disk(sys, "nvme0n3", "3");
+        let with = |vendor: &'static [u8]| {
+            identify_with(sys, "nvme0n3", |nsid| {
+                assert_eq!(nsid, 3);
+                gcp_answer(vendor)
+            })
+            .map_err(|e| e.to_string())
+        };
+        // No key-values: namespace 3 is LUN 1.
+        assert_eq!(with(b""), Ok(Some(CloudDisk::AzureLun(1))));
+        assert_eq!(
+            with(b"type=data,lun=4,name=data-db"),
+            Ok(Some(CloudDisk::AzureLun(4)))
+        );
+        assert_eq!(with(b"type=data,name=x"), Ok(Some(CloudDisk::AzureLun(1))));
+        assert_eq!(with(b"type=os"), Ok(None));
+        assert_eq!(with(b"type=local,index=1,name=nvme-440G-1"), Ok(None));
+        for (bad, why) in [
+            (&b"type=data,lun=64"[..], "lun \"64\""),
+            (b"type=data,lun=-1", "lun \"-1\""),
+            (b"type=data,lun", "\"lun\" is no key=value"),
+            (b"type=data,lun=1\n", "not printable ASCII"),
+            (b"type=data,\xff", "not printable ASCII"),
+        ] {
+            let err = with(bad).unwrap_err();
+            assert!(err.contains(why), "{bad:?}: {err}");
+        }
+        // An answer for another namespace's size is not taken: the namespace rule stands.
+        let other = identify_with(sys, "nvme0n3", |_| {
+            Ok(namespace(524288, b"type=data,lun=9"))
+        });
+        assert_eq!(other.unwrap(), Some(CloudDisk::AzureLun(1)));
     }
 }
