@@ -109,9 +109,10 @@ impl Boot {
         if self.has("reboot: Power down") {
             return true;
         }
-        let requested = self.console.lines().any(|l| {
-            l.starts_with("cvm-agent: [") && l.trim_end().ends_with(": powering off")
-        });
+        let requested = self
+            .console
+            .lines()
+            .any(|l| l.starts_with("cvm-agent: [") && l.trim_end().ends_with(": powering off"));
         let hung = self
             .console
             .lines()
@@ -273,4 +274,30 @@ pub fn uki(
     }
     run_ok(&mut cmd);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Boot;
+
+    fn boot(console: &str) -> Boot {
+        Boot {
+            code: 0,
+            console: console.into(),
+        }
+    }
+
+    #[test]
+    fn powered_off_takes_the_kernel_or_the_agent_request_plus_boot_sh_marker() {
+        let request = "cvm-agent: [   4.384] end: powering off\n";
+        let marker = "boot.sh: power-off hung in the guest kernel; QEMU stopped 30s after the agent's request\n";
+        assert!(boot(&format!("{request}[    4.5] reboot: Power down\n")).powered_off());
+        assert!(boot(&format!("{request}[   25.4] rcu: INFO: stall\n{marker}")).powered_off());
+        // The marker without the agent's request, or not last (the guest wrote after it),
+        // or a request without the marker: no power-off.
+        assert!(!boot(marker).powered_off());
+        assert!(!boot(&format!("{request}{marker}cvm-agent: [ 60.0] later\n")).powered_off());
+        assert!(!boot(request).powered_off());
+        assert!(!boot(&format!("workload: powering off the lights\n{marker}")).powered_off());
+    }
 }
