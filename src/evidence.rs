@@ -106,21 +106,19 @@ pub fn tpm_evidence<T: Transport>(
     report_data: &[u8],
 ) -> Result<TpmEvidence, EvidenceError> {
     let ak = tpm.attestation_key().map_err(EvidenceError::Tpm)?;
-    let all: Vec<u32> = (0..24).collect();
-    let quote = tpm
-        .quote(&ak, report_data, &all)
-        .map_err(EvidenceError::Tpm)?;
-    let values = tpm
-        .pcr_read(HashAlg::Sha256, &all)
-        .map_err(EvidenceError::Tpm)?;
-    let pcrs = values
-        .into_iter()
-        .map(|(i, v)| {
-            <[u8; 32]>::try_from(v.as_slice()).map_err(|_| {
-                EvidenceError::Tpm(TpmError::Malformed(format!("PCR {i} is not 32 bytes")))
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let (quote, pcrs) = quote_all(tpm, &ak, report_data)?;
+    checked_tpm_evidence(&ak, quote, pcrs, None)
+}
+
+/// `tpm` evidence of `quote` by `ak` and the PCR values read after it, with `ak_cert`, checked
+/// as a verifier would: a PCR extended between the quote and the read would make evidence no
+/// verifier accepts; better to find out here, with a clear error.
+fn checked_tpm_evidence(
+    ak: &crate::tpm::AttestationKey,
+    quote: crate::tpm::Quote,
+    pcrs: Vec<[u8; 32]>,
+    ak_cert: Option<Vec<u8>>,
+) -> Result<TpmEvidence, EvidenceError> {
     let evidence = TpmEvidence {
         ak_public: ak.spki_der.clone(),
         tpm_quote: TpmQuoteJson {
@@ -130,10 +128,8 @@ pub fn tpm_evidence<T: Transport>(
         },
         cel_eventlog: None,
         eventlog: None,
-        ak_cert: None,
+        ak_cert,
     };
-    // A PCR extended between the quote and the read would make evidence no verifier accepts;
-    // better to find out here, with a clear error.
     evidence.verify().map_err(EvidenceError::SelfCheck)?;
     Ok(evidence)
 }
@@ -433,19 +429,7 @@ pub fn gcp_tpm_evidence<T: Transport>(
     let flushed = tpm.flush_context(ak.handle).map_err(EvidenceError::Tpm);
     let (quote, pcrs) = quoted?;
     flushed?;
-    let evidence = TpmEvidence {
-        ak_public: ak.spki_der.clone(),
-        tpm_quote: TpmQuoteJson {
-            signature: quote.signature_raw,
-            message: quote.attest,
-            pcrs,
-        },
-        cel_eventlog: None,
-        eventlog: None,
-        ak_cert: Some(cert),
-    };
-    evidence.verify().map_err(EvidenceError::SelfCheck)?;
-    Ok(evidence)
+    checked_tpm_evidence(&ak, quote, pcrs, Some(cert))
 }
 
 /// One attestation's evidence: the primary evidence, the `additional_evidence` string (the

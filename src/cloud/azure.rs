@@ -16,7 +16,8 @@ use cvm_initdata::cloud::AZURE_MAX;
 
 use super::imds::Http;
 use super::{
-    CloudError, Failure, Served, http_failure, is_transient_status, refused, with_retries,
+    CloudError, Failure, Request, Served, http_failure, is_transient_status, refused,
+    send_with_retries, with_retries,
 };
 
 pub const USER_DATA: &str =
@@ -108,18 +109,15 @@ struct ThimWire {
 /// The VCEK and AMD's chain from THIM: X.509 certificates that parse, nothing else in the PEM.
 /// Whether they chain to AMD's root and sign the report is the verifier's check.
 pub fn amd_certification(base: &str, deadline: Duration) -> Result<AmdCertification, AzureError> {
-    let http = Http::new(base);
-    let what = format!("GET {}{THIM_CERTIFICATION}", http.base());
-    let body = with_retries(&what, deadline, |left| {
-        let reply = http
-            .send("GET", THIM_CERTIFICATION, &[METADATA], None, MAX_THIM, left)
-            .map_err(http_failure)?;
-        match reply.status {
-            200 => Ok(reply.body),
-            s if is_transient_status(s) => Err(Failure::Transient(format!("HTTP {s}"))),
-            s => Err(refused(&what, format!("HTTP {s}: {}", reply.detail()))),
-        }
-    })?;
+    let request = Request {
+        method: "GET",
+        path: THIM_CERTIFICATION,
+        headers: &[METADATA],
+        body: None,
+        max_body: MAX_THIM,
+        accept: 200..=200,
+    };
+    let body = send_with_retries(&Http::new(base), &request, deadline)?;
     parse_certification(&body)
 }
 
@@ -200,25 +198,15 @@ pub fn td_quote(base: &str, tdreport: &[u8], deadline: Duration) -> Result<Vec<u
     }
     let b64url = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let request = serde_json::json!({ "report": b64url.encode(tdreport) }).to_string();
-    let http = Http::new(base);
-    let what = format!("POST {}{TD_QUOTE}", http.base());
-    let body = with_retries(&what, deadline, |left| {
-        let reply = http
-            .send(
-                "POST",
-                TD_QUOTE,
-                &[("Content-Type", "application/json")],
-                Some(request.as_bytes()),
-                MAX_QUOTE_ANSWER,
-                left,
-            )
-            .map_err(http_failure)?;
-        match reply.status {
-            200 => Ok(reply.body),
-            s if is_transient_status(s) => Err(Failure::Transient(format!("HTTP {s}"))),
-            s => Err(refused(&what, format!("HTTP {s}: {}", reply.detail()))),
-        }
-    })?;
+    let post = Request {
+        method: "POST",
+        path: TD_QUOTE,
+        headers: &[("Content-Type", "application/json")],
+        body: Some(request.as_bytes()),
+        max_body: MAX_QUOTE_ANSWER,
+        accept: 200..=200,
+    };
+    let body = send_with_retries(&Http::new(base), &post, deadline)?;
     parse_quote_answer(&body)
 }
 

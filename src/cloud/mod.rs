@@ -14,6 +14,7 @@ pub mod gcp;
 pub mod imds;
 pub mod wireserver;
 
+use std::ops::RangeInclusive;
 use std::time::{Duration, Instant};
 
 pub use cvm_initdata::cloud::Cloud;
@@ -77,6 +78,46 @@ pub(crate) fn with_retries<T>(
             attempts,
             last,
         },
+    })
+}
+
+/// One request to a link-local service, as [`send_with_retries`] sends it: [`Http::send`]'s
+/// arguments but the time left, and the statuses that count as the answer.
+pub(crate) struct Request<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub headers: &'a [(&'a str, &'a str)],
+    pub body: Option<&'a [u8]>,
+    pub max_body: usize,
+    pub accept: RangeInclusive<u16>,
+}
+
+/// `request` until an `accept`ed status answers (its body), or until [`with_retries`] gives up:
+/// transport failures and "not now" statuses ([`is_transient_status`]) are tried again, any
+/// other status is refused with the host's note. The shape of every call to these services
+/// that needs no more than the answer's status.
+pub(crate) fn send_with_retries(
+    http: &Http,
+    request: &Request<'_>,
+    deadline: Duration,
+) -> Result<Vec<u8>, CloudError> {
+    let what = format!("{} {}{}", request.method, http.base(), request.path);
+    with_retries(&what, deadline, |left| {
+        let reply = http
+            .send(
+                request.method,
+                request.path,
+                request.headers,
+                request.body,
+                request.max_body,
+                left,
+            )
+            .map_err(http_failure)?;
+        match reply.status {
+            s if request.accept.contains(&s) => Ok(reply.body),
+            s if is_transient_status(s) => Err(Failure::Transient(format!("HTTP {s}"))),
+            s => Err(refused(&what, format!("HTTP {s}: {}", reply.detail()))),
+        }
     })
 }
 

@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use super::imds::Http;
-use super::{CloudError, Failure, http_failure, is_transient_status, refused, with_retries};
+use super::{CloudError, Request, send_with_retries};
 
 pub const GOAL_STATE: &str = "/machine/?comp=goalstate";
 pub const HEALTH: &str = "/machine?comp=health";
@@ -46,41 +46,31 @@ pub struct GoalState {
 /// Reads the goal state and reports Ready for it, within `deadline`.
 pub fn report_ready(base: &str, deadline: Duration) -> Result<GoalState, WireServerError> {
     let http = Http::new(base);
-    let what = format!("GET {}{GOAL_STATE}", http.base());
-    let body = with_retries(&what, deadline, |left| {
-        let reply = http
-            .send("GET", GOAL_STATE, &[VERSION], None, MAX_GOAL_STATE, left)
-            .map_err(http_failure)?;
-        match reply.status {
-            200 => Ok(reply.body),
-            s if is_transient_status(s) => Err(Failure::Transient(format!("HTTP {s}"))),
-            s => Err(refused(&what, format!("HTTP {s}: {}", reply.detail()))),
-        }
-    })?;
+    let goal_state = Request {
+        method: "GET",
+        path: GOAL_STATE,
+        headers: &[VERSION],
+        body: None,
+        max_body: MAX_GOAL_STATE,
+        accept: 200..=200,
+    };
+    let body = send_with_retries(&http, &goal_state, deadline)?;
     let goal = parse_goal_state(&body)?;
     let document = health_ready(&goal);
-    let what = format!("POST {}{HEALTH}", http.base());
-    with_retries(&what, deadline, |left| {
-        let reply = http
-            .send(
-                "POST",
-                HEALTH,
-                &[
-                    VERSION,
-                    ("x-ms-agent-name", "cvm-agent"),
-                    ("Content-Type", "text/xml;charset=utf-8"),
-                ],
-                Some(document.as_bytes()),
-                MAX_ANSWER,
-                left,
-            )
-            .map_err(http_failure)?;
-        match reply.status {
-            200..=299 => Ok(()),
-            s if is_transient_status(s) => Err(Failure::Transient(format!("HTTP {s}"))),
-            s => Err(refused(&what, format!("HTTP {s}: {}", reply.detail()))),
-        }
-    })?;
+    let health = Request {
+        method: "POST",
+        path: HEALTH,
+        headers: &[
+            VERSION,
+            ("x-ms-agent-name", "cvm-agent"),
+            ("Content-Type", "text/xml;charset=utf-8"),
+        ],
+        body: Some(document.as_bytes()),
+        max_body: MAX_ANSWER,
+        accept: 200..=299,
+    };
+    // Any 2xx is the report taken; what the answer says does not matter.
+    send_with_retries(&http, &health, deadline)?;
     Ok(goal)
 }
 

@@ -86,6 +86,43 @@ pub mod b64_bytes {
     }
 }
 
+/// `Option<Vec<u8>>` as optional standard, padded base64 of bounded size: the building block of
+/// the optional members that carry whole files (the `tpm` evidence's firmware log and AK
+/// certificate). Each member names itself in the errors and picks its bound.
+pub mod b64_bounded {
+    use super::*;
+    use base64::engine::general_purpose::STANDARD;
+
+    pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(v) => s.serialize_str(&STANDARD.encode(v)),
+            None => s.serialize_none(),
+        }
+    }
+
+    /// The member `name`, refused before decoding when its text is longer than base64 of
+    /// `max` bytes (4/3 of it, padded); the decoded bytes may still be up to two more than
+    /// `max`, for the caller to check if it must be exact.
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+        name: &str,
+        max: usize,
+    ) -> Result<Option<Vec<u8>>, D::Error> {
+        let Some(text) = Option::<String>::deserialize(d)? else {
+            return Ok(None);
+        };
+        if text.len() > max.div_ceil(3) * 4 {
+            return Err(D::Error::custom(format!(
+                "{name} is larger than {max} bytes"
+            )));
+        }
+        STANDARD
+            .decode(text.as_bytes())
+            .map(Some)
+            .map_err(|_| D::Error::custom(format!("{name} is not standard base64")))
+    }
+}
+
 /// Unpadded URL-safe base64 as JWK uses it (RFC 7518 §2 "Base64urlUInt").
 pub(crate) fn b64url_decode(s: &str) -> Option<Vec<u8>> {
     URL_SAFE.decode(s.as_bytes()).ok()

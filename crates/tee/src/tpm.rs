@@ -74,69 +74,35 @@ pub struct TpmEvidence {
 /// Largest AK certificate carried (GCP's are under 2 KiB).
 pub const MAX_AK_CERT: usize = 16 << 10;
 
-/// `ak_cert`: optional standard base64 of at most [`MAX_AK_CERT`] bytes.
+/// `ak_cert`: optional standard base64 of at most [`MAX_AK_CERT`] bytes, bounded by the text's
+/// length alone (which keeps decoding small; a certificate a byte or two over is still taken).
 mod b64_ak_cert {
     use super::MAX_AK_CERT;
-    use base64::Engine as _;
-    use base64::engine::general_purpose::STANDARD;
-    use serde::{Deserialize as _, Deserializer, Serializer, de::Error as _};
+    use serde::Deserializer;
 
-    pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
-        match v {
-            Some(v) => s.serialize_str(&STANDARD.encode(v)),
-            None => s.serialize_none(),
-        }
-    }
+    pub use crate::encoding::b64_bounded::serialize;
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
-        let Some(text) = Option::<String>::deserialize(d)? else {
-            return Ok(None);
-        };
-        if text.len() > MAX_AK_CERT.div_ceil(3) * 4 {
-            return Err(D::Error::custom(format!(
-                "ak_cert is larger than {MAX_AK_CERT} bytes"
-            )));
-        }
-        STANDARD
-            .decode(text.as_bytes())
-            .map(Some)
-            .map_err(|_| D::Error::custom("ak_cert is not standard base64"))
+        crate::encoding::b64_bounded::deserialize(d, "ak_cert", MAX_AK_CERT)
     }
 }
 
 /// `eventlog`: optional standard base64 of at most [`MAX_FIRMWARE_LOG`] bytes.
 mod b64_firmware_log {
     use super::MAX_FIRMWARE_LOG;
-    use base64::Engine as _;
-    use base64::engine::general_purpose::STANDARD;
-    use serde::{Deserialize as _, Deserializer, Serializer, de::Error as _};
+    use serde::{Deserializer, de::Error as _};
 
-    pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
-        match v {
-            Some(v) => s.serialize_str(&STANDARD.encode(v)),
-            None => s.serialize_none(),
-        }
-    }
+    pub use crate::encoding::b64_bounded::serialize;
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
-        let Some(text) = Option::<String>::deserialize(d)? else {
-            return Ok(None);
-        };
-        // Base64 of MAX_FIRMWARE_LOG bytes is 4/3 of it; refuse before decoding more.
-        if text.len() > MAX_FIRMWARE_LOG.div_ceil(3) * 4 {
+        // The text's length bounds the decoding; the bytes themselves are held to the limit.
+        let bytes = crate::encoding::b64_bounded::deserialize(d, "eventlog", MAX_FIRMWARE_LOG)?;
+        if bytes.as_ref().is_some_and(|b| b.len() > MAX_FIRMWARE_LOG) {
             return Err(D::Error::custom(format!(
                 "eventlog is larger than {MAX_FIRMWARE_LOG} bytes"
             )));
         }
-        let bytes = STANDARD
-            .decode(text.as_bytes())
-            .map_err(|_| D::Error::custom("eventlog is not standard base64"))?;
-        if bytes.len() > MAX_FIRMWARE_LOG {
-            return Err(D::Error::custom(format!(
-                "eventlog is larger than {MAX_FIRMWARE_LOG} bytes"
-            )));
-        }
-        Ok(Some(bytes))
+        Ok(bytes)
     }
 }
 

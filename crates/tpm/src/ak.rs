@@ -117,14 +117,7 @@ impl AttestationKey {
     /// From a marshalled TPM2B_PUBLIC, which must be exactly our template plus a 2048-bit
     /// modulus; otherwise the reason it is not.
     fn from_public(handle: u32, public: &[u8]) -> Result<Self, String> {
-        let mut outer = Reader {
-            rest: public,
-            offset: 0,
-        };
-        let area = outer
-            .tpm2b(MAX_BUFFER, "TPM2B_PUBLIC")
-            .map_err(|e| e.to_string())?;
-        outer.finish().map_err(|e| e.to_string())?;
+        let area = public_area(public)?;
         let rsa_modulus = check_ak_public(area)?;
         let spki_der = rsa_spki_der(&rsa_modulus, RSA_DEFAULT_EXPONENT);
         Ok(AttestationKey {
@@ -143,6 +136,20 @@ impl AttestationKey {
             exponent: self.rsa_exponent,
         }
     }
+}
+
+/// The TPMT_PUBLIC inside a marshalled TPM2B_PUBLIC, which must hold nothing else; otherwise
+/// the reason, as the key checks report it.
+pub(crate) fn public_area(public: &[u8]) -> Result<&[u8], String> {
+    let mut outer = Reader {
+        rest: public,
+        offset: 0,
+    };
+    let area = outer
+        .tpm2b(MAX_BUFFER, "TPM2B_PUBLIC")
+        .map_err(|e| e.to_string())?;
+    outer.finish().map_err(|e| e.to_string())?;
+    Ok(area)
 }
 
 /// Checks a TPMT_PUBLIC field by field against the AK template and returns its modulus;
@@ -258,7 +265,7 @@ impl<T: Transport> Tpm<T> {
             Err(e) => return Err(e.in_command("ReadPublic")),
         }
         let (transient, public) = self
-            .create_primary_ak()
+            .create_primary(ak_template())
             .map_err(|e| e.in_command("CreatePrimary"))?;
         // Checked before it takes the persistent slot: a TPM that did not follow the
         // template gets no AK.
@@ -292,13 +299,17 @@ impl<T: Transport> Tpm<T> {
             .map_err(|e| e.in_command("Quote"))
     }
 
-    fn create_primary_ak(&mut self) -> Result<(u32, Vec<u8>), TpmError> {
+    /// TPM2_CreatePrimary in the endorsement hierarchy from `template`: the transient handle
+    /// and the marshalled TPM2B_PUBLIC, whose name the answer must match. Both the agent's AK
+    /// and a platform's AK template (platform_ak.rs) are made this way.
+    pub(crate) fn create_primary(
+        &mut self,
+        template: TpmtPublic,
+    ) -> Result<(u32, Vec<u8>), TpmError> {
         let command = marshal_with_password(&TpmCreatePrimaryCommand {
             handles: [TpmUint32::new(TPM_RH_ENDORSEMENT)],
             in_sensitive: Tpm2bSensitiveCreate::default(),
-            in_public: Tpm2bPublic {
-                inner: ak_template(),
-            },
+            in_public: Tpm2bPublic { inner: template },
             outside_info: Tpm2bData::default(),
             creation_pcr: TpmlPcrSelection::new(),
         })?;

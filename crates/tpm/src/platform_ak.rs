@@ -13,17 +13,10 @@
 //! `fixedTPM`, and a scheme of RSASSA-SHA256 or none.
 
 use tpm2_protocol::TpmUnmarshal as _;
-use tpm2_protocol::basic::TpmUint32;
-use tpm2_protocol::data::{
-    Tpm2bData, Tpm2bPublic, Tpm2bSensitiveCreate, TpmlPcrSelection, TpmtPublic,
-};
-use tpm2_protocol::frame::TpmCreatePrimaryCommand;
+use tpm2_protocol::data::TpmtPublic;
 
-use super::ak::{AttestationKey, check_object_name};
-use super::{
-    MAX_BUFFER, MAX_NAME, Reader, TPM_RH_ENDORSEMENT, Tpm, TpmError, Transport, describe,
-    marshal_with_password, session_response,
-};
+use super::ak::{AttestationKey, public_area};
+use super::{Reader, Tpm, TpmError, Transport, describe};
 
 /// Azure's vTPM AK.
 pub const AZURE_AK_HANDLE: u32 = 0x8100_0003;
@@ -41,7 +34,6 @@ const RESTRICTED: u32 = 0x0001_0000;
 const DECRYPT: u32 = 0x0002_0000;
 const SIGN: u32 = 0x0004_0000;
 const RSA_MODULUS_LEN: usize = 256;
-const HT_TRANSIENT: u32 = 0x80;
 /// Largest template accepted from NV (a TPMT_PUBLIC with a 2048-bit unique fits in 400).
 const MAX_TEMPLATE: usize = 1024;
 
@@ -74,46 +66,6 @@ impl<T: Transport> Tpm<T> {
             }
         }
     }
-
-    fn create_primary(&mut self, public: TpmtPublic) -> Result<(u32, Vec<u8>), TpmError> {
-        let command = marshal_with_password(&TpmCreatePrimaryCommand {
-            handles: [TpmUint32::new(TPM_RH_ENDORSEMENT)],
-            in_sensitive: Tpm2bSensitiveCreate::default(),
-            in_public: Tpm2bPublic { inner: public },
-            outside_info: Tpm2bData::default(),
-            creation_pcr: TpmlPcrSelection::new(),
-        })?;
-        let frame = self.execute_authorized_slow(&command)?;
-        let (handles, mut r) = session_response(&frame, 1)?;
-        let handle = handles
-            .first()
-            .copied()
-            .ok_or_else(|| TpmError::Malformed("no object handle".to_string()))?;
-        if handle >> 24 != HT_TRANSIENT {
-            return Err(TpmError::Malformed(format!(
-                "object handle {handle:#010x} is not a transient handle"
-            )));
-        }
-        let parsed = (|| {
-            let public = r.tpm2b_whole(MAX_BUFFER, "outPublic")?;
-            let _creation_data = r.tpm2b(MAX_BUFFER, "creationData")?;
-            let _creation_hash = r.tpm2b(64, "creationHash")?;
-            let _ticket_tag = r.u16("creationTicket.tag")?;
-            let _ticket_hierarchy = r.u32("creationTicket.hierarchy")?;
-            let _ticket_digest = r.tpm2b(64, "creationTicket.digest")?;
-            let name = r.tpm2b(MAX_NAME, "name")?;
-            r.finish()?;
-            check_object_name(public, name)?;
-            Ok(public.to_vec())
-        })();
-        match parsed {
-            Ok(public) => Ok((handle, public)),
-            Err(e) => {
-                let _ = self.flush_context(handle);
-                Err(e)
-            }
-        }
-    }
 }
 
 /// The template as a TPMT_PUBLIC: the bytes whole, or the contents of a TPM2B_PUBLIC when its
@@ -142,14 +94,7 @@ fn parse_template(template: &[u8]) -> Result<TpmtPublic, TpmError> {
 
 /// A platform key from its marshalled TPM2B_PUBLIC, or why it cannot quote for us.
 fn platform_key(handle: u32, public: &[u8]) -> Result<AttestationKey, String> {
-    let mut outer = Reader {
-        rest: public,
-        offset: 0,
-    };
-    let area = outer
-        .tpm2b(MAX_BUFFER, "TPM2B_PUBLIC")
-        .map_err(|e| e.to_string())?;
-    outer.finish().map_err(|e| e.to_string())?;
+    let area = public_area(public)?;
     let mut r = Reader {
         rest: area,
         offset: 0,
