@@ -100,9 +100,9 @@ pub mod b64_bounded {
         }
     }
 
-    /// The member `name`, refused before decoding when its text is longer than base64 of
-    /// `max` bytes (4/3 of it, padded); the decoded bytes may still be up to two more than
-    /// `max`, for the caller to check if it must be exact.
+    /// The member `name`, at most `max` bytes: refused before decoding when its text is
+    /// longer than base64 of `max` bytes (4/3 of it, padded), which bounds the work, and after
+    /// when the bytes are still over (the padded bound admits up to two more).
     pub fn deserialize<'de, D: Deserializer<'de>>(
         d: D,
         name: &str,
@@ -116,10 +116,15 @@ pub mod b64_bounded {
                 "{name} is larger than {max} bytes"
             )));
         }
-        STANDARD
+        let bytes = STANDARD
             .decode(text.as_bytes())
-            .map(Some)
-            .map_err(|_| D::Error::custom(format!("{name} is not standard base64")))
+            .map_err(|_| D::Error::custom(format!("{name} is not standard base64")))?;
+        if bytes.len() > max {
+            return Err(D::Error::custom(format!(
+                "{name} is larger than {max} bytes"
+            )));
+        }
+        Ok(Some(bytes))
     }
 }
 

@@ -74,8 +74,7 @@ pub struct TpmEvidence {
 /// Largest AK certificate carried (GCP's are under 2 KiB).
 pub const MAX_AK_CERT: usize = 16 << 10;
 
-/// `ak_cert`: optional standard base64 of at most [`MAX_AK_CERT`] bytes, bounded by the text's
-/// length alone (which keeps decoding small; a certificate a byte or two over is still taken).
+/// `ak_cert`: optional standard base64 of at most [`MAX_AK_CERT`] bytes.
 mod b64_ak_cert {
     use super::MAX_AK_CERT;
     use serde::Deserializer;
@@ -90,19 +89,12 @@ mod b64_ak_cert {
 /// `eventlog`: optional standard base64 of at most [`MAX_FIRMWARE_LOG`] bytes.
 mod b64_firmware_log {
     use super::MAX_FIRMWARE_LOG;
-    use serde::{Deserializer, de::Error as _};
+    use serde::Deserializer;
 
     pub use crate::encoding::b64_bounded::serialize;
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
-        // The text's length bounds the decoding; the bytes themselves are held to the limit.
-        let bytes = crate::encoding::b64_bounded::deserialize(d, "eventlog", MAX_FIRMWARE_LOG)?;
-        if bytes.as_ref().is_some_and(|b| b.len() > MAX_FIRMWARE_LOG) {
-            return Err(D::Error::custom(format!(
-                "eventlog is larger than {MAX_FIRMWARE_LOG} bytes"
-            )));
-        }
-        Ok(bytes)
+        crate::encoding::b64_bounded::deserialize(d, "eventlog", MAX_FIRMWARE_LOG)
     }
 }
 
@@ -223,5 +215,33 @@ mod tests {
                 .len(),
             MAX_FIRMWARE_LOG
         );
+    }
+
+    /// `ak_cert` is held to MAX_AK_CERT bytes exactly: one byte over fits the same base64
+    /// text length (16384 = 3·5461 + 1) and is refused once decoded.
+    #[test]
+    fn ak_cert_member_is_bounded_exactly() {
+        use base64::Engine as _;
+        let with_cert = |len: usize| {
+            let pcrs = vec!["00".repeat(32); PCR_COUNT];
+            let cert = base64::engine::general_purpose::STANDARD.encode(vec![0x30u8; len]);
+            let j = serde_json::json!({
+                "ak_public": "AA==",
+                "tpm_quote": {"signature": "", "message": "", "pcrs": pcrs},
+                "ak_cert": cert,
+            });
+            TpmEvidence::from_json(j.to_string().as_bytes())
+        };
+        assert_eq!(
+            with_cert(MAX_AK_CERT).unwrap().ak_cert.unwrap().len(),
+            MAX_AK_CERT
+        );
+        for len in [MAX_AK_CERT + 1, MAX_AK_CERT + 2, MAX_AK_CERT + 3] {
+            let err = with_cert(len).unwrap_err();
+            assert!(
+                format!("{err:?}").contains("ak_cert is larger than 16384 bytes"),
+                "{len}: {err:?}"
+            );
+        }
     }
 }
