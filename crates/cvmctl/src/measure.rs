@@ -147,7 +147,8 @@ fn predict_boot(
     let uki = read_uki(uki_path)?;
     let mut per_bank = Vec::with_capacity(banks.len());
     for &bank in banks {
-        let alg = cvm_uki::HashAlg::from_tpm_alg_id(bank.tpm_alg_id())
+        let alg = bank
+            .computable()
             .ok_or(MeasureCommandError::BootBank(bank.name()))?;
         let p = cvm_uki::boot_pcrs(&uki, alg, path.path()).map_err(|source| {
             MeasureCommandError::Predict {

@@ -131,21 +131,17 @@ pub(crate) use cvm_text::hex;
 /// `H(data)` for a PCR bank. SM3 has no pure-Rust implementation in the dependency set, and
 /// no CVM we target allocates an SM3 bank, so it is an error rather than a guess.
 pub fn hash(alg: HashAlg, data: &[u8]) -> Result<Vec<u8>, MeasureError> {
-    Ok(match alg {
-        HashAlg::Sha1 => sha1::Sha1::digest(data).to_vec(),
-        HashAlg::Sha256 => sha2::Sha256::digest(data).to_vec(),
-        HashAlg::Sha384 => sha2::Sha384::digest(data).to_vec(),
-        HashAlg::Sha512 => sha2::Sha512::digest(data).to_vec(),
-        HashAlg::Sm3_256 => return Err(MeasureError::UnsupportedBank(alg.name())),
-    })
+    Ok(computable(alg)?.digest(data))
 }
 
 /// `PCR_new = H(PCR_old ‖ digest)`, TPM2_PCR_Extend.
 pub fn extend(alg: HashAlg, pcr: &[u8], digest: &[u8]) -> Result<Vec<u8>, MeasureError> {
-    let mut input = Vec::with_capacity(pcr.len() + digest.len());
-    input.extend_from_slice(pcr);
-    input.extend_from_slice(digest);
-    hash(alg, &input)
+    Ok(computable(alg)?.extend(pcr, digest))
+}
+
+fn computable(alg: HashAlg) -> Result<cvm_tcglog::HashAlg, MeasureError> {
+    alg.computable()
+        .ok_or(MeasureError::UnsupportedBank(alg.name()))
 }
 
 /// The bank names used in logs and JSON ("sha256", ...).

@@ -100,7 +100,9 @@ const RETRY_LAST_DELAY: Duration = Duration::from_millis(1280);
 /// TPM2B sizes in answers: a TPM2B_NAME is at most a handle or an algorithm id and a digest.
 const MAX_NAME: usize = 2 + 64;
 
-/// A TPM hash algorithm that can back a PCR bank.
+/// A TPM hash algorithm that can back a PCR bank: the four the event log knows
+/// ([`cvm_tcglog::HashAlg`], the one table of their names and sizes) and SM3, which a TPM may
+/// allocate but nothing here can compute, so it has to be named and refused, not hashed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum HashAlg {
     Sha1,
@@ -119,24 +121,25 @@ impl HashAlg {
         HashAlg::Sm3_256,
     ];
 
-    /// The name the event-log and systemd tooling use ("sha256", ...).
-    pub fn name(&self) -> &'static str {
+    /// The same algorithm as the event log has it, which can hash and extend; `None` for SM3.
+    pub fn computable(self) -> Option<cvm_tcglog::HashAlg> {
+        use cvm_tcglog::HashAlg as Log;
         match self {
-            HashAlg::Sha1 => "sha1",
-            HashAlg::Sha256 => "sha256",
-            HashAlg::Sha384 => "sha384",
-            HashAlg::Sha512 => "sha512",
-            HashAlg::Sm3_256 => "sm3_256",
+            HashAlg::Sha1 => Some(Log::Sha1),
+            HashAlg::Sha256 => Some(Log::Sha256),
+            HashAlg::Sha384 => Some(Log::Sha384),
+            HashAlg::Sha512 => Some(Log::Sha512),
+            HashAlg::Sm3_256 => None,
         }
     }
 
+    /// The name the event-log and systemd tooling use ("sha256", ...).
+    pub fn name(&self) -> &'static str {
+        self.computable().map_or("sm3_256", |alg| alg.name())
+    }
+
     pub fn digest_len(&self) -> usize {
-        match self {
-            HashAlg::Sha1 => 20,
-            HashAlg::Sha256 | HashAlg::Sm3_256 => 32,
-            HashAlg::Sha384 => 48,
-            HashAlg::Sha512 => 64,
-        }
+        self.computable().map_or(32, |alg| alg.digest_len())
     }
 
     /// The `TPM_ALG_ID` value.
@@ -155,6 +158,18 @@ impl HashAlg {
             HashAlg::Sha384 => TpmAlgId::Sha384,
             HashAlg::Sha512 => TpmAlgId::Sha512,
             HashAlg::Sm3_256 => TpmAlgId::Sm3_256,
+        }
+    }
+}
+
+impl From<cvm_tcglog::HashAlg> for HashAlg {
+    fn from(alg: cvm_tcglog::HashAlg) -> Self {
+        use cvm_tcglog::HashAlg as Log;
+        match alg {
+            Log::Sha1 => HashAlg::Sha1,
+            Log::Sha256 => HashAlg::Sha256,
+            Log::Sha384 => HashAlg::Sha384,
+            Log::Sha512 => HashAlg::Sha512,
         }
     }
 }

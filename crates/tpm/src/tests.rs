@@ -608,6 +608,28 @@ fn hash_alg_ids_names_and_lengths() {
     assert_eq!(HashAlg::from_tpm_alg_id(0x0027), None);
 }
 
+/// The TPM's banks and the event log's algorithms are one set but for SM3: same ids, names
+/// and sizes both ways.
+#[test]
+fn hash_alg_agrees_with_the_event_log() {
+    for alg in HashAlg::ALL {
+        match alg.computable() {
+            Some(log) => {
+                assert_eq!(HashAlg::from(log), alg);
+                assert_eq!(log.tpm_alg_id(), alg.tpm_alg_id());
+                assert_eq!(log.name(), alg.name());
+                assert_eq!(log.digest_len(), alg.digest_len());
+            }
+            None => assert_eq!(alg, HashAlg::Sm3_256),
+        }
+    }
+    assert_eq!(HashAlg::Sm3_256.name(), "sm3_256");
+    assert_eq!(HashAlg::Sm3_256.digest_len(), 32);
+    for log in cvm_tcglog::HashAlg::ALL {
+        assert_eq!(HashAlg::from(log).computable(), Some(log));
+    }
+}
+
 // ---- transports ----------------------------------------------------------------------
 
 #[test]
