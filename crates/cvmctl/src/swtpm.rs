@@ -14,20 +14,13 @@
 //! hardware-rooted vTPM (SNP SVSM, Azure's paravisor, a cloud's endorsed vTPM) removes it.
 
 use std::io::Write as _;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use sha2::{Digest as _, Sha256};
 
-use cvm_tpm::{TcpTransport, Tpm, TpmError};
-
-/// How long swtpm gets to listen after it started.
-const START_TIMEOUT: Duration = Duration::from_secs(15);
-/// Fresh port pairs tried when another process took one first.
-const START_ATTEMPTS: usize = 5;
+use cvm_tpm::TpmError;
+use cvm_tpm::swtpm::{Output, Swtpm};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SwtpmError {
@@ -37,10 +30,8 @@ pub enum SwtpmError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot run swtpm (install the swtpm package)")]
-    Spawn(#[source] std::io::Error),
-    #[error("swtpm did not start on {state}: {why}")]
-    Start { state: PathBuf, why: String },
+    #[error(transparent)]
+    Launch(#[from] cvm_tpm::swtpm::SwtpmError),
     #[error("the vTPM in {state} gives no AK")]
     Ak {
         state: PathBuf,
@@ -82,75 +73,6 @@ impl ProvisionedAk {
     }
 }
 
-/// A swtpm serving `state` on 127.0.0.1, killed when dropped.
-struct Running {
-    child: Child,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> Option<u16> {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .ok()
-}
-
-fn start(state: &Path) -> Result<(Running, Tpm<TcpTransport>), SwtpmError> {
-    let failed = |why: String| SwtpmError::Start {
-        state: state.to_path_buf(),
-        why,
-    };
-    let mut last = String::from("no free port pair");
-    for _ in 0..START_ATTEMPTS {
-        let (Some(data), Some(ctrl)) = (free_port(), free_port()) else {
-            continue;
-        };
-        if data == ctrl {
-            continue;
-        }
-        let child = Command::new("swtpm")
-            .args(["socket", "--tpm2", "--server"])
-            .arg(format!("type=tcp,port={data},bindaddr=127.0.0.1"))
-            .arg("--ctrl")
-            .arg(format!("type=tcp,port={ctrl},bindaddr=127.0.0.1"))
-            .arg("--tpmstate")
-            .arg(format!("dir={}", state.display()))
-            .args(["--flags", "not-need-init,startup-clear"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(SwtpmError::Spawn)?;
-        let mut running = Running { child };
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, data));
-        let deadline = Instant::now() + START_TIMEOUT;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = running.child.try_wait() {
-                let mut err = String::new();
-                if let Some(mut e) = running.child.stderr.take() {
-                    let _ = std::io::Read::read_to_string(&mut e, &mut err);
-                }
-                last = format!("swtpm exited with {status}: {}", err.trim());
-                break;
-            }
-            if let Ok(transport) = TcpTransport::connect(addr) {
-                return Ok((running, Tpm::new(transport)));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        if Instant::now() >= deadline {
-            last = format!("nothing listened on {addr} within {START_TIMEOUT:?}");
-        }
-    }
-    Err(failed(last))
-}
-
 /// Starts swtpm on `state` (created if missing), makes sure the AK exists at the agent's
 /// persistent handle — found if a previous run made it, created otherwise — and returns it.
 pub fn provision_ak(state: &Path) -> Result<ProvisionedAk, SwtpmError> {
@@ -158,7 +80,7 @@ pub fn provision_ak(state: &Path) -> Result<ProvisionedAk, SwtpmError> {
         path: state.to_path_buf(),
         source,
     })?;
-    let (_running, mut tpm) = start(state)?;
+    let (_swtpm, mut tpm) = Swtpm::start(Path::new("swtpm"), state, Output::Pipe)?;
     let ak = tpm.attestation_key().map_err(|source| SwtpmError::Ak {
         state: state.to_path_buf(),
         source,

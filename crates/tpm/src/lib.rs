@@ -23,6 +23,8 @@ mod ak;
 mod error;
 mod nv;
 mod platform_ak;
+#[cfg(feature = "swtpm")]
+pub mod swtpm;
 mod transport;
 pub mod verify;
 
