@@ -17,7 +17,10 @@ import sys
 TARGET = "x86_64-unknown-linux-gnu"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Files compiled only with a feature; left out unless the agent's build enables it.
-FEATURE_FILES = {os.path.join("crates", "kmod", "src", "subset.rs"): ("cvm-kmod", "host")}
+FEATURE_FILES = {
+    os.path.join("crates", "kmod", "src", "subset.rs"): ("cvm-kmod", "host"),
+    os.path.join("crates", "tpm", "src", "swtpm.rs"): ("cvm-tpm", "swtpm"),
+}
 TEST_FILE = re.compile(r"(^|/)(tests?|test_support|[a-z_]+_tests)\.rs$")
 
 
