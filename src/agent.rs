@@ -833,6 +833,21 @@ impl Agent {
                     "is all zeros (no init-data)"
                 }
             );
+        } else if let Some(add) = platform.additional
+            && let Some(register) = crate::tee::binding::register(add)
+        {
+            let report = crate::tee::tsm::tsm_report(&[0; 64]).in_stage(Stage::Measure)?;
+            let state =
+                crate::tee::binding::check_additional(add, &report.outblob, self.initdata.as_ref())
+                    .in_stage(Stage::Measure)?;
+            info!(
+                "{register} {}",
+                match state {
+                    crate::tee::binding::RegisterState::Unset =>
+                        "is all zeros (the launch named no init-data; PCR 8 binds it)",
+                    crate::tee::binding::RegisterState::Matches => "matches the init-data digest",
+                }
+            );
         }
         self.measure_event(Stage::Measure, Event::mode(self.mode))?;
         if let Some(hash) = self.cmdline.roothash.clone() {

@@ -77,6 +77,44 @@ pub fn check(
     }
 }
 
+/// The same check where SNP or TDX is only the additional evidence (a cloud's vTPM is the
+/// primary, and the cloud gives the owner no way to set the register): an all-zero register
+/// passes, since init-data is then bound through PCR 8; a set one must name this init-data.
+/// Without this, a host that launched the VM for one init-data could make the agent take
+/// another simply by claiming a cloud vendor and attaching a vTPM.
+pub fn check_additional(
+    kind: TeeKind,
+    outblob: &[u8],
+    initdata: Option<&InitData>,
+) -> Result<RegisterState, BindingError> {
+    let register = match kind {
+        TeeKind::Snp => AttestationReport::parse(outblob)
+            .map_err(BindingError::Snp)?
+            .host_data
+            .to_vec(),
+        TeeKind::Tdx => Quote::parse(outblob)
+            .map_err(BindingError::Tdx)?
+            .body
+            .mr_config_id
+            .to_vec(),
+        TeeKind::Tpm | TeeKind::AzSnpVtpm | TeeKind::AzTdxVtpm => return Ok(RegisterState::Unset),
+    };
+    if register.iter().all(|&b| b == 0) {
+        return Ok(RegisterState::Unset);
+    }
+    check(kind, outblob, initdata)?;
+    Ok(RegisterState::Matches)
+}
+
+/// What [`check_additional`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegisterState {
+    /// All zeros: the launch named no init-data (the clouds' case).
+    Unset,
+    /// Set, and equal to this boot's init-data digest.
+    Matches,
+}
+
 fn compare(register: &'static str, got: &[u8], want: Option<Vec<u8>>) -> Result<(), BindingError> {
     match want {
         Some(want) if want != got => Err(BindingError::Mismatch {
@@ -179,6 +217,56 @@ mod tests {
         // The vTPM kinds bind through PCR 8: nothing to compare here.
         check(TeeKind::Tpm, b"anything", None).unwrap();
         assert_eq!(register(TeeKind::AzTdxVtpm), None);
+    }
+
+    /// As additional evidence: a zero register passes with or without init-data; a set one
+    /// must name this boot's init-data, and with none it refuses.
+    #[test]
+    fn additional_evidence_register_zero_passes_set_must_match() {
+        let raw = fixture("snp/test-report.bin");
+        let data = some_initdata("sha256");
+        let mut zero = raw.clone();
+        zero[0xC0..0xE0].fill(0);
+        assert_eq!(
+            check_additional(TeeKind::Snp, &zero, Some(&data)).unwrap(),
+            RegisterState::Unset
+        );
+        assert_eq!(
+            check_additional(TeeKind::Snp, &zero, None).unwrap(),
+            RegisterState::Unset
+        );
+        let mut bound = raw.clone();
+        bound[0xC0..0xE0].copy_from_slice(&data.host_data());
+        assert_eq!(
+            check_additional(TeeKind::Snp, &bound, Some(&data)).unwrap(),
+            RegisterState::Matches
+        );
+        // Launched for another init-data (the host set HOST_DATA, then fed this one).
+        let other = some_initdata("sha384");
+        assert!(matches!(
+            check_additional(TeeKind::Snp, &bound, Some(&other)),
+            Err(BindingError::Mismatch { .. })
+        ));
+        assert!(matches!(
+            check_additional(TeeKind::Snp, &bound, None),
+            Err(BindingError::NoInitData { .. })
+        ));
+        assert!(check_additional(TeeKind::Snp, &raw[..64], None).is_err());
+        // TDX: the fixtures' MRCONFIGID is zero; set it and it must match.
+        let raw = fixture("tdx/tdx_quote_4.dat");
+        let quote = Quote::parse(&raw).unwrap();
+        assert_eq!(
+            check_additional(TeeKind::Tdx, &raw, Some(&data)).unwrap(),
+            RegisterState::Unset
+        );
+        let at = mrconfigid_offset(&raw, &quote.body.mr_config_id);
+        let mut set = raw.clone();
+        set[at..at + 48].copy_from_slice(&other.mrconfigid());
+        assert!(check_additional(TeeKind::Tdx, &set, Some(&data)).is_err());
+        assert_eq!(
+            check_additional(TeeKind::Tdx, &set, Some(&other)).unwrap(),
+            RegisterState::Matches
+        );
     }
 
     /// MRCONFIGID's offset in a v4/v5 quote: header 48, then (v5) type and size, then the TD
