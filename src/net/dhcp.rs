@@ -51,8 +51,11 @@ const MAGIC: [u8; 4] = [99, 130, 83, 99];
 /// RFC 2131 BOOTP `op` for replies; `htype` and `hlen` for Ethernet.
 const BOOTREPLY: u8 = 2;
 const HTYPE_ETHER: u8 = 1;
-/// RFC 2132 §5.1: the smallest MTU an interface may be given.
-const MIN_MTU: u16 = 68;
+/// The MTUs a lease may set (option 26). RFC 2132 allows down to 68, but below 576 (what every
+/// IPv4 host must take, RFC 791) TLS to the KBS and registry crawls and IPv6 is off; above 9216
+/// is no cloud's (GCP 1460-8896, Azure 1500-4088, AWS 9001). A host sending anything else is
+/// refused rather than obeyed.
+const MTU_RANGE: std::ops::RangeInclusive<u16> = 576..=9216;
 /// Options asked for in the parameter request list. Servers (dnsmasq, the clouds') send
 /// options 121 and 26 only when asked.
 const WANTED: [OptionCode; 7] = [
@@ -355,9 +358,13 @@ fn lease_from(r: &Reply) -> Result<Lease, String> {
         return Err("lease time 0".into());
     }
     if let Some(mtu) = r.mtu
-        && mtu < MIN_MTU
+        && !MTU_RANGE.contains(&mtu)
     {
-        return Err(format!("MTU {mtu} is below {MIN_MTU}"));
+        return Err(format!(
+            "MTU {mtu} is outside {}..={}",
+            MTU_RANGE.start(),
+            MTU_RANGE.end()
+        ));
     }
     let routes = match &r.classless {
         Some(encoded) => routes::parse_classless(encoded)?,
@@ -1002,8 +1009,10 @@ mod tests {
 
     #[test]
     fn bad_mtu_and_bad_routes_refuse_the_lease() {
-        let cases: [(&[u8], &str); 7] = [
-            (&[26, 2, 0, 67], "MTU 67 is below 68"),
+        let cases: [(&[u8], &str); 9] = [
+            (&[26, 2, 0, 67], "MTU 67 is outside 576..=9216"),
+            (&[26, 2, 2, 63], "MTU 575 is outside 576..=9216"),
+            (&[26, 2, 0x24, 1], "MTU 9217 is outside 576..=9216"),
             (&[26, 1, 5], "option 26 has length 1"),
             (&[26, 2, 5, 0xb4, 26, 2, 5, 0xb4], "option 26 repeated"),
             (&[121, 4, 33, 0, 0, 0], "width 33"),
@@ -1018,8 +1027,9 @@ mod tests {
             let why = refused(&with_raw(offer(), raw));
             assert!(why.contains(want), "{want:?} not in {why:?}");
         }
-        // An MTU of exactly 68 is allowed.
-        assert_eq!(bound(&with_raw(ack(), &[26, 2, 0, 68])).mtu, Some(68));
+        // The range's ends are allowed.
+        assert_eq!(bound(&with_raw(ack(), &[26, 2, 2, 64])).mtu, Some(576));
+        assert_eq!(bound(&with_raw(ack(), &[26, 2, 0x24, 0])).mtu, Some(9216));
     }
 
     #[test]

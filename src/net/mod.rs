@@ -450,6 +450,12 @@ fn unicast(a: Ipv4Addr) -> bool {
 }
 
 /// The sanity rules shared by DHCP leases and static configs.
+/// The clouds' link-local services: the metadata service and Azure's WireServer.
+const PLATFORM_ADDRESSES: [Ipv4Addr; 2] = [
+    Ipv4Addr::new(169, 254, 169, 254),
+    Ipv4Addr::new(168, 63, 129, 16),
+];
+
 fn validate_lease(
     address: Ipv4Addr,
     prefix: u8,
@@ -472,6 +478,13 @@ fn validate_lease(
     };
     if let Some(what) = special(address) {
         return Err(format!("address {address} is the subnet's {what}"));
+    }
+    // The agent talks to these after the lease (metadata, Azure's WireServer); taking one as
+    // its own address would make it talk to itself, or to a workload listening there.
+    if PLATFORM_ADDRESSES.contains(&address) {
+        return Err(format!(
+            "address {address} is a cloud platform service's address"
+        ));
     }
     if let Some(gw) = gateway {
         if !unicast(gw) {
@@ -534,6 +547,10 @@ mod tests {
         assert!(validate_lease(a, 33, gw, &[]).is_err());
         assert!(validate_lease(Ipv4Addr::new(10, 1, 0, 255), 24, gw, &[]).is_err());
         assert!(validate_lease(Ipv4Addr::new(240, 0, 0, 1), 24, None, &[]).is_err());
+        for platform in PLATFORM_ADDRESSES {
+            let err = validate_lease(platform, 16, None, &[]).unwrap_err();
+            assert!(err.contains("cloud platform service"), "{err}");
+        }
         assert!(validate_lease(a, 24, Some(Ipv4Addr::BROADCAST), &[]).is_err());
         assert!(validate_lease(a, 24, gw, &[Ipv4Addr::new(1, 1, 1, 1); 9]).is_err());
         assert!(validate_lease(a, 24, gw, &[Ipv4Addr::LOCALHOST]).is_err());
