@@ -259,6 +259,14 @@ pub(crate) fn azure_vendor_keys(vendor: &[u8]) -> Result<Option<AzureVendorKeys>
         let (key, value) = pair.split_once('=').ok_or_else(|| {
             CloudDiskError::AzureVendor(format!("{:?} is no key=value", shown(pair)))
         })?;
+        let repeated = match key {
+            "type" => kind.is_some(),
+            "lun" => lun.is_some(),
+            _ => false,
+        };
+        if repeated {
+            return Err(CloudDiskError::AzureVendor(format!("{key} given twice")));
+        }
         match key {
             "type" => kind = Some(value.to_string()),
             "lun" => {
@@ -720,6 +728,8 @@ pub(crate) mod tests {
             (b"type=data,lun", "\"lun\" is no key=value"),
             (b"type=data,lun=1\n", "not printable ASCII"),
             (b"type=data,\xff", "not printable ASCII"),
+            (b"type=os,type=data,lun=1", "type given twice"),
+            (b"type=data,lun=1,lun=7", "lun given twice"),
         ] {
             let err = with(bad).unwrap_err();
             assert!(err.contains(why), "{bad:?}: {err}");

@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use super::imds::Http;
+use super::imds::{Http, printable};
 use super::{CloudError, Request, send_with_retries};
 
 pub const GOAL_STATE: &str = "/machine/?comp=goalstate";
@@ -54,6 +54,8 @@ pub fn report_ready(base: &str, deadline: Duration) -> Result<GoalState, WireSer
         max_body: MAX_GOAL_STATE,
         accept: 200..=200,
     };
+    // One deadline for both requests: PID 1 waits on this after the workload started.
+    let started = std::time::Instant::now();
     let body = send_with_retries(&http, &goal_state, deadline)?;
     let goal = parse_goal_state(&body)?;
     let document = health_ready(&goal);
@@ -70,7 +72,7 @@ pub fn report_ready(base: &str, deadline: Duration) -> Result<GoalState, WireSer
         accept: 200..=299,
     };
     // Any 2xx is the report taken; what the answer says does not matter.
-    send_with_retries(&http, &health, deadline)?;
+    send_with_retries(&http, &health, deadline.saturating_sub(started.elapsed()))?;
     Ok(goal)
 }
 
@@ -208,9 +210,13 @@ fn walk(
             let name = name.trim_end();
             let open = stack
                 .pop()
-                .ok_or_else(|| xml(format!("</{name}> closes nothing")))?;
+                .ok_or_else(|| xml(format!("</{}> closes nothing", printable(name.as_bytes()))))?;
             if open != name {
-                return Err(xml(format!("<{open}> closed by </{name}>")));
+                // `open` passed valid_name; `name` is the host's, unchecked.
+                return Err(xml(format!(
+                    "<{open}> closed by </{}>",
+                    printable(name.as_bytes())
+                )));
             }
             if !has_children {
                 leaf(&path, text.trim())?;
@@ -230,7 +236,10 @@ fn walk(
             .next()
             .unwrap_or("");
         if !valid_name(name) {
-            return Err(xml(format!("invalid element name {:?}", name)));
+            return Err(xml(format!(
+                "invalid element name {}",
+                printable(name.as_bytes())
+            )));
         }
         if root_done || (stack.is_empty() && name != "GoalState") {
             return Err(xml(format!(
@@ -359,6 +368,14 @@ mod tests {
         assert!(err(&deep).contains("deeply"));
         assert!(parse_goal_state(&vec![b' '; MAX_GOAL_STATE + 1]).is_err());
         assert!(err("<GoalState><a>x</b></GoalState>").contains("closed by"));
+        // A hostile close tag cannot forge console lines or run on: escaped and cut.
+        let forged = format!(
+            "<GoalState><a>x</a></GoalState></x\ncvm-agent: result {{}}\u{1b}[2J{}>",
+            "y".repeat(5000)
+        );
+        let e = err(&forged);
+        assert!(!e.contains('\n') && !e.contains('\u{1b}'), "{e}");
+        assert!(e.len() < 400, "{}", e.len());
         assert!(parse_goal_state(b"\xff").is_err());
     }
 }

@@ -210,15 +210,15 @@ impl InitData {
         let wire: Wire =
             toml::from_str(text).map_err(|e| InitDataError::Syntax(toml_error(text, &e)))?;
         if wire.version != INITDATA_VERSION {
-            return Err(InitDataError::Version(wire.version));
+            return Err(InitDataError::Version(shown(&wire.version)));
         }
         let algorithm = Algorithm::from_name(&wire.algorithm)
-            .ok_or_else(|| InitDataError::Algorithm(wire.algorithm.clone()))?;
+            .ok_or_else(|| InitDataError::Algorithm(shown(&wire.algorithm)))?;
         if wire.data.len() > MAX_DOCUMENTS {
             return Err(InitDataError::TooManyDocuments(wire.data.len()));
         }
         if let Some(name) = wire.data.keys().find(|name| !valid_document_name(name)) {
-            return Err(InitDataError::DocumentName(name.clone()));
+            return Err(InitDataError::DocumentName(shown(name)));
         }
         Ok(InitData {
             raw: raw.to_vec(),
@@ -319,10 +319,33 @@ fn valid_document_name(name: &str) -> bool {
     launch::valid_name(name, MAX_DOCUMENT_NAME_LEN)
 }
 
+/// How much of a host-supplied value an error repeats.
+const SHOWN: usize = 128;
+
+/// A host-supplied value cut to a length an error line can carry (the caller escapes it).
+fn shown(value: &str) -> String {
+    value.chars().take(SHOWN).collect()
+}
+
 /// A TOML error as one line with its position: the console shows one line per failure, and
-/// the `toml` crate's own rendering spans several.
+/// the `toml` crate's own rendering spans several. The message can quote the document (serde
+/// names an unknown key as written), so control characters are escaped and it is cut.
 pub(crate) fn toml_error(text: &str, error: &toml::de::Error) -> String {
-    let message = error.message().trim().replace('\n', " ");
+    let message: String = error
+        .message()
+        .trim()
+        .replace('\n', " ")
+        .chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .take(4 * SHOWN)
+        .collect();
     match error.span() {
         Some(span) => {
             let before = &text.as_bytes()[..span.start.min(text.len())];

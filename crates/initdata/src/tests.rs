@@ -214,6 +214,23 @@ fn syntax_errors_are_one_line_with_a_position() {
     assert!(text.contains("line 2"), "{text}");
 }
 
+/// A hostile key name reaches the message (serde names unknown keys): control characters come
+/// out escaped, so no forged console line or terminal escape, and long values are cut.
+#[test]
+fn hostile_names_in_errors_are_escaped_and_cut() {
+    let doc =
+        "version = \"0.1.0\"\nalgorithm = \"sha256\"\n\"\\u001b[2J\\rFAKE: ok\" = 1\n[data]\n";
+    let text = InitData::parse(doc.as_bytes()).unwrap_err().to_string();
+    assert!(!text.contains('\u{1b}') && !text.contains('\r'), "{text:?}");
+    assert!(text.contains("\\u{1b}[2J\\rFAKE: ok"), "{text:?}");
+    let long = format!(
+        "version = \"{}\"\nalgorithm = \"sha256\"\n[data]\n",
+        "9".repeat(100_000)
+    );
+    let text = InitData::parse(long.as_bytes()).unwrap_err().to_string();
+    assert!(text.len() < 400, "{}", text.len());
+}
+
 #[test]
 fn deep_nesting_does_not_overflow_the_stack() {
     for open in ["[", "{a="] {
