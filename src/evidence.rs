@@ -19,7 +19,9 @@
 //!
 //! - `az-snp-vtpm` (v2) / `az-tdx-vtpm` (v1): [`azure_evidence`] — the HCL report refreshed
 //!   through NV 0x01400002 with the report data, a quote by the AK at 0x81000003, and the VCEK
-//!   or TD quote from Azure's host services ([`AzureHost`], implemented by the network code).
+//!   or TD quote from Azure's host services ([`AzureHost`], implemented by the network code);
+//!   plus `cel_eventlog` and `eventlog` as in `tpm` evidence (Trustee's Azure verifiers ignore
+//!   members they do not know; the dev KBS replays both).
 //!
 //! On GCP and AWS a vTPM next to an SNP/TDX device makes `tpm` the primary evidence and the
 //! hardware report additional evidence ([`collect_composite`], `tee::detect` says why); on
@@ -141,7 +143,8 @@ pub fn report_data_for(kind: TeeKind, digest: &[u8]) -> Result<Vec<u8>, Evidence
 }
 
 /// Evidence for `kind` bound to the runtime-data `digest`, as the KBS protocol's JSON value;
-/// `tpm` and `tdx` evidence carry `eventlog` (the agent's PCR 15 log so far) as `cel_eventlog`.
+/// `tpm`, `tdx` and the Azure kinds carry `eventlog` (the agent's PCR 15 log so far) as
+/// `cel_eventlog`; `tpm` and the Azure kinds also the firmware's log as `eventlog`.
 pub fn collect<T: Transport>(
     kind: TeeKind,
     root: &Path,
@@ -237,7 +240,7 @@ pub fn collect_on<T: Transport>(
                 .azure
                 .as_deref_mut()
                 .ok_or(EvidenceError::NoAzureHost(kind))?;
-            azure_evidence(kind, tpm, digest, host)
+            azure_evidence(kind, tpm, digest, host, eventlog, firmware_log(root)?)
         }
     }
 }
@@ -297,12 +300,16 @@ pub fn azure_hcl_report<T: Transport>(
 /// `digest`, as Trustee's verifiers take it: the HCL report refreshed with the digest
 /// (zero-padded to 64) as `user-data`, a quote of SHA-256 PCRs 0–23 by the AK at 0x81000003
 /// (which must be the HCL report's `HCLAkPub`) with the digest itself as nonce, and the VCEK or
-/// the TD quote of the HCL report's TDREPORT from `host`.
+/// the TD quote of the HCL report's TDREPORT from `host`. Plus, as in `tpm` evidence, the
+/// agent's log so far (`cel_eventlog`, for PCR 15 and the claims) and the firmware's TCG log
+/// (`eventlog`, already read bounded by [`firmware_log`]): members Trustee ignores.
 pub fn azure_evidence<T: Transport>(
     kind: TeeKind,
     tpm: &mut Tpm<T>,
     digest: &[u8],
     host: &mut dyn AzureHost,
+    eventlog: Option<&EventLog>,
+    firmware: Option<Vec<u8>>,
 ) -> Result<serde_json::Value, EvidenceError> {
     use crate::tee::azure::{AzSnpVtpmEvidence, AzTdxVtpmEvidence, AzTpmQuote};
     let nonce = report_data_for(kind, digest)?;
@@ -338,6 +345,8 @@ pub fn azure_evidence<T: Transport>(
                     tpm_quote,
                     hcl_report: raw,
                     vcek: der_certificate(vcek)?,
+                    cel_eventlog: eventlog.map(EventLog::to_json),
+                    eventlog: firmware,
                 })
             }
             _ => {
@@ -353,6 +362,8 @@ pub fn azure_evidence<T: Transport>(
                     tpm_quote,
                     hcl_report: raw,
                     td_quote,
+                    cel_eventlog: eventlog.map(EventLog::to_json),
+                    eventlog: firmware,
                 })
             }
         };

@@ -215,7 +215,20 @@ fn azure_snp_evidence_refreshes_the_hcl_report_and_quotes_with_its_ak() {
         vcek: vcek_pem.clone(),
         ..Host::default()
     };
-    let value = evidence::azure_evidence(TeeKind::AzSnpVtpm, &mut tpm, &DIGEST, &mut host).unwrap();
+    // The agent's log so far and a firmware log go along, as in `tpm` evidence.
+    let mut log = Measurer::new(&[HashAlg::Sha256]).unwrap();
+    log.record(Event::mode(cvm_agent::cmdline::Mode::Production))
+        .unwrap();
+    let firmware = b"firmware log".to_vec();
+    let value = evidence::azure_evidence(
+        TeeKind::AzSnpVtpm,
+        &mut tpm,
+        &DIGEST,
+        &mut host,
+        Some(log.log()),
+        Some(firmware.clone()),
+    )
+    .unwrap();
     assert_eq!(tpm.transport().refreshes, 1);
     // The guest defined NV 0x01400002 as az-cvm-vtpm does and wrote the padded digest there.
     let public = tpm.nv_read_public(REPORT_DATA_INDEX).unwrap();
@@ -229,6 +242,12 @@ fn azure_snp_evidence_refreshes_the_hcl_report_and_quotes_with_its_ak() {
     // digest itself, the VCEK as DER (the first certificate of THIM's PEM).
     let ev = AzSnpVtpmEvidence::from_json(value.to_string().as_bytes()).unwrap();
     assert_eq!(ev.version, 2);
+    assert_eq!(ev.cel_eventlog, Some(log.log().to_json()));
+    assert_eq!(ev.eventlog, Some(firmware));
+    assert_eq!(
+        value["eventlog"],
+        base64::engine::general_purpose::STANDARD.encode(b"firmware log")
+    );
     assert_eq!(
         ev.vcek,
         cvm_agent::tee::x509::pem_certificates(&vcek_pem).unwrap()[0]
@@ -268,14 +287,22 @@ fn azure_snp_evidence_refreshes_the_hcl_report_and_quotes_with_its_ak() {
 
     // A paravisor that does not refresh the report: the stale one is refused by name.
     tpm.transport_mut().refresh = false;
-    let err =
-        evidence::azure_evidence(TeeKind::AzSnpVtpm, &mut tpm, &[0x17; 48], &mut host).unwrap_err();
+    let err = evidence::azure_evidence(
+        TeeKind::AzSnpVtpm,
+        &mut tpm,
+        &[0x17; 48],
+        &mut host,
+        None,
+        None,
+    )
+    .unwrap_err();
     assert!(matches!(err, EvidenceError::HclStale(_)), "{err}");
     assert!(err.to_string().contains("did not refresh"), "{err}");
     // An HCL report of the other flavour.
     tpm.transport_mut().refresh = true;
     let err =
-        evidence::azure_evidence(TeeKind::AzTdxVtpm, &mut tpm, &DIGEST, &mut host).unwrap_err();
+        evidence::azure_evidence(TeeKind::AzTdxVtpm, &mut tpm, &DIGEST, &mut host, None, None)
+            .unwrap_err();
     assert!(matches!(err, EvidenceError::HclKind { .. }), "{err}");
 }
 
@@ -287,9 +314,24 @@ fn azure_tdx_evidence_gets_the_td_quote_of_the_hcl_tdreport() {
         td_quote: fixture("az-tdx-vtpm/td-quote.bin"),
         ..Host::default()
     };
-    let value = evidence::azure_evidence(TeeKind::AzTdxVtpm, &mut tpm, &DIGEST, &mut host).unwrap();
+    let mut log = Measurer::new(&[HashAlg::Sha256]).unwrap();
+    log.record(Event::mode(cvm_agent::cmdline::Mode::Production))
+        .unwrap();
+    let value = evidence::azure_evidence(
+        TeeKind::AzTdxVtpm,
+        &mut tpm,
+        &DIGEST,
+        &mut host,
+        Some(log.log()),
+        None,
+    )
+    .unwrap();
     let ev = AzTdxVtpmEvidence::from_json(value.to_string().as_bytes()).unwrap();
     assert_eq!(ev.version, 1);
+    assert_eq!(ev.cel_eventlog, Some(log.log().to_json()));
+    // No firmware log (direct kernel boot): no member.
+    assert_eq!(ev.eventlog, None);
+    assert!(value.get("eventlog").is_none());
     assert_eq!(ev.td_quote, host.td_quote);
     // The host was asked for a quote of exactly the TDREPORT in the refreshed HCL report.
     assert_eq!(
@@ -320,7 +362,8 @@ fn azure_ak_must_be_the_hcl_reports() {
     );
     let mut host = Host::default();
     let err =
-        evidence::azure_evidence(TeeKind::AzSnpVtpm, &mut tpm, &DIGEST, &mut host).unwrap_err();
+        evidence::azure_evidence(TeeKind::AzSnpVtpm, &mut tpm, &DIGEST, &mut host, None, None)
+            .unwrap_err();
     assert!(matches!(err, EvidenceError::AzureAkMismatch), "{err}");
 }
 

@@ -15,6 +15,14 @@
 //! UKI). MRTD alone would let any kernel and initrd run under the genuine firmware and write
 //! any event log. RTMR2 holds the agent's events and is checked by replaying its log.
 //!
+//! `az-snp-vtpm` and `az-tdx-vtpm` trust the vTPM only as far as the paravisor (OpenHCL) that
+//! runs it at VMPL0 / as the TD: its HCL report carries the AK, and the hardware report around
+//! it proves only that *some* VMPL0 code or TD wrote it. So these kinds need the paravisor's
+//! launch identity pinned: `az_snp_measurement` (the SNP MEASUREMENT inside the HCL report),
+//! `az_tdx_mrtd` (and optionally `az_tdx_rtmr`), each a list of allowed values since Azure
+//! updates its paravisor. Behind the vTPM the checks are `tpm`'s: `pcrs`, the reference, the
+//! agent's log and its claims.
+//!
 //! `tpm` boots through UEFI measure the boot chain into PCRs 0–7, 9, 11 and 12 ([`BOOT_PCRS`]:
 //! firmware, boot configuration, the UKI in PCR 4, the kernel's command line and initrd in 9,
 //! the UKI's sections in 11, overrides in 12). `pcrs = { 4 = "<hex>", … }` pins any of them in
@@ -101,6 +109,9 @@ struct Wire {
     tdx_rtmr: Option<BTreeMap<String, String>>,
     pcrs: Option<BTreeMap<String, String>>,
     ak_ca: Option<PathBuf>,
+    az_snp_measurement: Option<Vec<String>>,
+    az_tdx_mrtd: Option<Vec<String>>,
+    az_tdx_rtmr: Option<BTreeMap<String, Vec<String>>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,6 +141,14 @@ pub struct Policy {
     /// an `ak_cert` one of them signed, for that very key, is trusted like a listed one.
     /// From the PEM file `ak_ca` (relative to the policy file).
     pub ak_ca: Vec<Vec<u8>>,
+    /// The SNP launch MEASUREMENTs (of Azure's paravisor and firmware) an `az-snp-vtpm` HCL
+    /// report may carry, lower-case hex of 48 bytes; one of them must match.
+    pub az_snp_measurement: Vec<String>,
+    /// The MRTDs an `az-tdx-vtpm` TD may have, lower-case hex of 48 bytes.
+    pub az_tdx_mrtd: Vec<String>,
+    /// Allowed values of the `az-tdx-vtpm` TD's RTMR0-3 (in the HCL report's TDREPORT), lower-
+    /// case hex of 48 bytes each; empty: any.
+    pub az_tdx_rtmr: [Vec<String>; 4],
 }
 
 impl Default for Policy {
@@ -148,6 +167,9 @@ impl Default for Policy {
             tdx_mrtd: None,
             tdx_rtmr: [None, None, None, None],
             ak_ca: Vec::new(),
+            az_snp_measurement: Vec::new(),
+            az_tdx_mrtd: Vec::new(),
+            az_tdx_rtmr: Default::default(),
         }
     }
 }
@@ -289,6 +311,32 @@ impl Policy {
             };
             tdx_rtmr[index] = hex_field(FIELDS[index], Some(value), LAUNCH_DIGEST_LEN)?;
         }
+        let hex_list = |field: &'static str, values: Option<Vec<String>>| {
+            values
+                .unwrap_or_default()
+                .into_iter()
+                .map(|v| {
+                    hex_field(field, Some(v), LAUNCH_DIGEST_LEN).map(Option::unwrap_or_default)
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let mut az_tdx_rtmr: [Vec<String>; 4] = Default::default();
+        for (key, values) in wire.az_tdx_rtmr.unwrap_or_default() {
+            const FIELDS: [&str; 4] = [
+                "az_tdx_rtmr.0",
+                "az_tdx_rtmr.1",
+                "az_tdx_rtmr.2",
+                "az_tdx_rtmr.3",
+            ];
+            let index = match key.as_str() {
+                "0" => 0,
+                "1" => 1,
+                "2" => 2,
+                "3" => 3,
+                _ => return Err(PolicyError::RtmrIndex(key)),
+            };
+            az_tdx_rtmr[index] = hex_list(FIELDS[index], Some(values))?;
+        }
         let policy = Policy {
             tee,
             allow_debug: wire.allow_debug.unwrap_or(default.allow_debug),
@@ -319,6 +367,9 @@ impl Policy {
                 None => Vec::new(),
                 Some(rel) => load_ak_ca(&base.join(rel))?,
             },
+            az_snp_measurement: hex_list("az_snp_measurement", wire.az_snp_measurement)?,
+            az_tdx_mrtd: hex_list("az_tdx_mrtd", wire.az_tdx_mrtd)?,
+            az_tdx_rtmr,
         };
         policy.check_launch_pins()?;
         Ok(policy)
@@ -328,8 +379,8 @@ impl Policy {
         self.tee.contains(&tee)
     }
 
-    /// A policy that allows `snp` or `tdx` pins what those TEEs launched (see the module
-    /// docs for why these fields and not fewer).
+    /// A policy that allows `snp`, `tdx`, `az-snp-vtpm` or `az-tdx-vtpm` pins what those TEEs
+    /// launched (see the module docs for why these fields and not fewer).
     pub fn check_launch_pins(&self) -> Result<(), PolicyError> {
         if self.allows_tee(Tee::Snp) && self.snp_measurement.is_none() {
             return Err(PolicyError::Unpinned {
@@ -356,6 +407,24 @@ impl Policy {
                           lets any kernel and initrd run and write any event log",
                 });
             }
+        }
+        if self.allows_tee(Tee::AzSnpVtpm) && self.az_snp_measurement.is_empty() {
+            return Err(PolicyError::Unpinned {
+                tee: "az-snp-vtpm",
+                field: "az_snp_measurement",
+                why: "the MEASUREMENT is the paravisor that writes the HCL report and runs the \
+                      vTPM; without it whoever controls VMPL0 of any SNP guest can wrap their \
+                      own AK in a genuine report and quote any PCRs",
+            });
+        }
+        if self.allows_tee(Tee::AzTdxVtpm) && self.az_tdx_mrtd.is_empty() {
+            return Err(PolicyError::Unpinned {
+                tee: "az-tdx-vtpm",
+                field: "az_tdx_mrtd",
+                why: "MRTD is the paravisor that writes the HCL report and runs the vTPM; \
+                      without it any TD can wrap its own AK in a genuine report and quote any \
+                      PCRs",
+            });
         }
         Ok(())
     }
@@ -424,11 +493,12 @@ mod tests {
         let text = format!(
             "tee = [\"tpm\", \"snp\", \"az-tdx-vtpm\"]\nallow_debug = true\nroothash = \"{}\"\n\
              image_version = \"cvm-demo 1\"\ninitdata_digest = \"{}\"\nrequire_initdata = false\n\
-             trusted_aks = [\"{}\"]\nsnp_measurement = \"{}\"\n",
+             trusted_aks = [\"{}\"]\nsnp_measurement = \"{}\"\naz_tdx_mrtd = [\"{}\"]\n",
             "AB".repeat(32),
             "cd".repeat(48),
             "01".repeat(32),
-            "ef".repeat(48)
+            "ef".repeat(48),
+            AZ_TDX_MRTD,
         );
         let p = Policy::parse(&text, Path::new(".")).unwrap();
         assert_eq!(p.tee, vec![Tee::Tpm, Tee::Snp, Tee::AzTdxVtpm]);
@@ -455,6 +525,69 @@ mod tests {
             "reference = \"/nonexistent/reference.json\"",
         ] {
             assert!(Policy::parse(bad, Path::new(".")).is_err(), "{bad}");
+        }
+    }
+
+    /// The launch identities of the real Azure fixtures' paravisors (tests/fixtures/az-*-vtpm,
+    /// see their PROVENANCE.md): the MEASUREMENT of the SNP report in
+    /// `az-snp-vtpm/evidence-v2.json`'s HCL report and the MRTD of the TDREPORT in
+    /// `az-tdx-vtpm/evidence-v1.json`'s.
+    const AZ_SNP_MEASUREMENT: &str = "5b0ce64ad1c1f6375dbda5f760b98526ca1bcf91b8195091afc28e7b024251d68fe32e05af34048d6607678cd23283ff";
+    const AZ_TDX_MRTD: &str = "024a32b070383331181619fa387cb4d55d1e38879f989933055ccad5bc2db795d1737b66205949d15469dc8c1ba7ab7b";
+
+    /// The Azure kinds need their paravisor's launch identity pinned; lists of values, any of
+    /// which may match; RTMR pins optional.
+    #[test]
+    fn azure_policies_must_pin_the_paravisor() {
+        let err = Policy::parse("tee = [\"az-snp-vtpm\"]", Path::new(".")).unwrap_err();
+        assert!(
+            err.to_string().starts_with(
+                "policy: az-snp-vtpm is allowed but az_snp_measurement is not pinned: "
+            ),
+            "{err}"
+        );
+        let err = Policy::parse(
+            "tee = [\"az-tdx-vtpm\"]\naz_tdx_mrtd = []\n",
+            Path::new("."),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("policy: az-tdx-vtpm is allowed but az_tdx_mrtd is not pinned: "),
+            "{err}"
+        );
+        // An SNP pin does not make a TDX policy, nor the other way round.
+        let err = Policy::parse(
+            &format!("tee = [\"az-snp-vtpm\", \"az-tdx-vtpm\"]\naz_snp_measurement = [\"{AZ_SNP_MEASUREMENT}\"]\n"),
+            Path::new("."),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("az_tdx_mrtd is not pinned"),
+            "{err}"
+        );
+        let other = "11".repeat(48);
+        let text = format!(
+            "tee = [\"az-snp-vtpm\", \"az-tdx-vtpm\"]\n\
+             az_snp_measurement = [\"{}\", \"{other}\"]\naz_tdx_mrtd = [\"{AZ_TDX_MRTD}\"]\n\
+             az_tdx_rtmr = {{ 0 = [\"{other}\"] }}\n",
+            AZ_SNP_MEASUREMENT.to_uppercase()
+        );
+        let p = Policy::parse(&text, Path::new(".")).unwrap();
+        assert_eq!(
+            p.az_snp_measurement,
+            vec![AZ_SNP_MEASUREMENT.to_string(), other.clone()]
+        );
+        assert_eq!(p.az_tdx_mrtd, vec![AZ_TDX_MRTD.to_string()]);
+        assert_eq!(p.az_tdx_rtmr, [vec![other.clone()], vec![], vec![], vec![]]);
+        for bad in [
+            "az_snp_measurement = \"abcd\"".to_string(),
+            "az_snp_measurement = [\"abcd\"]".to_string(),
+            format!("az_tdx_mrtd = [\"{}\"]", "ab".repeat(32)),
+            format!("az_tdx_rtmr = {{ 4 = [\"{other}\"] }}"),
+            format!("az_tdx_rtmr = {{ 1 = \"{other}\" }}"),
+        ] {
+            assert!(Policy::parse(&bad, Path::new(".")).is_err(), "{bad}");
         }
     }
 
@@ -493,9 +626,8 @@ mod tests {
                 .starts_with("policy: tdx is allowed but tdx_rtmr.1 is not pinned: "),
             "{err}"
         );
-        // Pins for a TEE the policy does not allow are harmless; the vTPM kinds need none.
+        // Pins for a TEE the policy does not allow are harmless.
         Policy::parse(&format!("snp_measurement = \"{m}\""), Path::new(".")).unwrap();
-        Policy::parse("tee = [\"az-snp-vtpm\", \"az-tdx-vtpm\"]", Path::new(".")).unwrap();
         for bad in [
             "snp_measurement = \"abcd\"".to_string(),
             format!("snp_measurement = \"{}\"", "ab".repeat(32)),

@@ -30,6 +30,8 @@ use cvm_initdata::InitData;
 use cvm_kbs_protocol::protocol;
 use cvm_measure::rtmr::{self, RTMR_LEN};
 use cvm_measure::{EventKind, EventLog, PCR_AGENT};
+#[cfg(test)]
+use cvm_tee::azure::HclReport;
 use cvm_tee::azure::{AzSnpVtpmEvidence, AzTdxVtpmEvidence, AzVerified, HwReport};
 use cvm_tee::snp::{self, AttestationReport, CertTableKind, EndorsementKey};
 use cvm_tee::tpm::TpmEvidence;
@@ -226,13 +228,37 @@ pub fn verify(
             let ev = AzSnpVtpmEvidence::from_json(evidence.to_string().as_bytes())
                 .map_err(|e| malformed("az-snp-vtpm", &e))?;
             let verified = ev.verify().map_err(|e| signature("az-snp-vtpm", &e))?;
-            verify_azure("az-snp-vtpm", &verified, report_data, init_data)?
+            let extras = AzExtras {
+                version: ev.version,
+                cel_eventlog: ev.cel_eventlog.as_ref(),
+                eventlog: ev.eventlog.as_deref(),
+            };
+            verify_azure(
+                "az-snp-vtpm",
+                &verified,
+                extras,
+                report_data,
+                init_data,
+                policy,
+            )?
         }
         Tee::AzTdxVtpm => {
             let ev = AzTdxVtpmEvidence::from_json(evidence.to_string().as_bytes())
                 .map_err(|e| malformed("az-tdx-vtpm", &e))?;
             let verified = ev.verify().map_err(|e| signature("az-tdx-vtpm", &e))?;
-            verify_azure("az-tdx-vtpm", &verified, report_data, init_data)?
+            let extras = AzExtras {
+                version: ev.version,
+                cel_eventlog: ev.cel_eventlog.as_ref(),
+                eventlog: ev.eventlog.as_deref(),
+            };
+            verify_azure(
+                "az-tdx-vtpm",
+                &verified,
+                extras,
+                report_data,
+                init_data,
+                policy,
+            )?
         }
         other => return Err(VerifyError::Unsupported(tee_name(other))),
     };
@@ -375,10 +401,32 @@ fn verify_tpm(
     if let Some(raw) = &ev.eventlog {
         check_firmware_log(raw, pcrs)?;
     }
+    let mut v = pcr15_claims("tpm", ev.cel_eventlog.as_ref(), pcrs, policy)?;
+    check_pcr_pins(pcrs, policy)?;
+    let pcr_claims: Map<String, Value> = pcrs
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (i.to_string(), json!(hex::encode(p))))
+        .collect();
+    v.claims.insert("pcrs".into(), Value::Object(pcr_claims));
+    v.claims.insert("ak".into(), json!(ak));
+    v.claims.insert("ak-trust".into(), json!(ak_trust));
+    Ok(v)
+}
 
-    // PCR 15 and what it claims, from the agent's log.
-    let log_json = ev.cel_eventlog.as_ref().ok_or_else(|| {
-        VerifyError::EventLog("the tpm evidence has no cel_eventlog (cvm-agent's log)".into())
+/// PCR 15 and what it claims, from the agent's log (`cel_eventlog` of `tpm` and Azure
+/// evidence): it must be there, hold no launch separator, and replay (SHA-256 bank) to the
+/// quoted (verified) PCRs it touches; then its claims ([`claims_from_log`]).
+fn pcr15_claims(
+    tee: &str,
+    log_json: Option<&Value>,
+    pcrs: &[[u8; 32]],
+    policy: &Policy,
+) -> Result<Verified, VerifyError> {
+    let log_json = log_json.filter(|v| !v.is_null()).ok_or_else(|| {
+        VerifyError::EventLog(format!(
+            "the {tee} evidence has no cel_eventlog (cvm-agent's log)"
+        ))
     })?;
     let log = EventLog::from_json(log_json).map_err(|e| VerifyError::EventLog(chain(&e)))?;
     if log.has_separator() {
@@ -391,7 +439,7 @@ fn verify_tpm(
         .map_err(|e| VerifyError::EventLog(chain(&e)))?;
     let zero = [0u8; 32];
     let got15 = replayed.get(HashAlg::Sha256, PCR_AGENT).unwrap_or(&zero);
-    if got15 != pcrs[PCR_AGENT as usize] {
+    if pcrs.get(PCR_AGENT as usize).map(|p| &p[..]) != Some(got15) {
         return Err(VerifyError::EventLog(format!(
             "the replayed log does not give the quoted PCR {PCR_AGENT}"
         )));
@@ -403,17 +451,7 @@ fn verify_tpm(
             )));
         }
     }
-    let mut v = claims_from_log(&log, policy)?;
-    check_pcr_pins(pcrs, policy)?;
-    let pcr_claims: Map<String, Value> = pcrs
-        .iter()
-        .enumerate()
-        .map(|(i, p)| (i.to_string(), json!(hex::encode(p))))
-        .collect();
-    v.claims.insert("pcrs".into(), Value::Object(pcr_claims));
-    v.claims.insert("ak".into(), json!(ak));
-    v.claims.insert("ak-trust".into(), json!(ak_trust));
-    Ok(v)
+    claims_from_log(&log, policy)
 }
 
 /// The firmware's TCG log (`eventlog` of `tpm` evidence) replayed in the SHA-256 bank must
@@ -756,32 +794,95 @@ fn ccel_rtmr2(evidence: &Value) -> Result<[u8; RTMR_LEN], VerifyError> {
     Ok(rtmr2)
 }
 
+/// The logs Azure evidence carries beside Trustee's members (`cel_eventlog`, `eventlog`),
+/// and its version.
+struct AzExtras<'a> {
+    version: u32,
+    cel_eventlog: Option<&'a Value>,
+    eventlog: Option<&'a [u8]>,
+}
+
+/// `az-snp-vtpm` / `az-tdx-vtpm` after [`AzSnpVtpmEvidence::verify`] /
+/// [`AzTdxVtpmEvidence::verify`] (HCL binding, AK, quote signature and PCR digest, hardware
+/// report to AMD's or Intel's root, VMPL 0): the paravisor's launch identity against the
+/// policy's pins (it wrote the HCL report and runs the vTPM: without the pin any VMPL0 code or
+/// TD could wrap its own AK), the nonce, the HCL report's freshness (`user-data`), PCR 8, then
+/// what the vTPM's PCRs say exactly as for `tpm`: firmware log, agent log and claims, PCR pins.
 fn verify_azure(
     tee: &'static str,
     verified: &AzVerified,
+    extras: AzExtras<'_>,
     report_data: &[u8],
     init_data: Option<&InitData>,
+    policy: &Policy,
 ) -> Result<Verified, VerifyError> {
+    policy.check_launch_pins()?;
+    let pcrs = &verified.pcrs;
+    if pcrs.len() != cvm_tee::tpm::PCR_COUNT {
+        return Err(VerifyError::Malformed {
+            tee,
+            why: format!(
+                "the vTPM quote covers {} PCRs, expected 0-{}",
+                pcrs.len(),
+                cvm_tee::tpm::PCR_COUNT - 1
+            ),
+        });
+    }
+    let mut launch = Map::new();
+    let debug = match &verified.hcl.hw_report {
+        HwReport::Snp(r) => {
+            check_pin_list(
+                "the HCL report's SNP MEASUREMENT",
+                &r.measurement,
+                &policy.az_snp_measurement,
+            )?;
+            launch.insert("measurement".into(), json!(hex::encode(&r.measurement)));
+            r.debug_allowed()
+        }
+        HwReport::Tdx(r) => {
+            check_pin_list("the HCL report's TD MRTD", &r.mr_td, &policy.az_tdx_mrtd)?;
+            const RTMRS: [&str; 4] = [
+                "the HCL report's TD RTMR0",
+                "the HCL report's TD RTMR1",
+                "the HCL report's TD RTMR2",
+                "the HCL report's TD RTMR3",
+            ];
+            for (i, register) in RTMRS.into_iter().enumerate() {
+                check_pin_list(register, &r.rtmr[i], &policy.az_tdx_rtmr[i])?;
+                launch.insert(format!("rtmr{i}"), json!(hex::encode(&r.rtmr[i])));
+            }
+            launch.insert("mrtd".into(), json!(hex::encode(&r.mr_td)));
+            r.td_attributes.debug()
+        }
+    };
     // The Azure attesters quote the digest itself (48 bytes for SHA-384), and Trustee's
     // `verify_nonce` compares exactly: a zero-padded nonce is refused.
     if verified.attest.extra_data != report_data {
         return Err(VerifyError::ReportData("the vTPM quote's nonce"));
     }
+    // Evidence v2 (and the agent's az-tdx-vtpm, whose HCL report it refreshes the same way):
+    // the HCL report was made for this session, `user-data` = report data zero-padded to 64.
+    if tee == "az-tdx-vtpm" || extras.version >= 2 {
+        let mut want = report_data.to_vec();
+        want.resize(64, 0);
+        if verified.runtime_data.user_data_bytes() != Some(want) {
+            return Err(VerifyError::ReportData(
+                "the HCL report's user-data (a stale or replayed HCL report)",
+            ));
+        }
+    }
     if let Some(init) = init_data
-        && verified.pcrs.get(8) != Some(&init.pcr8_expected())
+        && pcrs[8] != init.pcr8_expected()
     {
         return Err(VerifyError::Pcr8);
     }
-    let debug = match &verified.hcl.hw_report {
-        HwReport::Snp(r) => r.debug_allowed(),
-        HwReport::Tdx(r) => r.td_attributes.debug(),
-    };
-    let mut v = Verified {
-        debug,
-        ..Verified::default()
-    };
-    let pcr_claims: Map<String, Value> = verified
-        .pcrs
+    if let Some(raw) = extras.eventlog {
+        check_firmware_log(raw, pcrs)?;
+    }
+    let mut v = pcr15_claims(tee, extras.cel_eventlog, pcrs, policy)?;
+    check_pcr_pins(pcrs, policy)?;
+    v.debug |= debug;
+    let pcr_claims: Map<String, Value> = pcrs
         .iter()
         .enumerate()
         .map(|(i, p)| (i.to_string(), json!(hex::encode(p))))
@@ -794,7 +895,25 @@ fn verify_azure(
         ))),
     );
     v.claims.insert("platform".into(), json!(tee));
+    v.claims.extend(launch);
     Ok(v)
+}
+
+/// A launch register against a list of allowed values (lower-case hex; empty: not pinned).
+fn check_pin_list(
+    register: &'static str,
+    got: &[u8],
+    allowed: &[String],
+) -> Result<(), VerifyError> {
+    let got = hex::encode(got);
+    if allowed.is_empty() || allowed.contains(&got) {
+        return Ok(());
+    }
+    Err(VerifyError::Register {
+        register,
+        got,
+        want: allowed.join(" or "),
+    })
 }
 
 fn malformed(tee: &'static str, e: &(dyn std::error::Error + 'static)) -> VerifyError {
@@ -854,7 +973,220 @@ mod tests {
         policy.snp_measurement = Some(hex::encode(&snp.measurement));
         policy.tdx_mrtd = Some(hex::encode(&tdx.mr_td));
         policy.tdx_rtmr[1] = Some(hex::encode(&tdx.rtmr[1]));
+        let (az_snp, az_tdx) = az_launch();
+        policy.az_snp_measurement = vec![az_snp];
+        policy.az_tdx_mrtd = vec![az_tdx];
         policy
+    }
+
+    /// The launch identities in the real Azure evidence fixtures' HCL reports: the SNP
+    /// MEASUREMENT and the TD's MRTD (the values policy.rs's tests write out).
+    fn az_launch() -> (String, String) {
+        let snp = AzSnpVtpmEvidence::from_json(&fixture("az-snp-vtpm/evidence-v2.json")).unwrap();
+        let tdx = AzTdxVtpmEvidence::from_json(&fixture("az-tdx-vtpm/evidence-v1.json")).unwrap();
+        let snp = HclReport::parse(&snp.hcl_report).unwrap();
+        let tdx = HclReport::parse(&tdx.hcl_report).unwrap();
+        match (snp.hw_report, tdx.hw_report) {
+            (HwReport::Snp(s), HwReport::Tdx(t)) => {
+                (hex::encode(&s.measurement), hex::encode(&t.mr_td))
+            }
+            _ => unreachable!(),
+        }
+    }
+
+    /// Real Azure evidence (the fixture, verified up to its signatures) as it would be for a
+    /// session with `report_data` and an agent that booted `real_boot("ovmf-boot-option")`
+    /// and measured `log`: the nonce, `user-data` and PCRs replaced after the signature checks
+    /// (no AMD/Intel key here to re-sign them), so verify_azure's own checks are what is tested.
+    fn az_session(tee: Tee, report_data: &[u8], log: &EventLog) -> AzVerified {
+        let mut v = match tee {
+            Tee::AzSnpVtpm => {
+                AzSnpVtpmEvidence::from_json(&fixture("az-snp-vtpm/evidence-v2.json"))
+                    .unwrap()
+                    .verify()
+                    .unwrap()
+            }
+            _ => AzTdxVtpmEvidence::from_json(&fixture("az-tdx-vtpm/evidence-v1.json"))
+                .unwrap()
+                .verify()
+                .unwrap(),
+        };
+        v.attest.extra_data = report_data.to_vec();
+        let mut padded = report_data.to_vec();
+        padded.resize(64, 0);
+        v.runtime_data.user_data = Some(padded.iter().map(|b| format!("{b:02X}")).collect());
+        let (_, mut pcrs) = real_boot("ovmf-boot-option");
+        let replayed = log.replay(&[HashAlg::Sha256]).unwrap();
+        for (_, pcr, value) in replayed.iter() {
+            pcrs[pcr as usize] = value.try_into().unwrap();
+        }
+        v.pcrs = pcrs;
+        v
+    }
+
+    /// What `verify` does with Azure evidence after parsing and the signatures.
+    fn az_run(
+        tee: Tee,
+        verified: &AzVerified,
+        version: u32,
+        log: Option<&Value>,
+        firmware: Option<&[u8]>,
+        policy: &Policy,
+    ) -> Result<Verified, VerifyError> {
+        let name = if tee == Tee::AzSnpVtpm {
+            "az-snp-vtpm"
+        } else {
+            "az-tdx-vtpm"
+        };
+        let extras = AzExtras {
+            version,
+            cel_eventlog: log,
+            eventlog: firmware,
+        };
+        let v = verify_azure(name, verified, extras, &[0x5a; 48], None, policy)?;
+        check_policy(&v, policy)?;
+        Ok(v)
+    }
+
+    /// Azure evidence gets the `tpm` checks behind the paravisor's launch pin: each refuses
+    /// (launch pin, stale user-data, PCR pin, firmware log, agent log, debug mode, reference,
+    /// claims) and the right evidence is accepted with its claims.
+    #[test]
+    fn azure_evidence_gets_launch_pins_freshness_and_the_tpm_checks() {
+        let (fw, _) = real_boot("ovmf-boot-option");
+        let log = agent_log(Mode::Production);
+        let json_log = log.to_json();
+        let (az_snp, az_tdx) = az_launch();
+        for (tee, version) in [(Tee::AzSnpVtpm, 2), (Tee::AzTdxVtpm, 1)] {
+            let good = az_session(tee, &[0x5a; 48], &log);
+            let mut policy = pinned_policy(&Value::Null);
+            policy.pcrs.insert(4, hex::encode(&good.pcrs[4]));
+            policy.roothash = Some("ab".repeat(32));
+            policy.image_version = Some("cvm-demo 1".into());
+            let facts = cvm_measure::Facts {
+                roothash: Some("ab".repeat(32)),
+                image_version: Some("cvm-demo 1".into()),
+                initdata: Some(b"version = \"0.1.0\"\n".to_vec()),
+                ..cvm_measure::Facts::default()
+            };
+            policy.reference = Some(predict(&facts, &[HashAlg::Sha256]).unwrap().log);
+            let run = |v: &AzVerified, log: Option<&Value>, fw: Option<&[u8]>, p: &Policy| {
+                az_run(tee, v, version, log, fw, p)
+            };
+
+            // Accepted, with the claims from the log and the launch identity.
+            let v = run(&good, Some(&json_log), Some(&fw), &policy).unwrap();
+            assert!(!v.debug, "{tee:?}");
+            assert_eq!(v.mode.as_deref(), Some("production"));
+            assert_eq!(v.roothash, Some("ab".repeat(32)));
+            assert_eq!(v.image_version.as_deref(), Some("cvm-demo 1"));
+            let launch = if tee == Tee::AzSnpVtpm {
+                ("measurement", &az_snp)
+            } else {
+                ("mrtd", &az_tdx)
+            };
+            assert_eq!(v.claims[launch.0], json!(launch.1));
+            // Without a firmware log (direct boot) the quote's PCRs and the pins still count.
+            run(&good, Some(&json_log), None, &policy).unwrap();
+
+            // Launch pin: another paravisor is refused, naming the register; a list may hold it.
+            let mut other = policy.clone();
+            let wrong = "00".repeat(48);
+            other.az_snp_measurement = vec![wrong.clone()];
+            other.az_tdx_mrtd = vec![wrong.clone()];
+            let err = run(&good, Some(&json_log), Some(&fw), &other).unwrap_err();
+            let want = if tee == Tee::AzSnpVtpm {
+                format!("the HCL report's SNP MEASUREMENT is {az_snp}, but the policy pins {wrong}")
+            } else {
+                format!("the HCL report's TD MRTD is {az_tdx}, but the policy pins {wrong}")
+            };
+            assert_eq!(err.to_string(), want);
+            other.az_snp_measurement.push(az_snp.clone());
+            other.az_tdx_mrtd.push(az_tdx.clone());
+            run(&good, Some(&json_log), Some(&fw), &other).unwrap();
+            if tee == Tee::AzTdxVtpm {
+                let HwReport::Tdx(td) = &good.hcl.hw_report else {
+                    unreachable!()
+                };
+                // (The fixture TD's RTMRs are all zeros: pin something else.)
+                other.az_tdx_rtmr[2] = vec!["ff".repeat(48)];
+                let err = run(&good, Some(&json_log), Some(&fw), &other).unwrap_err();
+                assert!(
+                    err.to_string().starts_with("the HCL report's TD RTMR2 is"),
+                    "{err}"
+                );
+                other.az_tdx_rtmr[2] = vec![hex::encode(&td.rtmr[2])];
+                run(&good, Some(&json_log), Some(&fw), &other).unwrap();
+            }
+            // No pin at all: refused even for a policy not read from a file.
+            let mut unpinned = policy.clone();
+            unpinned.az_snp_measurement.clear();
+            unpinned.az_tdx_mrtd.clear();
+            let err = run(&good, Some(&json_log), Some(&fw), &unpinned).unwrap_err();
+            assert!(
+                matches!(err, VerifyError::Policy(PolicyError::Unpinned { .. })),
+                "{err}"
+            );
+
+            // Freshness: an HCL report whose user-data is another session's.
+            let mut stale = good.clone();
+            stale.runtime_data.user_data = Some("00".repeat(64));
+            let err = run(&stale, Some(&json_log), Some(&fw), &policy).unwrap_err();
+            assert!(err.to_string().contains("user-data"), "{err}");
+            stale.runtime_data.user_data = None;
+            assert!(run(&stale, Some(&json_log), Some(&fw), &policy).is_err());
+            // The nonce.
+            let mut replay = good.clone();
+            replay.attest.extra_data = vec![0x17; 48];
+            assert!(matches!(
+                run(&replay, Some(&json_log), Some(&fw), &policy),
+                Err(VerifyError::ReportData("the vTPM quote's nonce"))
+            ));
+
+            // A wrong PCR pin.
+            let mut pin = policy.clone();
+            pin.pcrs.insert(4, "00".repeat(32));
+            assert!(matches!(
+                run(&good, Some(&json_log), Some(&fw), &pin),
+                Err(VerifyError::Pcr { pcr: 4, .. })
+            ));
+            // A firmware log that does not explain the quote.
+            let (other_fw, _) = real_boot("ovmf-qemu-kernel");
+            assert!(matches!(
+                run(&good, Some(&json_log), Some(&other_fw), &policy),
+                Err(VerifyError::FirmwareLog(_))
+            ));
+            // No agent log, or one that does not give the quoted PCR 15.
+            let err = run(&good, None, Some(&fw), &policy).unwrap_err();
+            assert!(err.to_string().contains("no cel_eventlog"), "{err}");
+            let mut pcr15 = good.clone();
+            pcr15.pcrs[15] = [7; 32];
+            let err = run(&pcr15, Some(&json_log), Some(&fw), &policy).unwrap_err();
+            assert!(err.to_string().contains("quoted PCR 15"), "{err}");
+            // A debug-mode image: debug, refused unless the policy allows debug.
+            let debug_log = agent_log(Mode::Debug);
+            let debug = az_session(tee, &[0x5a; 48], &debug_log);
+            let mut no_ref = policy.clone();
+            no_ref.reference = None;
+            let err = run(&debug, Some(&debug_log.to_json()), Some(&fw), &no_ref).unwrap_err();
+            assert!(matches!(err, VerifyError::Debug), "{err}");
+            // ... and not the reference's start.
+            let err = run(&debug, Some(&debug_log.to_json()), Some(&fw), &policy).unwrap_err();
+            assert!(
+                err.to_string().contains("differs from the reference"),
+                "{err}"
+            );
+            // Claims against the policy's.
+            let mut version_pin = no_ref.clone();
+            version_pin.image_version = Some("cvm-demo 2".into());
+            assert!(matches!(
+                run(&good, Some(&json_log), Some(&fw), &version_pin),
+                Err(VerifyError::Claim {
+                    what: "image version",
+                    ..
+                })
+            ));
+        }
     }
 
     fn run(tee: Tee, evidence: &Value) -> Result<Verified, VerifyError> {

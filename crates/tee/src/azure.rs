@@ -370,6 +370,22 @@ pub struct AzSnpVtpmEvidence {
     /// DER VCEK.
     #[serde(with = "b64url_bytes")]
     pub vcek: Vec<u8>,
+    /// cvm-agent's measurement log (CEL-JSON records), as in `tpm` evidence
+    /// ([`crate::tpm::TpmEvidence::cel_eventlog`]): a verifier replays it to the quoted
+    /// PCR 15 and reads the mode, root hash and image version from it. An extra member:
+    /// Trustee's Azure verifiers (`deps/verifier/src/az_*_vtpm/compat.rs`) deserialize
+    /// without `deny_unknown_fields`, so they ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cel_eventlog: Option<serde_json::Value>,
+    /// The firmware's TCG event log, as in `tpm` evidence ([`crate::tpm::TpmEvidence::eventlog`]:
+    /// standard base64, at most [`crate::tpm::MAX_FIRMWARE_LOG`] bytes); absent without one.
+    /// An extra member Trustee ignores.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::tpm::b64_firmware_log"
+    )]
+    pub eventlog: Option<Vec<u8>>,
 }
 
 /// `az-tdx-vtpm` evidence, version 1 (Trustee's `deps/verifier/src/az_tdx_vtpm`).
@@ -382,6 +398,22 @@ pub struct AzTdxVtpmEvidence {
     /// DCAP quote made from the HCL report's TDREPORT.
     #[serde(with = "b64url_bytes")]
     pub td_quote: Vec<u8>,
+    /// cvm-agent's measurement log (CEL-JSON records), as in `tpm` evidence
+    /// ([`crate::tpm::TpmEvidence::cel_eventlog`]): a verifier replays it to the quoted
+    /// PCR 15 and reads the mode, root hash and image version from it. An extra member:
+    /// Trustee's Azure verifiers (`deps/verifier/src/az_*_vtpm/compat.rs`) deserialize
+    /// without `deny_unknown_fields`, so they ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cel_eventlog: Option<serde_json::Value>,
+    /// The firmware's TCG event log, as in `tpm` evidence ([`crate::tpm::TpmEvidence::eventlog`]:
+    /// standard base64, at most [`crate::tpm::MAX_FIRMWARE_LOG`] bytes); absent without one.
+    /// An extra member Trustee ignores.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::tpm::b64_firmware_log"
+    )]
+    pub eventlog: Option<Vec<u8>>,
 }
 
 /// What verified Azure evidence establishes.

@@ -86,8 +86,9 @@ mod b64_ak_cert {
     }
 }
 
-/// `eventlog`: optional standard base64 of at most [`MAX_FIRMWARE_LOG`] bytes.
-mod b64_firmware_log {
+/// `eventlog`: optional standard base64 of at most [`MAX_FIRMWARE_LOG`] bytes (also the
+/// Azure evidence's, `crate::azure`).
+pub(crate) mod b64_firmware_log {
     use super::MAX_FIRMWARE_LOG;
     use serde::Deserializer;
 
