@@ -27,11 +27,16 @@
 //! Revoked, and the TDX module / TEE_TCB_SVN levels), the QE TCB status beyond the compiled-in
 //! minimum ISVSVN (a later QE identity may raise it), and revocation (PCK CRL, root CA CRL).
 //! Trustee's DCAP verification (Intel QVL with collateral) refuses a Revoked TCB or a revoked
-//! PCK; it accepts OutOfDate / ConfigurationNeeded with a claim. Design for closing this: a
-//! policy file with the collateral (dcap-qvl's `QuoteCollateralV3` JSON: TCB info and QE
-//! identity with their signatures and issuer chain, PCK and root CA CRLs) checked with
-//! `dcap_qvl::verify` behind a cvm-tee feature only the dev KBS enables (dcap-qvl is today a
-//! test-only oracle and must not enter the agent).
+//! PCK; it accepts OutOfDate / ConfigurationNeeded with a claim. Design for closing this (not
+//! implemented): a dev KBS policy field `tdx_collateral = "<file>"` naming dcap-qvl's
+//! `QuoteCollateralV3` JSON (TCB info and QE identity with their signatures and issuer
+//! chains, PCK and root CA CRLs, as PCCS serves them), checked in `verify_tdx` after
+//! [`Quote::verify`] with `dcap_qvl::verify(quote, collateral, now)`, which refuses expired
+//! collateral, a revoked PCK and a Revoked TCB, and returns the TCB status (accept what
+//! Trustee accepts). dcap-qvl is today a test-only oracle built with `ring` only; `verify`
+//! also needs its `default-x509` feature, and it must stay out of the agent (a dependency of
+//! cvm-devkbs, not of cvm-tee). The time must be a parameter so that tests can use dcap-qvl's
+//! `sample/tdx_quote` with `sample/tdx_quote_collateral.json` at their issue date.
 
 use sha2::{Digest as _, Sha256};
 
