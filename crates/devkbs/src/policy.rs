@@ -34,6 +34,7 @@
 use std::collections::BTreeMap;
 
 use cvm_measure::{EventLog, Pcrs};
+use cvm_tee::snp::MinTcb;
 use cvm_tpm::HashAlg;
 use kbs_types::Tee;
 use serde::Deserialize;
@@ -112,6 +113,26 @@ struct Wire {
     az_snp_measurement: Option<Vec<String>>,
     az_tdx_mrtd: Option<Vec<String>>,
     az_tdx_rtmr: Option<BTreeMap<String, Vec<String>>>,
+    snp_min_tcb: Option<WireMinTcb>,
+    snp_allow_migrate_ma: Option<bool>,
+    tdx_allow_migratable: Option<bool>,
+}
+
+/// `snp_min_tcb = { bootloader = 3, tee = 0, snp = 8, microcode = 115 }`; a missing
+/// component has no floor.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct WireMinTcb {
+    #[serde(default)]
+    bootloader: u8,
+    #[serde(default)]
+    tee: u8,
+    #[serde(default)]
+    snp: u8,
+    #[serde(default)]
+    microcode: u8,
+    #[serde(default)]
+    fmc: u8,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -149,6 +170,16 @@ pub struct Policy {
     /// Allowed values of the `az-tdx-vtpm` TD's RTMR0-3 (in the HCL report's TDREPORT), lower-
     /// case hex of 48 bytes each; empty: any.
     pub az_tdx_rtmr: [Vec<String>; 4],
+    /// Minimum SNP REPORTED_TCB, per component (what the VCEK/VLEK certifies); the default
+    /// (all zero) accepts any. Trustee's verifier has no floor: it exports the components as
+    /// `reported_tcb_*` claims for its policy.
+    pub snp_min_tcb: MinTcb,
+    /// Accept SNP guests whose GUEST_POLICY allows a migration agent (MIGRATE_MA, bit 18):
+    /// the host's migration agent can then move the guest's state out. Default: refused.
+    pub snp_allow_migrate_ma: bool,
+    /// Accept TDs with TD_ATTRIBUTES.MIGRATABLE (bit 29): a Migration TD can export the TD's
+    /// state. Default: refused.
+    pub tdx_allow_migratable: bool,
 }
 
 impl Default for Policy {
@@ -170,6 +201,9 @@ impl Default for Policy {
             az_snp_measurement: Vec::new(),
             az_tdx_mrtd: Vec::new(),
             az_tdx_rtmr: Default::default(),
+            snp_min_tcb: MinTcb::default(),
+            snp_allow_migrate_ma: false,
+            tdx_allow_migratable: false,
         }
     }
 }
@@ -370,6 +404,19 @@ impl Policy {
             az_snp_measurement: hex_list("az_snp_measurement", wire.az_snp_measurement)?,
             az_tdx_mrtd: hex_list("az_tdx_mrtd", wire.az_tdx_mrtd)?,
             az_tdx_rtmr,
+            snp_min_tcb: wire.snp_min_tcb.map_or(default.snp_min_tcb, |t| MinTcb {
+                bootloader: t.bootloader,
+                tee: t.tee,
+                snp: t.snp,
+                microcode: t.microcode,
+                fmc: t.fmc,
+            }),
+            snp_allow_migrate_ma: wire
+                .snp_allow_migrate_ma
+                .unwrap_or(default.snp_allow_migrate_ma),
+            tdx_allow_migratable: wire
+                .tdx_allow_migratable
+                .unwrap_or(default.tdx_allow_migratable),
         };
         policy.check_launch_pins()?;
         Ok(policy)
@@ -765,5 +812,36 @@ mod tests {
         std::fs::write(dir.path().join("policy.toml"), "reference = \"ref.json\"\n").unwrap();
         let p = Policy::load(&dir.path().join("policy.toml")).unwrap();
         assert_eq!(p.reference, Some(prediction.log));
+    }
+
+    #[test]
+    fn tee_floors() {
+        let p = Policy::parse("", Path::new(".")).unwrap();
+        assert_eq!(p.snp_min_tcb, MinTcb::default());
+        assert!(!p.snp_allow_migrate_ma && !p.tdx_allow_migratable);
+        let p = Policy::parse(
+            "snp_min_tcb = { bootloader = 3, snp = 8, microcode = 115 }\n\
+             snp_allow_migrate_ma = true\ntdx_allow_migratable = true\n",
+            Path::new("."),
+        )
+        .unwrap();
+        assert_eq!(
+            p.snp_min_tcb,
+            MinTcb {
+                bootloader: 3,
+                tee: 0,
+                snp: 8,
+                microcode: 115,
+                fmc: 0
+            }
+        );
+        assert!(p.snp_allow_migrate_ma && p.tdx_allow_migratable);
+        for bad in [
+            "snp_min_tcb = { ucode = 1 }",
+            "snp_min_tcb = { snp = 256 }",
+            "snp_min_tcb = { snp = -1 }",
+        ] {
+            assert!(Policy::parse(bad, Path::new(".")).is_err(), "{bad}");
+        }
     }
 }

@@ -639,6 +639,7 @@ fn verify_snp(
         })?;
     let vek = EndorsementKey::from_der(&vek_der.data).map_err(|e| signature("snp", &e))?;
     snp::verify_report_builtin(&report, &vek).map_err(|e| signature("snp", &e))?;
+    check_snp_report(&report, vek.product, policy)?;
     check_pin(
         "the SNP MEASUREMENT",
         &report.measurement,
@@ -669,6 +670,62 @@ fn verify_snp(
     Ok(v)
 }
 
+/// What a verified SNP report must also satisfy: VMPL 0 (Trustee: "VMPL Check Failed"; a
+/// report requested from a less privileged VMPL is made by code below the guest's VMPL0, e.g.
+/// under an SVSM or paravisor it does not vouch for), no MIGRATE_MA in the guest policy unless
+/// the policy allows it, and REPORTED_TCB at least `snp_min_tcb` (decoded with the VCEK/VLEK's
+/// product: a v2 report does not say which generation it is).
+fn check_snp_report(
+    report: &AttestationReport,
+    product: snp::Product,
+    policy: &Policy,
+) -> Result<(), VerifyError> {
+    if report.vmpl != 0 {
+        return Err(VerifyError::Claim {
+            what: "the SNP VMPL",
+            got: report.vmpl.to_string(),
+            want: "0".into(),
+        });
+    }
+    if report.policy.migrate_ma_allowed() && !policy.snp_allow_migrate_ma {
+        return Err(VerifyError::Claim {
+            what: "the SNP guest policy's MIGRATE_MA",
+            got: "1".into(),
+            want: "0 (snp_allow_migrate_ma is not set)".into(),
+        });
+    }
+    let tcb = snp::TcbVersion::decode(report.reported_tcb.raw, Some(product));
+    policy
+        .snp_min_tcb
+        .check(&tcb)
+        .map_err(|e| VerifyError::Claim {
+            what: "the SNP REPORTED_TCB",
+            got: e.to_string(),
+            want: format!("{:?}", policy.snp_min_tcb),
+        })
+}
+
+/// TD_ATTRIBUTES a verified quote must not have: reserved must-be-zero bits, and MIGRATABLE
+/// unless the policy allows it. (DEBUG and the other TUD bits count as debug, which
+/// `allow_debug` decides.)
+fn check_td_attributes(attrs: tdx::TdAttributes, policy: &Policy) -> Result<(), VerifyError> {
+    if attrs.reserved() != 0 {
+        return Err(VerifyError::Claim {
+            what: "the TDX TD_ATTRIBUTES reserved bits",
+            got: format!("{:#018x}", attrs.reserved()),
+            want: "0".into(),
+        });
+    }
+    if attrs.migratable() && !policy.tdx_allow_migratable {
+        return Err(VerifyError::Claim {
+            what: "the TDX TD_ATTRIBUTES.MIGRATABLE",
+            got: "1".into(),
+            want: "0 (tdx_allow_migratable is not set)".into(),
+        });
+    }
+    Ok(())
+}
+
 fn verify_tdx(
     evidence: &Value,
     report_data: &[u8],
@@ -682,10 +739,12 @@ fn verify_tdx(
         why: "no quote".into(),
     })?;
     let quote = tdx::Quote::parse(&raw).map_err(|e| malformed("tdx", &e))?;
-    // Signature, QE binding and PCK chain to Intel's root; TCB status needs Intel PCS
-    // collateral, which the dev KBS does not fetch.
+    // Signature, QE binding, PCK chain to Intel's root and Intel's TD QE identity; TCB status
+    // and revocation need Intel PCS collateral, which the dev KBS does not fetch (see
+    // cvm_tee::tdx).
     quote.verify().map_err(|e| signature("tdx", &e))?;
     let body = &quote.body;
+    check_td_attributes(body.td_attributes, policy)?;
     check_pin("the TDX MRTD", &body.mr_td, policy.tdx_mrtd.as_deref())?;
     const RTMRS: [&str; 4] = [
         "the TDX RTMR0",
@@ -709,7 +768,7 @@ fn verify_tdx(
     } else {
         Verified::default()
     };
-    v.debug |= body.td_attributes.debug();
+    v.debug |= body.td_attributes.under_debug();
     v.claims
         .insert("mrtd".into(), json!(hex::encode(&body.mr_td)));
     v.claims
@@ -837,6 +896,13 @@ fn verify_azure(
                 &policy.az_snp_measurement,
             )?;
             launch.insert("measurement".into(), json!(hex::encode(&r.measurement)));
+            if r.policy.migrate_ma_allowed() && !policy.snp_allow_migrate_ma {
+                return Err(VerifyError::Claim {
+                    what: "the HCL report's SNP guest policy MIGRATE_MA",
+                    got: "1".into(),
+                    want: "0 (snp_allow_migrate_ma is not set)".into(),
+                });
+            }
             r.debug_allowed()
         }
         HwReport::Tdx(r) => {
@@ -852,7 +918,8 @@ fn verify_azure(
                 launch.insert(format!("rtmr{i}"), json!(hex::encode(&r.rtmr[i])));
             }
             launch.insert("mrtd".into(), json!(hex::encode(&r.mr_td)));
-            r.td_attributes.debug()
+            check_td_attributes(r.td_attributes, policy)?;
+            r.td_attributes.under_debug()
         }
     };
     // The Azure attesters quote the digest itself (48 bytes for SHA-384), and Trustee's
@@ -1369,9 +1436,13 @@ mod tests {
     }
 
     fn snp_evidence() -> Value {
+        snp_evidence_of("snp/test-report.bin", "snp/test-vcek.der")
+    }
+
+    fn snp_evidence_of(report: &str, vek: &str) -> Value {
         serde_json::json!({
-            "attestation_report": STANDARD.encode(fixture("snp/test-report.bin")),
-            "cert_chain": STANDARD.encode(cert_table(&fixture("snp/test-vcek.der"))),
+            "attestation_report": STANDARD.encode(fixture(report)),
+            "cert_chain": STANDARD.encode(cert_table(&fixture(vek))),
         })
     }
 
@@ -2001,5 +2072,140 @@ mod tests {
             ..Policy::default()
         };
         check_policy(&debug, &allow).unwrap();
+    }
+
+    /// The real VLEK report is genuine (signed, chained to AMD's ASVK, masked CHIP_ID is fine
+    /// for a VLEK) but was requested at VMPL 1: refused as Trustee refuses it.
+    #[test]
+    fn snp_vmpl_other_than_0_is_refused() {
+        let vlek = snp_evidence_of("snp/test-vlek-report.bin", "snp/test-vlek.der");
+        let err = run(Tee::Snp, &vlek).unwrap_err();
+        assert!(
+            matches!(&err, VerifyError::Claim { what: "the SNP VMPL", got, .. } if got == "1"),
+            "{err}"
+        );
+        let report = AttestationReport::parse(&fixture("snp/test-vlek-report.bin")).unwrap();
+        let err = verify_additional(
+            Tee::Snp,
+            &vlek,
+            &report.report_data[..48],
+            &pinned_policy(&vlek),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("the SNP VMPL"), "{err}");
+    }
+
+    /// Each SNP refusal on the genuine VCEK report with one field changed, checked directly
+    /// (through `verify_snp` the changed report's signature fails first).
+    #[test]
+    fn snp_report_checks() {
+        let report = AttestationReport::parse(&fixture("snp/test-report.bin")).unwrap();
+        let milan = snp::Product::Milan;
+        let policy = open_policy();
+        check_snp_report(&report, milan, &policy).unwrap();
+        let mut vmpl = report.clone();
+        vmpl.vmpl = 1;
+        assert!(matches!(
+            check_snp_report(&vmpl, milan, &policy),
+            Err(VerifyError::Claim {
+                what: "the SNP VMPL",
+                ..
+            })
+        ));
+        let mut migrate = report.clone();
+        migrate.policy = snp::GuestPolicy(report.policy.0 | 1 << 18);
+        assert!(matches!(
+            check_snp_report(&migrate, milan, &policy),
+            Err(VerifyError::Claim {
+                what: "the SNP guest policy's MIGRATE_MA",
+                ..
+            })
+        ));
+        let allow = Policy {
+            snp_allow_migrate_ma: true,
+            ..open_policy()
+        };
+        check_snp_report(&migrate, milan, &allow).unwrap();
+        // The fixture's REPORTED_TCB: bootloader 3, TEE 0, SNP 8, microcode 115.
+        let at = snp::MinTcb {
+            bootloader: 3,
+            tee: 0,
+            snp: 8,
+            microcode: 115,
+            fmc: 0,
+        };
+        let floor = |min_tcb| Policy {
+            snp_min_tcb: min_tcb,
+            ..open_policy()
+        };
+        check_snp_report(&report, milan, &floor(at)).unwrap();
+        let err =
+            check_snp_report(&report, milan, &floor(snp::MinTcb { snp: 9, ..at })).unwrap_err();
+        assert!(
+            matches!(&err, VerifyError::Claim { what: "the SNP REPORTED_TCB", got, .. } if got.contains("SNP SPL is 8")),
+            "{err}"
+        );
+        // With the floor, end to end: refused before the report data.
+        let ev = snp_evidence();
+        let mut policy = pinned_policy(&ev);
+        policy.snp_min_tcb = snp::MinTcb {
+            microcode: 116,
+            ..at
+        };
+        let err = verify_with(Tee::Snp, &ev, &policy).unwrap_err();
+        assert!(err.to_string().contains("REPORTED_TCB"), "{err}");
+        // A zeroed CHIP_ID with the VCEK: the signature fails first; the CHIP_ID check itself
+        // is `snp::check_chip_id` (cvm-tee's tests).
+        let mut masked = fixture("snp/test-report.bin");
+        masked[0x1A0..0x1E0].fill(0);
+        let mut ev = snp_evidence();
+        ev["attestation_report"] = Value::from(STANDARD.encode(&masked));
+        assert!(matches!(
+            run(Tee::Snp, &ev),
+            Err(VerifyError::Signature { tee: "snp", .. })
+        ));
+    }
+
+    #[test]
+    fn td_attributes_checks() {
+        let policy = open_policy();
+        // The real quotes: DEBUG | SEPT_VE_DISABLE, SEPT_VE_DISABLE.
+        check_td_attributes(tdx::TdAttributes(0x1000_0001), &policy).unwrap();
+        check_td_attributes(tdx::TdAttributes(0x1000_0000), &policy).unwrap();
+        let migratable = tdx::TdAttributes(0x1000_0000 | 1 << 29);
+        assert!(matches!(
+            check_td_attributes(migratable, &policy),
+            Err(VerifyError::Claim {
+                what: "the TDX TD_ATTRIBUTES.MIGRATABLE",
+                ..
+            })
+        ));
+        let allow = Policy {
+            tdx_allow_migratable: true,
+            ..open_policy()
+        };
+        check_td_attributes(migratable, &allow).unwrap();
+        assert!(matches!(
+            check_td_attributes(tdx::TdAttributes(1 << 2), &allow),
+            Err(VerifyError::Claim {
+                what: "the TDX TD_ATTRIBUTES reserved bits",
+                ..
+            })
+        ));
+        // A modified quote (MIGRATABLE set in the body) fails at the quote signature.
+        let mut raw = fixture("tdx/tdx_quote_4.dat");
+        raw[48 + 120 + 3] |= 0x20;
+        assert!(
+            tdx::Quote::parse(&raw)
+                .unwrap()
+                .body
+                .td_attributes
+                .migratable()
+        );
+        let ev = serde_json::json!({"quote": STANDARD.encode(&raw), "cc_eventlog": null});
+        assert!(matches!(
+            run(Tee::Tdx, &ev),
+            Err(VerifyError::Signature { tee: "tdx", .. })
+        ));
     }
 }

@@ -62,6 +62,14 @@ pub enum SnpError {
     },
     #[error("the report's CHIP_ID does not match the VCEK's hwID")]
     ChipIdMismatch,
+    #[error("the report's CHIP_ID is masked (all zero), but it is signed by a VCEK")]
+    ChipIdMasked,
+    #[error("{field} SPL is {report} in the report's REPORTED_TCB, below the minimum {min}")]
+    TcbBelowMinimum {
+        field: &'static str,
+        report: u8,
+        min: u8,
+    },
     #[error("SNP certificate table is malformed ({0})")]
     CertTable(&'static str),
 }
@@ -122,6 +130,36 @@ pub struct TcbVersion {
     pub tee: u8,
     pub snp: u8,
     pub microcode: u8,
+}
+
+/// Per-component minimum of a TCB_VERSION (a policy floor). FMC applies only to reports that
+/// have it (Turin); zero everywhere accepts any TCB.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MinTcb {
+    pub bootloader: u8,
+    pub tee: u8,
+    pub snp: u8,
+    pub microcode: u8,
+    pub fmc: u8,
+}
+
+impl MinTcb {
+    /// Every component of `tcb` is at least the minimum.
+    pub fn check(&self, tcb: &TcbVersion) -> Result<(), SnpError> {
+        let pairs = [
+            ("bootloader", tcb.bootloader, self.bootloader),
+            ("TEE", tcb.tee, self.tee),
+            ("SNP", tcb.snp, self.snp),
+            ("microcode", tcb.microcode, self.microcode),
+        ];
+        let fmc = tcb.fmc.map(|fmc| ("FMC", fmc, self.fmc));
+        for (field, report, min) in pairs.into_iter().chain(fmc) {
+            if report < min {
+                return Err(SnpError::TcbBelowMinimum { field, report, min });
+            }
+        }
+        Ok(())
+    }
 }
 
 impl TcbVersion {
@@ -686,15 +724,20 @@ pub fn verify_report(
             report,
         });
     }
-    // A guest may ask for a masked CHIP_ID (all zero); then there is nothing to compare, and
-    // the signature by a key AMD issued for *some* chip at this TCB is what is proven.
-    if let Some(hw) = vek.hw_id
-        && report.chip_id != [0; 64]
-        && hw != report.chip_id
-    {
-        return Err(SnpError::ChipIdMismatch);
+    check_chip_id(report, vek)
+}
+
+/// A VCEK is issued for one chip: the report's CHIP_ID must be that chip's hwID. A masked
+/// (all-zero) CHIP_ID is refused with a VCEK, as Trustee refuses it ("Chip ID mismatch": it
+/// compares the hwID with CHIP_ID unconditionally for a VCEK). A VLEK is issued for a cloud
+/// provider, not a chip: its reports may mask CHIP_ID and there is nothing to compare.
+pub fn check_chip_id(report: &AttestationReport, vek: &EndorsementKey) -> Result<(), SnpError> {
+    match (vek.kind, vek.hw_id) {
+        (VekKind::Vlek, _) => Ok(()),
+        (VekKind::Vcek, _) if report.chip_id == [0; 64] => Err(SnpError::ChipIdMasked),
+        (VekKind::Vcek, Some(hw)) if hw == report.chip_id => Ok(()),
+        (VekKind::Vcek, _) => Err(SnpError::ChipIdMismatch),
     }
-    Ok(())
 }
 
 /// [`verify_report`] with the compiled-in roots for the certificate's product.
@@ -818,6 +861,92 @@ mod tests {
             (t.fmc, t.bootloader, t.tee, t.snp, t.microcode),
             (Some(9), 1, 2, 3, 4)
         );
+    }
+
+    fn fixture(name: &str) -> Vec<u8> {
+        let p = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/snp/");
+        std::fs::read(format!("{p}{name}")).unwrap()
+    }
+
+    /// The real VCEK report verifies; with its CHIP_ID zeroed (masked) or changed, the CHIP_ID
+    /// check refuses it (checked directly: the signature would fail first); the VLEK report's
+    /// masked CHIP_ID is accepted.
+    #[test]
+    fn chip_id_with_vcek_and_vlek() {
+        let report = AttestationReport::parse(&fixture("test-report.bin")).unwrap();
+        let vcek = EndorsementKey::from_der(&fixture("test-vcek.der")).unwrap();
+        verify_report_builtin(&report, &vcek).unwrap();
+        let mut masked = report.clone();
+        masked.chip_id = [0; 64];
+        assert!(matches!(
+            check_chip_id(&masked, &vcek),
+            Err(SnpError::ChipIdMasked)
+        ));
+        let mut other = report.clone();
+        other.chip_id[0] ^= 1;
+        assert!(matches!(
+            check_chip_id(&other, &vcek),
+            Err(SnpError::ChipIdMismatch)
+        ));
+        let vlek_report = AttestationReport::parse(&fixture("test-vlek-report.bin")).unwrap();
+        let vlek = EndorsementKey::from_der(&fixture("test-vlek.der")).unwrap();
+        assert_eq!(vlek_report.chip_id, [0; 64]);
+        check_chip_id(&vlek_report, &vlek).unwrap();
+        verify_report_builtin(&vlek_report, &vlek).unwrap();
+    }
+
+    #[test]
+    fn min_tcb() {
+        let milan = TcbVersion::decode(
+            u64::from_le_bytes([3, 0, 0, 0, 0, 0, 8, 115]),
+            Some(Product::Milan),
+        );
+        MinTcb::default().check(&milan).unwrap();
+        let floor = MinTcb {
+            bootloader: 3,
+            tee: 0,
+            snp: 8,
+            microcode: 115,
+            fmc: 9,
+        };
+        // FMC applies to Turin only.
+        floor.check(&milan).unwrap();
+        for (field, floor) in [
+            (
+                "bootloader",
+                MinTcb {
+                    bootloader: 4,
+                    ..floor
+                },
+            ),
+            ("TEE", MinTcb { tee: 1, ..floor }),
+            ("SNP", MinTcb { snp: 9, ..floor }),
+            (
+                "microcode",
+                MinTcb {
+                    microcode: 116,
+                    ..floor
+                },
+            ),
+        ] {
+            assert!(matches!(
+                floor.check(&milan),
+                Err(SnpError::TcbBelowMinimum { field: f, .. }) if f == field
+            ));
+        }
+        let turin = TcbVersion::decode(
+            u64::from_le_bytes([8, 3, 0, 8, 0, 0, 0, 115]),
+            Some(Product::Turin),
+        );
+        assert!(matches!(
+            floor.check(&turin),
+            Err(SnpError::TcbBelowMinimum {
+                field: "FMC",
+                report: 8,
+                min: 9
+            })
+        ));
+        MinTcb { fmc: 8, ..floor }.check(&turin).unwrap();
     }
 
     #[test]
