@@ -336,6 +336,10 @@ pub fn azure_evidence<T: Transport>(
         message: quote.attest,
         pcrs,
     };
+    let logs = crate::tee::azure::AgentLogs {
+        cel_eventlog: eventlog.map(EventLog::to_json),
+        eventlog: firmware,
+    };
     let value =
         match kind {
             TeeKind::AzSnpVtpm => {
@@ -345,8 +349,7 @@ pub fn azure_evidence<T: Transport>(
                     tpm_quote,
                     hcl_report: raw,
                     vcek: der_certificate(vcek)?,
-                    cel_eventlog: eventlog.map(EventLog::to_json),
-                    eventlog: firmware,
+                    logs,
                 })
             }
             _ => {
@@ -362,8 +365,7 @@ pub fn azure_evidence<T: Transport>(
                     tpm_quote,
                     hcl_report: raw,
                     td_quote,
-                    cel_eventlog: eventlog.map(EventLog::to_json),
-                    eventlog: firmware,
+                    logs,
                 })
             }
         };

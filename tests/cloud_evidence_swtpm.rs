@@ -242,8 +242,8 @@ fn azure_snp_evidence_refreshes_the_hcl_report_and_quotes_with_its_ak() {
     // digest itself, the VCEK as DER (the first certificate of THIM's PEM).
     let ev = AzSnpVtpmEvidence::from_json(value.to_string().as_bytes()).unwrap();
     assert_eq!(ev.version, 2);
-    assert_eq!(ev.cel_eventlog, Some(log.log().to_json()));
-    assert_eq!(ev.eventlog, Some(firmware));
+    assert_eq!(ev.logs.cel_eventlog, Some(log.log().to_json()));
+    assert_eq!(ev.logs.eventlog, Some(firmware));
     assert_eq!(
         value["eventlog"],
         base64::engine::general_purpose::STANDARD.encode(b"firmware log")
@@ -328,9 +328,9 @@ fn azure_tdx_evidence_gets_the_td_quote_of_the_hcl_tdreport() {
     .unwrap();
     let ev = AzTdxVtpmEvidence::from_json(value.to_string().as_bytes()).unwrap();
     assert_eq!(ev.version, 1);
-    assert_eq!(ev.cel_eventlog, Some(log.log().to_json()));
+    assert_eq!(ev.logs.cel_eventlog, Some(log.log().to_json()));
     // No firmware log (direct kernel boot): no member.
-    assert_eq!(ev.eventlog, None);
+    assert_eq!(ev.logs.eventlog, None);
     assert!(value.get("eventlog").is_none());
     assert_eq!(ev.td_quote, host.td_quote);
     // The host was asked for a quote of exactly the TDREPORT in the refreshed HCL report.

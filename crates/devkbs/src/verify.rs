@@ -230,8 +230,8 @@ pub fn verify(
             let verified = ev.verify().map_err(|e| signature("az-snp-vtpm", &e))?;
             let extras = AzExtras {
                 version: ev.version,
-                cel_eventlog: ev.cel_eventlog.as_ref(),
-                eventlog: ev.eventlog.as_deref(),
+                cel_eventlog: ev.logs.cel_eventlog.as_ref(),
+                eventlog: ev.logs.eventlog.as_deref(),
             };
             verify_azure(
                 "az-snp-vtpm",
@@ -248,8 +248,8 @@ pub fn verify(
             let verified = ev.verify().map_err(|e| signature("az-tdx-vtpm", &e))?;
             let extras = AzExtras {
                 version: ev.version,
-                cel_eventlog: ev.cel_eventlog.as_ref(),
-                eventlog: ev.eventlog.as_deref(),
+                cel_eventlog: ev.logs.cel_eventlog.as_ref(),
+                eventlog: ev.logs.eventlog.as_deref(),
             };
             verify_azure(
                 "az-tdx-vtpm",

@@ -358,6 +358,24 @@ impl AzTpmQuote {
     }
 }
 
+/// What cvm-agent adds to the Azure evidence, as in its `tpm` evidence.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentLogs {
+    /// cvm-agent's measurement log (CEL-JSON records), as in `tpm` evidence
+    /// ([`crate::tpm::TpmEvidence::cel_eventlog`]): a verifier replays it to the quoted
+    /// PCR 15 and reads the mode, root hash and image version from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cel_eventlog: Option<serde_json::Value>,
+    /// The firmware's TCG event log, as in `tpm` evidence ([`crate::tpm::TpmEvidence::eventlog`]:
+    /// standard base64, at most [`crate::tpm::MAX_FIRMWARE_LOG`] bytes); absent without one.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::tpm::b64_firmware_log"
+    )]
+    pub eventlog: Option<Vec<u8>>,
+}
+
 /// `az-snp-vtpm` evidence, versions 1 and 2 (same fields; v2 puts the report data into the
 /// runtime data's `user-data`). Field names and encodings as in Trustee's verifier
 /// (`deps/verifier/src/az_snp_vtpm`).
@@ -370,22 +388,10 @@ pub struct AzSnpVtpmEvidence {
     /// DER VCEK.
     #[serde(with = "b64url_bytes")]
     pub vcek: Vec<u8>,
-    /// cvm-agent's measurement log (CEL-JSON records), as in `tpm` evidence
-    /// ([`crate::tpm::TpmEvidence::cel_eventlog`]): a verifier replays it to the quoted
-    /// PCR 15 and reads the mode, root hash and image version from it. An extra member:
-    /// Trustee's Azure verifiers (`deps/verifier/src/az_*_vtpm/compat.rs`) deserialize
-    /// without `deny_unknown_fields`, so they ignore it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cel_eventlog: Option<serde_json::Value>,
-    /// The firmware's TCG event log, as in `tpm` evidence ([`crate::tpm::TpmEvidence::eventlog`]:
-    /// standard base64, at most [`crate::tpm::MAX_FIRMWARE_LOG`] bytes); absent without one.
-    /// An extra member Trustee ignores.
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        with = "crate::tpm::b64_firmware_log"
-    )]
-    pub eventlog: Option<Vec<u8>>,
+    /// The agent's and the firmware's logs: members Trustee's Azure verifiers
+    /// (`deps/verifier/src/az_*_vtpm/compat.rs`, no `deny_unknown_fields`) ignore.
+    #[serde(flatten)]
+    pub logs: AgentLogs,
 }
 
 /// `az-tdx-vtpm` evidence, version 1 (Trustee's `deps/verifier/src/az_tdx_vtpm`).
@@ -398,22 +404,10 @@ pub struct AzTdxVtpmEvidence {
     /// DCAP quote made from the HCL report's TDREPORT.
     #[serde(with = "b64url_bytes")]
     pub td_quote: Vec<u8>,
-    /// cvm-agent's measurement log (CEL-JSON records), as in `tpm` evidence
-    /// ([`crate::tpm::TpmEvidence::cel_eventlog`]): a verifier replays it to the quoted
-    /// PCR 15 and reads the mode, root hash and image version from it. An extra member:
-    /// Trustee's Azure verifiers (`deps/verifier/src/az_*_vtpm/compat.rs`) deserialize
-    /// without `deny_unknown_fields`, so they ignore it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cel_eventlog: Option<serde_json::Value>,
-    /// The firmware's TCG event log, as in `tpm` evidence ([`crate::tpm::TpmEvidence::eventlog`]:
-    /// standard base64, at most [`crate::tpm::MAX_FIRMWARE_LOG`] bytes); absent without one.
-    /// An extra member Trustee ignores.
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        with = "crate::tpm::b64_firmware_log"
-    )]
-    pub eventlog: Option<Vec<u8>>,
+    /// The agent's and the firmware's logs: members Trustee's Azure verifiers
+    /// (`deps/verifier/src/az_*_vtpm/compat.rs`, no `deny_unknown_fields`) ignore.
+    #[serde(flatten)]
+    pub logs: AgentLogs,
 }
 
 /// What verified Azure evidence establishes.
