@@ -524,6 +524,32 @@ fn gcp_ak_from_the_nv_template_chains_to_the_ca() {
     let err = run(&bare, &policy).unwrap_err();
     assert!(matches!(err, VerifyError::AkNotTrusted(_)), "{err}");
 
+    // ak_trust = "certified": the certified AK passes; the same AK listed but without its
+    // certificate (the agent's fallback when the template is missing) is refused.
+    let ak_hex = cvm_agent::hex::encode(&ev.ak_sha256());
+    std::fs::write(dir.path().join("ak-ca.pem"), pem(&google.cert)).unwrap();
+    let parse = |rest: &str| {
+        Policy::parse(
+            &format!(
+                "require_initdata = false\nak_ca = \"ak-ca.pem\"\ntrusted_aks = [\"{ak_hex}\"]\n{rest}"
+            ),
+            dir.path(),
+        )
+        .unwrap()
+    };
+    let listed = parse("");
+    assert_eq!(run(&bare, &listed).unwrap().claims["ak-trust"], "listed");
+    let certified = parse("ak_trust = \"certified\"\n");
+    let v = run(&json, &certified).unwrap();
+    assert_eq!(v.claims["ak-trust"], "certified");
+    let err = run(&bare, &certified).unwrap_err();
+    assert!(matches!(err, VerifyError::AkNotCertified(_)), "{err}");
+    let err = run(&swapped, &certified).unwrap_err();
+    assert!(
+        matches!(&err, VerifyError::AkCert(why) if why.contains("another key")),
+        "{err}"
+    );
+
     // The agent refuses a certificate in NV that names another key, before quoting: the
     // second vTPM holds the first one's certificate.
     for (index, data) in [

@@ -963,31 +963,34 @@ fn tpm_primary_with_snp_additional_evidence() {
     };
     assert_eq!(composite.digest, verifier_digest(&composite.additional));
 
-    let policy = Policy::parse(
-        &trusting(
-            &g,
-            &format!(
-                "tee = [\"tpm\", \"snp\"]\nsnp_measurement = \"{}\"\n",
-                cvm_agent::hex::encode(&parsed.measurement)
-            ),
-        ),
-        Path::new("/nonexistent"),
-    )
-    .unwrap();
+    let measurement = cvm_agent::hex::encode(&parsed.measurement);
+    let trusted = trusting(&g, "");
+    let parse = |rest: &str| {
+        Policy::parse(
+            &format!("{trusted}snp_measurement = \"{measurement}\"\n{rest}"),
+            Path::new("/nonexistent"),
+        )
+        .unwrap()
+    };
+    // GCP/AWS: tpm primaries only, SNP as additional evidence and required.
+    let policy = parse("additional_tee = [\"snp\"]\nrequire_additional = [\"snp\"]\n");
     let aks = AkStore::new(&policy);
     let init = cvm_agent::initdata::InitData::parse(initdata(1).as_bytes()).unwrap();
-    let run = |primary: &Value, additional_str: &str, device_digest: &[u8]| {
+    let run_with = |policy: &Policy, primary: &Value, additional_str: &str, device: &[u8]| {
         let additional = protocol::parse_additional_evidence(additional_str).unwrap();
         verify::verify_composite(
             Tee::Tpm,
             primary,
             &additional,
             &verifier_digest(additional_str),
-            device_digest,
+            device,
             Some(&init),
-            &policy,
+            policy,
             &aks,
         )
+    };
+    let run = |primary: &Value, additional_str: &str, device_digest: &[u8]| {
+        run_with(&policy, primary, additional_str, device_digest)
     };
     let v = run(&composite.primary, &composite.additional, &fixture_digest).unwrap();
     assert_eq!(
@@ -998,6 +1001,50 @@ fn tpm_primary_with_snp_additional_evidence() {
     assert_eq!(
         v.claims["pcrs"]["8"],
         cvm_agent::hex::encode(&init.pcr8_expected())
+    );
+
+    // The downgrade: the same image booted as a non-confidential VM with a vTPM sends
+    // tpm-only evidence. Refused under require_additional; the same evidence passes a policy
+    // that does not require it.
+    let tpm_only = evidence::collect(
+        TeeKind::Tpm,
+        root.path(),
+        Some(&mut g.tpm),
+        &verifier_digest(""),
+        Some(g.log.log()),
+    )
+    .unwrap();
+    let err = run(&tpm_only, "", &fixture_digest).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "the policy requires additional snp evidence beside the tpm evidence \
+         (require_additional), and the request has none: a vTPM alone does not show a \
+         confidential VM"
+    );
+    let optional = parse("additional_tee = [\"snp\"]\n");
+    let v = run_with(&optional, &tpm_only, "", &fixture_digest).unwrap();
+    assert!(v.claims.get("additional").is_none());
+    run_with(
+        &optional,
+        &composite.primary,
+        &composite.additional,
+        &fixture_digest,
+    )
+    .unwrap();
+    // `tee` lists primaries only: "snp" there no longer admits additional SNP evidence (and
+    // additional_tee does not admit a primary snp: see the unit tests).
+    let old_form = parse("tee = [\"tpm\", \"snp\"]\n");
+    let err = run_with(
+        &old_form,
+        &composite.primary,
+        &composite.additional,
+        &fixture_digest,
+    )
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "additional snp evidence: TEE snp is not allowed as additional evidence by policy \
+         (additional_tee)"
     );
 
     // Bound to other runtime data: this session's {nonce, tee-pubkey}, not the fixture's.
@@ -1069,7 +1116,7 @@ fn the_kbs_checks_additional_evidence_against_the_session() {
     let policy = trusting(
         &g,
         &format!(
-            "tee = [\"tpm\", \"snp\"]\nsnp_measurement = \"{}\"\n",
+            "additional_tee = [\"snp\"]\nsnp_measurement = \"{}\"\n",
             cvm_agent::hex::encode(&parsed.measurement)
         ),
     );
@@ -1139,5 +1186,45 @@ fn the_kbs_checks_additional_evidence_against_the_session() {
         &cookie,
         &attest_body(&mut g, &nonce3, Some(&initdata(1))),
     );
+    assert_eq!(r.status, 200, "{}", r.text());
+    // A KBS whose policy requires the SNP report refuses the same tpm-only evidence.
+    let strict = kbs(&format!("{policy}require_additional = [\"snp\"]\n"), None);
+    let (cookie, nonce4) = auth(strict.addr);
+    let r = attest(
+        strict.addr,
+        &cookie,
+        &attest_body(&mut g, &nonce4, Some(&initdata(1))),
+    );
+    assert!(
+        r.cause()
+            .starts_with("the policy requires additional snp evidence beside the tpm evidence"),
+        "{}",
+        r.cause()
+    );
+}
+
+/// Without init-data (and a policy that does not require it) PCR 8 must be all zeros, as the
+/// agent leaves it: a guest whose PCR 8 was extended is refused, one that left it alone passes.
+#[test]
+fn pcr8_must_be_zero_without_init_data() {
+    let mut g = guest(&facts(Mode::Production, 1));
+    let k = kbs(&trusting(&g, "require_initdata = false\n"), None);
+    let (cookie, nonce) = auth(k.addr);
+    let r = attest(k.addr, &cookie, &attest_body(&mut g, &nonce, None));
+    let init = cvm_agent::initdata::InitData::parse(initdata(1).as_bytes()).unwrap();
+    assert_eq!(
+        r.cause(),
+        format!(
+            "PCR 8 is {}, but the request has no init-data: without init-data the agent leaves \
+             PCR 8 all zeros, so something else extended it",
+            cvm_agent::hex::encode(&init.pcr8_expected())
+        )
+    );
+    let mut plain = facts(Mode::Production, 1);
+    plain.initdata = None;
+    let mut g = guest(&plain);
+    let k = kbs(&trusting(&g, "require_initdata = false\n"), None);
+    let (cookie, nonce) = auth(k.addr);
+    let r = attest(k.addr, &cookie, &attest_body(&mut g, &nonce, None));
     assert_eq!(r.status, 200, "{}", r.text());
 }

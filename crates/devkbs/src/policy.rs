@@ -83,7 +83,36 @@ pub enum PolicyError {
         field: &'static str,
         why: &'static str,
     },
+    #[error(
+        "policy: additional_tee has {0:?}; only \"snp\" and \"tdx\" (the hardware report beside a \
+         cloud vTPM) can be additional evidence"
+    )]
+    NotAdditional(String),
+    #[error("policy: require_additional has {0:?}, which additional_tee does not allow")]
+    RequiredNotAllowed(String),
+    #[error(
+        "policy: require_additional applies to tpm primaries, and tee does not allow tpm: it \
+         would require nothing"
+    )]
+    RequireWithoutTpm,
+    #[error(
+        "policy: ak_trust is {0:?}; it is \"listed-or-certified\" (the default) or \"certified\""
+    )]
+    AkTrust(String),
+    #[error("policy: ak_trust = \"certified\" needs ak_ca (the CA that certifies the AKs)")]
+    CertifiedWithoutCa,
+    #[error(
+        "policy: {field} is pinned, but no TEE in tee can produce it ({why}): every \
+         attestation would be refused"
+    )]
+    Unsatisfiable {
+        field: &'static str,
+        why: &'static str,
+    },
 }
+
+/// The kinds whose evidence is a vTPM quote of PCRs (with the agent's log for PCR 15).
+pub const VTPM_KINDS: [Tee; 3] = [Tee::Tpm, Tee::AzSnpVtpm, Tee::AzTdxVtpm];
 
 /// SNP MEASUREMENT, TDX MRTD and RTMRs are SHA-384 sized.
 pub const LAUNCH_DIGEST_LEN: usize = 48;
@@ -116,6 +145,9 @@ struct Wire {
     snp_min_tcb: Option<WireMinTcb>,
     snp_allow_migrate_ma: Option<bool>,
     tdx_allow_migratable: Option<bool>,
+    ak_trust: Option<String>,
+    additional_tee: Option<Vec<String>>,
+    require_additional: Option<Vec<String>>,
 }
 
 /// `snp_min_tcb = { bootloader = 3, tee = 0, snp = 8, microcode = 115 }`; a missing
@@ -180,6 +212,25 @@ pub struct Policy {
     /// Accept TDs with TD_ATTRIBUTES.MIGRATABLE (bit 29): a Migration TD can export the TD's
     /// state. Default: refused.
     pub tdx_allow_migratable: bool,
+    /// Which `tpm` AKs are trusted: listed or certified (the default), or certified only.
+    pub ak_trust: AkTrust,
+    /// The TEEs accepted as additional evidence beside the primary (`snp`, `tdx`); separate
+    /// from [`Policy::tee`], which lists the primaries. Default: none.
+    pub additional_tee: Vec<Tee>,
+    /// A `tpm` primary must come with verified additional evidence of one of these (each also
+    /// in `additional_tee`). Default: none required.
+    pub require_additional: Vec<Tee>,
+}
+
+/// Policy `ak_trust`: which `tpm` AKs [`crate::verify::AkStore`] trusts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AkTrust {
+    /// An AK in `trusted_aks`, or one an `ak_ca` CA certified (`"listed-or-certified"`).
+    #[default]
+    ListedOrCertified,
+    /// Only an AK an `ak_ca` CA certified (`"certified"`): a listed AK without a certificate
+    /// (the agent's own AK when GCP's template is missing) is refused.
+    Certified,
 }
 
 impl Default for Policy {
@@ -204,6 +255,9 @@ impl Default for Policy {
             snp_min_tcb: MinTcb::default(),
             snp_allow_migrate_ma: false,
             tdx_allow_migratable: false,
+            ak_trust: AkTrust::ListedOrCertified,
+            additional_tee: Vec::new(),
+            require_additional: Vec::new(),
         }
     }
 }
@@ -284,12 +338,37 @@ impl Policy {
             ));
         }
         let default = Policy::default();
-        let tee = match wire.tee {
-            None => default.tee,
-            Some(names) => names
+        let tees = |names: Vec<String>| {
+            names
                 .iter()
                 .map(|n| tee_from_name(n).ok_or_else(|| PolicyError::UnknownTee(n.clone())))
-                .collect::<Result<Vec<_>, _>>()?,
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let tee = match wire.tee {
+            None => default.tee,
+            Some(names) => tees(names)?,
+        };
+        let additional_tee = tees(wire.additional_tee.unwrap_or_default())?;
+        if let Some(&other) = additional_tee
+            .iter()
+            .find(|t| !matches!(t, Tee::Snp | Tee::Tdx))
+        {
+            return Err(PolicyError::NotAdditional(tee_name(other)));
+        }
+        let require_additional = tees(wire.require_additional.unwrap_or_default())?;
+        if let Some(&missing) = require_additional
+            .iter()
+            .find(|t| !additional_tee.contains(t))
+        {
+            return Err(PolicyError::RequiredNotAllowed(tee_name(missing)));
+        }
+        if !require_additional.is_empty() && !tee.contains(&Tee::Tpm) {
+            return Err(PolicyError::RequireWithoutTpm);
+        }
+        let ak_trust = match wire.ak_trust.as_deref() {
+            None | Some("listed-or-certified") => AkTrust::ListedOrCertified,
+            Some("certified") => AkTrust::Certified,
+            Some(other) => return Err(PolicyError::AkTrust(other.into())),
         };
         let trusted_aks = wire
             .trusted_aks
@@ -417,19 +496,55 @@ impl Policy {
             tdx_allow_migratable: wire
                 .tdx_allow_migratable
                 .unwrap_or(default.tdx_allow_migratable),
+            ak_trust,
+            additional_tee,
+            require_additional,
         };
+        if policy.ak_trust == AkTrust::Certified && policy.ak_ca.is_empty() {
+            return Err(PolicyError::CertifiedWithoutCa);
+        }
         policy.check_launch_pins()?;
+        policy.check_satisfiable()?;
         Ok(policy)
     }
 
+    /// Whether `tee` may be the primary evidence.
     pub fn allows_tee(&self, tee: Tee) -> bool {
         self.tee.contains(&tee)
     }
 
-    /// A policy that allows `snp`, `tdx`, `az-snp-vtpm` or `az-tdx-vtpm` pins what those TEEs
-    /// launched (see the module docs for why these fields and not fewer).
+    /// Whether `tee` may be additional evidence (beside a primary).
+    pub fn allows_additional(&self, tee: Tee) -> bool {
+        self.additional_tee.contains(&tee)
+    }
+
+    /// Pins that no allowed primary kind can produce are refused at load: only the vTPM
+    /// kinds (`tpm`, `az-snp-vtpm`, `az-tdx-vtpm`) have PCRs the dev KBS checks, only those
+    /// and `tdx` carry the agent's log (see the module docs). A policy that also allows a kind
+    /// that can is checked per attestation.
+    fn check_satisfiable(&self) -> Result<(), PolicyError> {
+        let vtpm = VTPM_KINDS.iter().any(|t| self.allows_tee(*t));
+        if !self.pcrs.is_empty() && !vtpm {
+            return Err(PolicyError::Unsatisfiable {
+                field: "pcrs (or the reference's pcrs)",
+                why: "only vTPM evidence (tpm, az-snp-vtpm, az-tdx-vtpm) has boot PCRs",
+            });
+        }
+        if self.reference.is_some() && !vtpm && !self.allows_tee(Tee::Tdx) {
+            return Err(PolicyError::Unsatisfiable {
+                field: "reference",
+                why: "only vTPM and tdx evidence carry the agent's log",
+            });
+        }
+        Ok(())
+    }
+
+    /// A policy that allows `snp` or `tdx` (as primary or as additional evidence),
+    /// `az-snp-vtpm` or `az-tdx-vtpm` pins what those TEEs launched (see the module docs for
+    /// why these fields and not fewer).
     pub fn check_launch_pins(&self) -> Result<(), PolicyError> {
-        if self.allows_tee(Tee::Snp) && self.snp_measurement.is_none() {
+        let allows = |tee| self.allows_tee(tee) || self.allows_additional(tee);
+        if allows(Tee::Snp) && self.snp_measurement.is_none() {
             return Err(PolicyError::Unpinned {
                 tee: "snp",
                 field: "snp_measurement",
@@ -438,7 +553,7 @@ impl Policy {
                       command line), so any image would get the secrets",
             });
         }
-        if self.allows_tee(Tee::Tdx) {
+        if allows(Tee::Tdx) {
             if self.tdx_mrtd.is_none() {
                 return Err(PolicyError::Unpinned {
                     tee: "tdx",
@@ -692,6 +807,127 @@ mod tests {
             err.to_string(),
             "policy: tdx_rtmr has key \"4\"; RTMRs are 0, 1, 2 and 3"
         );
+    }
+
+    /// `tee` lists primaries, `additional_tee` additional evidence (snp, tdx only, pinned as
+    /// for a primary); `require_additional` must be allowed additional kinds and needs `tpm`.
+    #[test]
+    fn additional_evidence_fields() {
+        let m = "aa".repeat(48);
+        let p = Policy::parse(
+            &format!(
+                "additional_tee = [\"snp\"]\nrequire_additional = [\"snp\"]\n\
+                 snp_measurement = \"{m}\"\n"
+            ),
+            Path::new("."),
+        )
+        .unwrap();
+        assert_eq!(p.tee, vec![Tee::Tpm]);
+        assert!(!p.allows_tee(Tee::Snp) && p.allows_additional(Tee::Snp));
+        assert_eq!(p.require_additional, vec![Tee::Snp]);
+        // Additional snp/tdx need their launch pins too.
+        let err = Policy::parse("additional_tee = [\"snp\"]", Path::new(".")).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("policy: snp is allowed but snp_measurement is not pinned: "),
+            "{err}"
+        );
+        let err = Policy::parse("additional_tee = [\"tdx\"]", Path::new(".")).unwrap_err();
+        assert!(err.to_string().contains("tdx_mrtd is not pinned"), "{err}");
+        for (bad, want) in [
+            (
+                "additional_tee = [\"tpm\"]".to_string(),
+                "policy: additional_tee has \"tpm\"; only \"snp\" and \"tdx\"",
+            ),
+            (
+                "additional_tee = [\"az-snp-vtpm\"]".to_string(),
+                "policy: additional_tee has \"az-snp-vtpm\"",
+            ),
+            (
+                "additional_tee = [\"sgx\"]".to_string(),
+                "policy: unknown TEE type",
+            ),
+            (
+                format!(
+                    "tee = [\"tpm\", \"snp\"]\nrequire_additional = [\"snp\"]\nsnp_measurement = \"{m}\""
+                ),
+                "policy: require_additional has \"snp\", which additional_tee does not allow",
+            ),
+            (
+                format!(
+                    "tee = [\"snp\"]\nadditional_tee = [\"snp\"]\nrequire_additional = [\"snp\"]\n\
+                     snp_measurement = \"{m}\""
+                ),
+                "policy: require_additional applies to tpm primaries",
+            ),
+        ] {
+            let err = Policy::parse(&bad, Path::new(".")).unwrap_err();
+            assert!(err.to_string().starts_with(want), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn ak_trust() {
+        assert_eq!(
+            Policy::parse("", Path::new(".")).unwrap().ak_trust,
+            AkTrust::ListedOrCertified
+        );
+        assert_eq!(
+            Policy::parse("ak_trust = \"listed-or-certified\"", Path::new("."))
+                .unwrap()
+                .ak_trust,
+            AkTrust::ListedOrCertified
+        );
+        let err = Policy::parse("ak_trust = \"certified\"", Path::new(".")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "policy: ak_trust = \"certified\" needs ak_ca (the CA that certifies the AKs)"
+        );
+        let err = Policy::parse("ak_trust = \"listed\"", Path::new(".")).unwrap_err();
+        assert!(matches!(err, PolicyError::AkTrust(_)), "{err}");
+    }
+
+    /// Pins no allowed primary can produce are refused at load.
+    #[test]
+    fn unsatisfiable_pins_are_refused_at_load() {
+        let m = "aa".repeat(48);
+        let pcr = format!("pcrs = {{ 4 = \"{}\" }}\n", "ab".repeat(32));
+        let snp_only = format!("tee = [\"snp\"]\nsnp_measurement = \"{m}\"\n");
+        let err = Policy::parse(&format!("{snp_only}{pcr}"), Path::new(".")).unwrap_err();
+        assert!(
+            err.to_string().starts_with(
+                "policy: pcrs (or the reference's pcrs) is pinned, but no TEE in tee can \
+                 produce it (only vTPM evidence"
+            ),
+            "{err}"
+        );
+        let tdx_only =
+            format!("tee = [\"tdx\"]\ntdx_mrtd = \"{m}\"\ntdx_rtmr = {{ 1 = \"{m}\" }}\n");
+        assert!(Policy::parse(&format!("{tdx_only}{pcr}"), Path::new(".")).is_err());
+        Policy::parse(
+            &format!("tee = [\"tpm\", \"snp\"]\nsnp_measurement = \"{m}\"\n{pcr}"),
+            Path::new("."),
+        )
+        .unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        let prediction =
+            cvm_measure::predict(&cvm_measure::Facts::default(), &[HashAlg::Sha256]).unwrap();
+        std::fs::write(
+            dir.path().join("ref.json"),
+            serde_json::to_vec(&prediction).unwrap(),
+        )
+        .unwrap();
+        let with_ref =
+            |tees: &str| Policy::parse(&format!("{tees}reference = \"ref.json\"\n"), dir.path());
+        let err = with_ref(&snp_only).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("policy: reference is pinned, but no TEE in tee can produce it"),
+            "{err}"
+        );
+        with_ref(&tdx_only).unwrap();
+        with_ref("").unwrap();
     }
 
     #[test]

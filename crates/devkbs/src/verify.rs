@@ -23,7 +23,7 @@
 //! the CCEL's RTMR2 events either, so a log taken after launch cannot pass by hiding the
 //! separator in the part the verifier does not interpret.
 
-use crate::policy::{BOOT_PCRS, Policy, PolicyError, tee_name};
+use crate::policy::{AkTrust, BOOT_PCRS, Policy, PolicyError, VTPM_KINDS, tee_name};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use cvm_initdata::InitData;
@@ -61,6 +61,11 @@ pub enum VerifyError {
     ReportData(&'static str),
     #[error("the AK (sha256 {0}) is not in the policy's trusted_aks")]
     AkNotTrusted(String),
+    #[error(
+        "the AK (sha256 {0}) comes without an ak_cert, and the policy's ak_trust is \
+         \"certified\": only an AK certified by its ak_ca is trusted"
+    )]
+    AkNotCertified(String),
     #[error("the AK certificate does not make the AK trusted: {0}")]
     AkCert(String),
     #[error(
@@ -76,6 +81,11 @@ pub enum VerifyError {
     InitData(String),
     #[error("PCR 8 does not match the init-data digest")]
     Pcr8,
+    #[error(
+        "PCR 8 is {0}, but the request has no init-data: without init-data the agent leaves \
+         PCR 8 all zeros, so something else extended it"
+    )]
+    Pcr8Unbound(String),
     #[error("{0} does not match the init-data digest")]
     InitDataBinding(&'static str),
     #[error("event log: {0}")]
@@ -100,6 +110,20 @@ pub enum VerifyError {
     },
     #[error("PCR {pcr} is {got}, but the policy pins {want}")]
     Pcr { pcr: u32, got: String, want: String },
+    #[error("TEE {0} is not allowed as additional evidence by policy (additional_tee)")]
+    AdditionalNotAllowed(String),
+    #[error(
+        "the policy requires additional {0} evidence beside the tpm evidence \
+         (require_additional), and the request has none: a vTPM alone does not show a \
+         confidential VM"
+    )]
+    AdditionalMissing(String),
+    #[error("the policy pins {field}, which {tee} evidence cannot satisfy: {why}")]
+    Unproducible {
+        field: &'static str,
+        tee: String,
+        why: &'static str,
+    },
     #[error("additional {tee} evidence: {source}")]
     Additional {
         tee: String,
@@ -121,6 +145,8 @@ pub struct Verified {
     pub initdata_digest: Option<String>,
     /// Everything for the token.
     pub claims: Map<String, Value>,
+    /// The agent's log was replayed and, with a `reference`, held to it.
+    pub log_checked: bool,
 }
 
 /// The trusted AKs, as Trustee's `tpm` verifier holds them: the policy's list (SHA-256 of
@@ -132,6 +158,7 @@ pub struct Verified {
 pub struct AkStore {
     listed: Vec<String>,
     cas: Vec<cvm_tee::x509::Cert>,
+    trust: AkTrust,
 }
 
 impl AkStore {
@@ -144,6 +171,7 @@ impl AkStore {
                 .iter()
                 .filter_map(|der| cvm_tee::x509::Cert::from_der(der).ok())
                 .collect(),
+            trust: policy.ak_trust,
         }
     }
 
@@ -155,18 +183,22 @@ impl AkStore {
         }
     }
 
-    /// Listed, or certified: `cert` (DER) names the AK `spki` and a policy CA signed it.
+    /// Listed, or certified: `cert` (DER) names the AK `spki` and a policy CA signed it. With
+    /// `ak_trust = "certified"` only certified.
     pub fn check_with_cert(
         &self,
         ak: &str,
         spki: &[u8],
         cert: Option<&[u8]>,
     ) -> Result<&'static str, VerifyError> {
-        if self.check(ak).is_ok() {
+        if self.trust == AkTrust::ListedOrCertified && self.check(ak).is_ok() {
             return Ok("listed");
         }
         let Some(cert) = cert else {
-            return Err(VerifyError::AkNotTrusted(ak.into()));
+            return Err(match self.trust {
+                AkTrust::Certified => VerifyError::AkNotCertified(ak.into()),
+                AkTrust::ListedOrCertified => VerifyError::AkNotTrusted(ak.into()),
+            });
         };
         if self.cas.is_empty() {
             return Err(VerifyError::AkCert(
@@ -262,6 +294,7 @@ pub fn verify(
         }
         other => return Err(VerifyError::Unsupported(tee_name(other))),
     };
+    check_producible(tee, &v, policy)?;
     if let Some(init) = init_data {
         v.initdata_digest = Some(hex::encode(&init.digest()));
     }
@@ -285,9 +318,14 @@ pub fn verify(
 /// with the init-data, then each additional evidence against `device_digest` (the runtime data
 /// `{"nonce", "tee-pubkey"}` only, [`protocol::device_runtime_data`]) without init-data. Every
 /// one must verify. Additional evidence may be `snp` or `tdx` (the hardware report beside a
-/// cloud's `tpm`); its launch pins hold as for a primary one, its debug state counts, and its
-/// claims go under `additional.<tee>`. A `tdx` one needs no agent log: the primary's PCR 15
-/// carries the agent's measurements.
+/// cloud's `tpm`), each only if the policy's `additional_tee` lists it (`tee` lists the
+/// primaries only); its launch pins hold as for a primary one, its debug state counts, and its
+/// claims go under `additional.<tee>`. A `tdx` one must carry the agent's log, which must be
+/// the primary's (`cel_eventlog`, the log that gave PCR 15) and replay to the quoted RTMR2:
+/// the agent extends RTMR2 with the same events whatever evidence is primary, and so the
+/// claims are the TD's, not only the host-run vTPM's. A `tpm` primary without additional
+/// evidence of a kind in `require_additional` (when that is set) is refused: a vTPM alone may
+/// be a non-confidential VM booted from the same image.
 #[allow(clippy::too_many_arguments)]
 pub fn verify_composite(
     tee: Tee,
@@ -300,15 +338,29 @@ pub fn verify_composite(
     aks: &AkStore,
 ) -> Result<Verified, VerifyError> {
     let mut v = verify(tee, evidence, digest, init_data, policy, aks)?;
+    let primary_log = evidence.get("cel_eventlog").filter(|l| !l.is_null());
     let mut extra = Map::new();
     for (add, ev) in additional {
         let wrap = |source: VerifyError| VerifyError::Additional {
             tee: tee_name(*add),
             source: Box::new(source),
         };
-        let a = verify_additional(*add, ev, device_digest, policy).map_err(wrap)?;
+        let a = verify_additional(*add, ev, device_digest, primary_log, policy).map_err(wrap)?;
         v.debug |= a.debug;
         extra.insert(tee_name(*add), Value::Object(a.claims));
+    }
+    if tee == Tee::Tpm
+        && !policy.require_additional.is_empty()
+        && !additional
+            .iter()
+            .any(|(add, _)| policy.require_additional.contains(add))
+    {
+        let names: Vec<String> = policy
+            .require_additional
+            .iter()
+            .map(|t| tee_name(*t))
+            .collect();
+        return Err(VerifyError::AdditionalMissing(names.join(" or ")));
     }
     if !extra.is_empty() {
         check_policy(&v, policy)?;
@@ -318,20 +370,29 @@ pub fn verify_composite(
     Ok(v)
 }
 
+/// One additional evidence; `primary_log` is the primary evidence's `cel_eventlog`, if any.
 fn verify_additional(
     tee: Tee,
     evidence: &Value,
     device_digest: &[u8],
+    primary_log: Option<&Value>,
     policy: &Policy,
 ) -> Result<Verified, VerifyError> {
-    if !policy.allows_tee(tee) {
-        return Err(VerifyError::TeeNotAllowed(tee_name(tee)));
+    if !policy.allows_additional(tee) {
+        return Err(VerifyError::AdditionalNotAllowed(tee_name(tee)));
     }
     let report_data = protocol::tee_report_data(tee, device_digest)
         .map_err(|e| VerifyError::RuntimeData(chain(&e)))?;
     let mut v = match tee {
         Tee::Snp => verify_snp(evidence, &report_data, None, policy)?,
-        Tee::Tdx => verify_tdx(evidence, &report_data, None, policy, false)?,
+        Tee::Tdx => {
+            // With the agent's log: it must replay to the quoted RTMR2 (and to the reference).
+            let v = verify_tdx(evidence, &report_data, None, policy, true)?;
+            if let Some(primary) = primary_log {
+                same_log(evidence, primary)?;
+            }
+            v
+        }
         other => {
             return Err(VerifyError::Unsupported(format!(
                 "{} as additional evidence",
@@ -341,6 +402,42 @@ fn verify_additional(
     };
     v.claims.insert("debug".into(), json!(v.debug));
     Ok(v)
+}
+
+/// The `cel_eventlog` of additional `tdx` evidence must be the primary's (`primary`): the log
+/// whose replay gave PCR 15 is the one that must replay to RTMR2.
+fn same_log(evidence: &Value, primary: &Value) -> Result<(), VerifyError> {
+    let parse = |log: &Value| EventLog::from_json(log).ok();
+    let own = evidence.get("cel_eventlog").and_then(parse);
+    if own.is_none() || own != parse(primary) {
+        return Err(VerifyError::EventLog(
+            "the tdx evidence's cel_eventlog is not the primary evidence's: the RTMR2 replay \
+             must be of the log that gave PCR 15"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Pins the verified evidence of `tee` could not have been held to are refusals, not skips:
+/// `pcrs` needs the quoted PCRs of vTPM evidence, `reference` the agent's log (vTPM, `tdx`).
+fn check_producible(tee: Tee, v: &Verified, policy: &Policy) -> Result<(), VerifyError> {
+    // The vTPM kinds hold the quoted PCRs to the pins (`check_pcr_pins`) on every path.
+    if !policy.pcrs.is_empty() && !VTPM_KINDS.contains(&tee) {
+        return Err(VerifyError::Unproducible {
+            field: "boot PCRs (pcrs, or the reference's pcrs)",
+            tee: tee_name(tee),
+            why: "only vTPM evidence (tpm, az-snp-vtpm, az-tdx-vtpm) has boot PCRs",
+        });
+    }
+    if policy.reference.is_some() && !v.log_checked {
+        return Err(VerifyError::Unproducible {
+            field: "the agent's log (reference)",
+            tee: tee_name(tee),
+            why: "only vTPM and tdx evidence carry the agent's log",
+        });
+    }
+    Ok(())
 }
 
 fn check_policy(v: &Verified, policy: &Policy) -> Result<(), VerifyError> {
@@ -393,10 +490,13 @@ fn verify_tpm(
         return Err(VerifyError::ReportData("the TPM quote's nonce"));
     }
     let pcrs = &ev.tpm_quote.pcrs;
-    if let Some(init) = init_data
-        && pcrs[8] != init.pcr8_expected()
-    {
-        return Err(VerifyError::Pcr8);
+    match init_data {
+        Some(init) if pcrs[8] != init.pcr8_expected() => return Err(VerifyError::Pcr8),
+        // Without init-data the agent extends nothing into PCR 8: a value there is not ours.
+        None if pcrs[8] != [0u8; 32] => {
+            return Err(VerifyError::Pcr8Unbound(hex::encode(&pcrs[8])));
+        }
+        _ => {}
     }
     if let Some(raw) = &ev.eventlog {
         check_firmware_log(raw, pcrs)?;
@@ -499,7 +599,10 @@ fn claims_from_log(log: &EventLog, policy: &Policy) -> Result<Verified, VerifyEr
     if let Some(reference) = &policy.reference {
         check_prefix(log, reference)?;
     }
-    let mut v = Verified::default();
+    let mut v = Verified {
+        log_checked: true,
+        ..Verified::default()
+    };
     for record in log.records() {
         match record.agent_event() {
             Some((EventKind::Mode, s)) => v.mode = Some(s.into()),
@@ -1014,6 +1117,7 @@ mod tests {
     fn open_policy() -> Policy {
         Policy {
             tee: vec![Tee::Tpm, Tee::Snp, Tee::Tdx, Tee::AzSnpVtpm, Tee::AzTdxVtpm],
+            additional_tee: vec![Tee::Snp, Tee::Tdx],
             require_initdata: false,
             trusted_aks: vec![fixture_ak()],
             ..Policy::default()
@@ -1391,20 +1495,22 @@ mod tests {
     }
 
     /// The fixtures as additional evidence, each for the device runtime-data digest it was
-    /// made for (its own report data): they verify, without an agent log for TDX; another
-    /// session's digest, a TEE the policy does not list, and kinds that are no hardware report
-    /// are refused, each naming the additional TEE.
+    /// made for (its own report data): SNP verifies; TDX gets through the signature, the pins
+    /// and the report data and then needs the agent's log (which the fixtures, made without
+    /// the agent, cannot have); another session's digest, a TEE `additional_tee` does not
+    /// list, and kinds that are no hardware report are refused, each naming the TEE.
     #[test]
     fn fixtures_verify_as_additional_evidence_for_their_own_digest() {
         let snp = snp_evidence();
         let report = AttestationReport::parse(&fixture("snp/test-report.bin")).unwrap();
         let policy = pinned_policy(&snp);
-        let v = verify_additional(Tee::Snp, &snp, &report.report_data[..48], &policy).unwrap();
+        let v =
+            verify_additional(Tee::Snp, &snp, &report.report_data[..48], None, &policy).unwrap();
         assert_eq!(
             v.claims["measurement"],
             json!(hex::encode(&report.measurement))
         );
-        let err = verify_additional(Tee::Snp, &snp, &[0x5a; 48], &policy).unwrap_err();
+        let err = verify_additional(Tee::Snp, &snp, &[0x5a; 48], None, &policy).unwrap_err();
         assert!(
             matches!(err, VerifyError::ReportData("the SNP REPORT_DATA")),
             "{err}"
@@ -1414,24 +1520,42 @@ mod tests {
             let quote = tdx::Quote::parse(&raw).unwrap();
             let ev = json!({"quote": STANDARD.encode(&raw)});
             let policy = pinned_policy(&ev);
-            let v = verify_additional(Tee::Tdx, &ev, &quote.body.report_data, &policy)
-                .unwrap_or_else(|e| panic!("{name}: {e}"));
-            assert_eq!(v.claims["mrtd"], json!(hex::encode(&quote.body.mr_td)));
-            let err = verify_additional(Tee::Tdx, &ev, &[0x5a; 48], &policy).unwrap_err();
+            let err = verify_additional(Tee::Tdx, &ev, &quote.body.report_data, None, &policy)
+                .unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains("the tdx evidence has no cel_eventlog"),
+                "{name}: {err}"
+            );
+            let err = verify_additional(Tee::Tdx, &ev, &[0x5a; 48], None, &policy).unwrap_err();
             assert!(
                 matches!(err, VerifyError::ReportData("the TDX REPORTDATA")),
                 "{err}"
             );
         }
-        let mut only_tpm = policy.clone();
-        only_tpm.tee = vec![Tee::Tpm];
-        let err =
-            verify_additional(Tee::Snp, &snp, &report.report_data[..48], &only_tpm).unwrap_err();
-        assert_eq!(err.to_string(), "TEE snp is not allowed by policy");
+        // `tee` lists primaries only: snp there does not make it acceptable as additional.
+        let mut primary_only = policy.clone();
+        primary_only.additional_tee = vec![];
+        let err = verify_additional(
+            Tee::Snp,
+            &snp,
+            &report.report_data[..48],
+            None,
+            &primary_only,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "TEE snp is not allowed as additional evidence by policy (additional_tee)"
+        );
         let az: Value = serde_json::from_slice(&fixture("az-snp-vtpm/evidence-v2.json")).unwrap();
+        let mut odd = policy.clone();
+        odd.additional_tee = vec![Tee::Tpm, Tee::AzSnpVtpm];
         for (tee, ev) in [(Tee::Tpm, &snp), (Tee::AzSnpVtpm, &az)] {
-            let err = verify_additional(tee, ev, &[0; 48], &policy).unwrap_err();
-            assert!(err.to_string().contains("as additional evidence"), "{err}");
+            for p in [&policy, &odd] {
+                let err = verify_additional(tee, ev, &[0; 48], None, p).unwrap_err();
+                assert!(err.to_string().contains("as additional evidence"), "{err}");
+            }
         }
     }
 
@@ -2089,6 +2213,7 @@ mod tests {
             Tee::Snp,
             &vlek,
             &report.report_data[..48],
+            None,
             &pinned_policy(&vlek),
         )
         .unwrap_err();
@@ -2207,5 +2332,92 @@ mod tests {
             run(Tee::Tdx, &ev),
             Err(VerifyError::Signature { tee: "tdx", .. })
         ));
+    }
+
+    /// Additional `tdx` evidence must carry the primary's agent log, record for record.
+    #[test]
+    fn additional_tdx_log_is_the_primarys() {
+        let log = agent_log(Mode::Production);
+        let primary = log.to_json();
+        same_log(&with_log(&log, None), &primary).unwrap();
+        let other = agent_log(Mode::Debug);
+        let shorter =
+            EventLog::from_json(&Value::Array(primary.as_array().unwrap()[..2].to_vec())).unwrap();
+        for ev in [
+            with_log(&other, None),
+            with_log(&shorter, None),
+            json!({"quote": ""}),
+            json!({"quote": "", "cel_eventlog": "not a log"}),
+        ] {
+            let err = same_log(&ev, &primary).unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains("cel_eventlog is not the primary evidence's"),
+                "{err}"
+            );
+        }
+    }
+
+    /// `pcrs` and `reference` pins are refusals for evidence that could not be held to them
+    /// (`snp`: no PCRs, no agent log; `tdx`: no PCRs), never skipped.
+    #[test]
+    fn pins_the_evidence_cannot_satisfy_are_refused() {
+        let mut policy = open_policy();
+        let snp = Verified::default();
+        check_producible(Tee::Snp, &snp, &policy).unwrap();
+        policy.pcrs.insert(4, "00".repeat(32));
+        let err = check_producible(Tee::Snp, &snp, &policy).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the policy pins boot PCRs (pcrs, or the reference's pcrs), which snp evidence \
+             cannot satisfy: only vTPM evidence (tpm, az-snp-vtpm, az-tdx-vtpm) has boot PCRs"
+        );
+        let tdx = Verified {
+            log_checked: true,
+            ..Verified::default()
+        };
+        let err = check_producible(Tee::Tdx, &tdx, &policy).unwrap_err();
+        assert!(matches!(err, VerifyError::Unproducible { .. }), "{err}");
+        let tpm = Verified {
+            log_checked: true,
+            ..Verified::default()
+        };
+        check_producible(Tee::Tpm, &tpm, &policy).unwrap();
+        check_producible(Tee::AzSnpVtpm, &tpm, &policy).unwrap();
+        policy.pcrs.clear();
+        policy.reference = Some(agent_log(Mode::Production));
+        check_producible(Tee::Tdx, &tdx, &policy).unwrap();
+        let err = check_producible(Tee::Snp, &snp, &policy).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the policy pins the agent's log (reference), which snp evidence cannot satisfy: \
+             only vTPM and tdx evidence carry the agent's log"
+        );
+    }
+
+    /// `ak_trust = "certified"`: a listed AK without a certificate is refused, by name.
+    #[test]
+    fn certified_ak_trust_refuses_the_listed_ak() {
+        let listed = "aa".repeat(32);
+        let mut policy = Policy {
+            trusted_aks: vec![listed.clone()],
+            ..Policy::default()
+        };
+        assert_eq!(
+            AkStore::new(&policy)
+                .check_with_cert(&listed, b"spki", None)
+                .unwrap(),
+            "listed"
+        );
+        policy.ak_trust = AkTrust::Certified;
+        let err = AkStore::new(&policy)
+            .check_with_cert(&listed, b"spki", None)
+            .unwrap_err();
+        assert!(matches!(err, VerifyError::AkNotCertified(_)), "{err}");
+        // With a certificate it goes to the CA check (none here).
+        let err = AkStore::new(&policy)
+            .check_with_cert(&listed, b"spki", Some(b"cert"))
+            .unwrap_err();
+        assert!(err.to_string().contains("names no ak_ca"), "{err}");
     }
 }
