@@ -30,6 +30,14 @@
 //! (`cvmctl measure`), for these PCRs only (its PCR 8 and 15 are what the init-data digest and
 //! the reference log already check). The policy's pins extend the reference's; a PCR pinned in
 //! both to different values is refused at load, naming both.
+//!
+//! `tee` lists the primary evidence kinds; `additional_tee` the kinds accepted as additional
+//! evidence beside a primary (`snp`, `tdx`: the hardware report next to a cloud vTPM), each
+//! with the same launch pins; `require_additional` makes a `tpm` primary without verified
+//! additional evidence of one of its kinds a refusal (on GCP and AWS the same image boots as an
+//! ordinary VM with a vTPM). `pcrs` and `reference` are refused, not skipped, for evidence that
+//! cannot be held to them (`pcrs`: the vTPM kinds only; `reference`: those and `tdx`), at load
+//! when `tee` allows no kind that can. `ak_trust = "certified"` trusts only AKs an `ak_ca` CA certified.
 
 use std::collections::BTreeMap;
 
