@@ -1003,50 +1003,6 @@ fn tpm_primary_with_snp_additional_evidence() {
         cvm_agent::hex::encode(&init.pcr8_expected())
     );
 
-    // The downgrade: the same image booted as a non-confidential VM with a vTPM sends
-    // tpm-only evidence. Refused under require_additional; the same evidence passes a policy
-    // that does not require it.
-    let tpm_only = evidence::collect(
-        TeeKind::Tpm,
-        root.path(),
-        Some(&mut g.tpm),
-        &verifier_digest(""),
-        Some(g.log.log()),
-    )
-    .unwrap();
-    let err = run(&tpm_only, "", &fixture_digest).unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "the policy requires additional snp evidence beside the tpm evidence \
-         (require_additional), and the request has none: a vTPM alone does not show a \
-         confidential VM"
-    );
-    let optional = parse("additional_tee = [\"snp\"]\n");
-    let v = run_with(&optional, &tpm_only, "", &fixture_digest).unwrap();
-    assert!(v.claims.get("additional").is_none());
-    run_with(
-        &optional,
-        &composite.primary,
-        &composite.additional,
-        &fixture_digest,
-    )
-    .unwrap();
-    // `tee` lists primaries only: "snp" there no longer admits additional SNP evidence (and
-    // additional_tee does not admit a primary snp: see the unit tests).
-    let old_form = parse("tee = [\"tpm\", \"snp\"]\n");
-    let err = run_with(
-        &old_form,
-        &composite.primary,
-        &composite.additional,
-        &fixture_digest,
-    )
-    .unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "additional snp evidence: TEE snp is not allowed as additional evidence by policy \
-         (additional_tee)"
-    );
-
     // Bound to other runtime data: this session's {nonce, tee-pubkey}, not the fixture's.
     let err = run(&composite.primary, &composite.additional, &device).unwrap_err();
     assert_eq!(
@@ -1091,6 +1047,42 @@ fn tpm_primary_with_snp_additional_evidence() {
     assert!(
         matches!(err, VerifyError::ReportData("the TPM quote's nonce")),
         "{err}"
+    );
+
+    // The downgrade: the same image booted as a non-confidential VM with a vTPM sends
+    // tpm-only evidence (`without`). Refused under require_additional; the same evidence
+    // passes a policy that does not require it.
+    let err = run(&without, "", &fixture_digest).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "the policy requires additional snp evidence beside the tpm evidence \
+         (require_additional), and the request has none: a vTPM alone does not show a \
+         confidential VM"
+    );
+    let optional = parse("additional_tee = [\"snp\"]\n");
+    let v = run_with(&optional, &without, "", &fixture_digest).unwrap();
+    assert!(v.claims.get("additional").is_none());
+    run_with(
+        &optional,
+        &composite.primary,
+        &composite.additional,
+        &fixture_digest,
+    )
+    .unwrap();
+    // `tee` lists primaries only: "snp" there no longer admits additional SNP evidence (and
+    // additional_tee does not admit a primary snp: see the unit tests).
+    let old_form = parse("tee = [\"tpm\", \"snp\"]\n");
+    let err = run_with(
+        &old_form,
+        &composite.primary,
+        &composite.additional,
+        &fixture_digest,
+    )
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "additional snp evidence: TEE snp is not allowed as additional evidence by policy \
+         (additional_tee)"
     );
     // The same evidence under a re-serialized string: the quote covered the other bytes.
     let respaced = composite.additional.replacen(':', ": ", 1);
@@ -1189,18 +1181,16 @@ fn the_kbs_checks_additional_evidence_against_the_session() {
     assert_eq!(r.status, 200, "{}", r.text());
     // A KBS whose policy requires the SNP report refuses the same tpm-only evidence.
     let strict = kbs(&format!("{policy}require_additional = [\"snp\"]\n"), None);
-    let (cookie, nonce4) = auth(strict.addr);
-    let r = attest(
-        strict.addr,
-        &cookie,
-        &attest_body(&mut g, &nonce4, Some(&initdata(1))),
-    );
-    assert!(
-        r.cause()
-            .starts_with("the policy requires additional snp evidence beside the tpm evidence"),
-        "{}",
-        r.cause()
-    );
+    let cause = session_attest(&strict, &mut g, Some(&initdata(1))).cause();
+    let want = "the policy requires additional snp evidence beside the tpm evidence";
+    assert!(cause.starts_with(want), "{cause}");
+}
+
+/// A fresh session on `k` and the guest's tpm-only attestation in it.
+fn session_attest(k: &Kbs, g: &mut Guest, init: Option<&str>) -> Reply {
+    let (cookie, nonce) = auth(k.addr);
+    let body = attest_body(g, &nonce, init);
+    attest(k.addr, &cookie, &body)
 }
 
 /// Without init-data (and a policy that does not require it) PCR 8 must be all zeros, as the
@@ -1209,8 +1199,7 @@ fn the_kbs_checks_additional_evidence_against_the_session() {
 fn pcr8_must_be_zero_without_init_data() {
     let mut g = guest(&facts(Mode::Production, 1));
     let k = kbs(&trusting(&g, "require_initdata = false\n"), None);
-    let (cookie, nonce) = auth(k.addr);
-    let r = attest(k.addr, &cookie, &attest_body(&mut g, &nonce, None));
+    let r = session_attest(&k, &mut g, None);
     let init = cvm_agent::initdata::InitData::parse(initdata(1).as_bytes()).unwrap();
     assert_eq!(
         r.cause(),
@@ -1224,7 +1213,6 @@ fn pcr8_must_be_zero_without_init_data() {
     plain.initdata = None;
     let mut g = guest(&plain);
     let k = kbs(&trusting(&g, "require_initdata = false\n"), None);
-    let (cookie, nonce) = auth(k.addr);
-    let r = attest(k.addr, &cookie, &attest_body(&mut g, &nonce, None));
+    let r = session_attest(&k, &mut g, None);
     assert_eq!(r.status, 200, "{}", r.text());
 }

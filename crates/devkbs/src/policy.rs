@@ -834,14 +834,14 @@ mod tests {
         assert!(!p.allows_tee(Tee::Snp) && p.allows_additional(Tee::Snp));
         assert_eq!(p.require_additional, vec![Tee::Snp]);
         // Additional snp/tdx need their launch pins too.
-        let err = Policy::parse("additional_tee = [\"snp\"]", Path::new(".")).unwrap_err();
-        assert!(
-            err.to_string()
-                .starts_with("policy: snp is allowed but snp_measurement is not pinned: "),
-            "{err}"
-        );
-        let err = Policy::parse("additional_tee = [\"tdx\"]", Path::new(".")).unwrap_err();
-        assert!(err.to_string().contains("tdx_mrtd is not pinned"), "{err}");
+        for (tee, field) in [("snp", "snp_measurement"), ("tdx", "tdx_mrtd")] {
+            let text = format!("additional_tee = [\"{tee}\"]");
+            let err = Policy::parse(&text, Path::new("."))
+                .unwrap_err()
+                .to_string();
+            let want = format!("policy: {tee} is allowed but {field} is not pinned: ");
+            assert!(err.starts_with(&want), "{err}");
+        }
         for (bad, want) in [
             (
                 "additional_tee = [\"tpm\"]".to_string(),

@@ -1536,14 +1536,8 @@ mod tests {
         // `tee` lists primaries only: snp there does not make it acceptable as additional.
         let mut primary_only = policy.clone();
         primary_only.additional_tee = vec![];
-        let err = verify_additional(
-            Tee::Snp,
-            &snp,
-            &report.report_data[..48],
-            None,
-            &primary_only,
-        )
-        .unwrap_err();
+        let own = &report.report_data[..48];
+        let err = verify_additional(Tee::Snp, &snp, own, None, &primary_only).unwrap_err();
         assert_eq!(
             err.to_string(),
             "TEE snp is not allowed as additional evidence by policy (additional_tee)"
