@@ -490,14 +490,7 @@ fn verify_tpm(
         return Err(VerifyError::ReportData("the TPM quote's nonce"));
     }
     let pcrs = &ev.tpm_quote.pcrs;
-    match init_data {
-        Some(init) if pcrs[8] != init.pcr8_expected() => return Err(VerifyError::Pcr8),
-        // Without init-data the agent extends nothing into PCR 8: a value there is not ours.
-        None if pcrs[8] != [0u8; 32] => {
-            return Err(VerifyError::Pcr8Unbound(hex::encode(&pcrs[8])));
-        }
-        _ => {}
-    }
+    check_pcr8(&pcrs[8], init_data)?;
     if let Some(raw) = &ev.eventlog {
         check_firmware_log(raw, pcrs)?;
     }
@@ -970,6 +963,16 @@ struct AzExtras<'a> {
 /// policy's pins (it wrote the HCL report and runs the vTPM: without the pin any VMPL0 code or
 /// TD could wrap its own AK), the nonce, the HCL report's freshness (`user-data`), PCR 8, then
 /// what the vTPM's PCRs say exactly as for `tpm`: firmware log, agent log and claims, PCR pins.
+/// PCR 8 is the init-data binding: with init-data it must be `SHA256(0³² ‖ digest)`; without,
+/// the agent extends nothing into it, so a value there is not ours.
+fn check_pcr8(pcr8: &[u8], init_data: Option<&InitData>) -> Result<(), VerifyError> {
+    match init_data {
+        Some(init) if pcr8 != init.pcr8_expected() => Err(VerifyError::Pcr8),
+        None if pcr8.iter().any(|&b| b != 0) => Err(VerifyError::Pcr8Unbound(hex::encode(pcr8))),
+        _ => Ok(()),
+    }
+}
+
 fn verify_azure(
     tee: &'static str,
     verified: &AzVerified,
@@ -1041,11 +1044,7 @@ fn verify_azure(
             ));
         }
     }
-    if let Some(init) = init_data
-        && pcrs[8] != init.pcr8_expected()
-    {
-        return Err(VerifyError::Pcr8);
-    }
+    check_pcr8(&pcrs[8], init_data)?;
     if let Some(raw) = extras.eventlog {
         check_firmware_log(raw, pcrs)?;
     }
@@ -1097,6 +1096,10 @@ fn signature(tee: &'static str, e: &(dyn std::error::Error + 'static)) -> Verify
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The init-data the tests' agent logs measure (PCR 8 and the reference agree on it).
+    const TEST_INITDATA: &[u8] =
+        b"version = \"0.1.0\"\nalgorithm = \"sha256\"\n[data]\n\"note.txt\" = \"x\"\n";
     use cvm_initdata::Mode;
     use cvm_measure::{Event, Facts, predict};
 
@@ -1214,7 +1217,8 @@ mod tests {
             cel_eventlog: log,
             eventlog: firmware,
         };
-        let v = verify_azure(name, verified, extras, &[0x5a; 48], None, policy)?;
+        let init = InitData::parse(TEST_INITDATA).unwrap();
+        let v = verify_azure(name, verified, extras, &[0x5a; 48], Some(&init), policy)?;
         check_policy(&v, policy)?;
         Ok(v)
     }
@@ -1237,7 +1241,7 @@ mod tests {
             let facts = cvm_measure::Facts {
                 roothash: Some("ab".repeat(32)),
                 image_version: Some("cvm-demo 1".into()),
-                initdata: Some(b"version = \"0.1.0\"\n".to_vec()),
+                initdata: Some(TEST_INITDATA.to_vec()),
                 ..cvm_measure::Facts::default()
             };
             policy.reference = Some(predict(&facts, &[HashAlg::Sha256]).unwrap().log);
@@ -1247,6 +1251,27 @@ mod tests {
 
             // Accepted, with the claims from the log and the launch identity.
             let v = run(&good, Some(&json_log), Some(&fw), &policy).unwrap();
+            // PCR 8 is the init-data's; set while no init-data is sent, it is not the agent's.
+            let mut other = good.clone();
+            other.pcrs[8] = [7; 32];
+            assert!(matches!(
+                run(&other, Some(&json_log), Some(&fw), &policy),
+                Err(VerifyError::Pcr8)
+            ));
+            let extras = AzExtras {
+                version,
+                cel_eventlog: Some(&json_log),
+                eventlog: Some(&fw),
+            };
+            let name = if tee == Tee::AzSnpVtpm {
+                "az-snp-vtpm"
+            } else {
+                "az-tdx-vtpm"
+            };
+            assert!(matches!(
+                verify_azure(name, &good, extras, &[0x5a; 48], None, &policy),
+                Err(VerifyError::Pcr8Unbound(_))
+            ));
             assert!(!v.debug, "{tee:?}");
             assert_eq!(v.mode.as_deref(), Some("production"));
             assert_eq!(v.roothash, Some("ab".repeat(32)));
@@ -1708,7 +1733,7 @@ mod tests {
             .unwrap();
         m.record(Event::image_version("cvm-demo 1").unwrap())
             .unwrap();
-        m.record(Event::initdata(b"version = \"0.1.0\"\n")).unwrap();
+        m.record(Event::initdata(TEST_INITDATA)).unwrap();
         m.log().clone()
     }
 
@@ -1786,7 +1811,7 @@ mod tests {
         let facts = cvm_measure::Facts {
             roothash: Some("ab".repeat(32)),
             image_version: Some("cvm-demo 1".into()),
-            initdata: Some(b"version = \"0.1.0\"\n".to_vec()),
+            initdata: Some(TEST_INITDATA.to_vec()),
             ..cvm_measure::Facts::default()
         };
         let mut with_ref = policy.clone();
@@ -1913,7 +1938,7 @@ mod tests {
                 EventKind::Mode => Event::mode(Mode::Production),
                 EventKind::RootHash => Event::roothash(value).unwrap(),
                 EventKind::ImageVersion => Event::image_version(value).unwrap(),
-                _ => Event::initdata(b"version = \"0.1.0\"\n"),
+                _ => Event::initdata(TEST_INITDATA),
             };
             sealed.record(event).unwrap();
         }
