@@ -193,6 +193,30 @@ struct Guest {
     ak: String,
 }
 
+impl Guest {
+    /// The agent's composite: `tpm` primary from this guest's vTPM and log, SNP additional
+    /// evidence from the configfs-tsm tree at `root`.
+    fn tpm_with_snp(
+        &mut self,
+        root: &Path,
+        nonce: &str,
+        jwk: &protocol::TeePubKey,
+    ) -> evidence::Composite {
+        evidence::collect_composite(
+            TeeKind::Tpm,
+            Some(TeeKind::Snp),
+            root,
+            Some(&mut self.tpm),
+            nonce,
+            jwk,
+            protocol::RuntimeDataHash::Sha384,
+            Some(self.log.log()),
+            &mut evidence::CloudInputs::default(),
+        )
+        .unwrap()
+    }
+}
+
 fn guest(facts: &Facts) -> Guest {
     let (swtpm, mut tpm) = start();
     let mut log = Measurer::new(&[HashAlg::Sha256]).unwrap();
@@ -927,18 +951,7 @@ fn tpm_primary_with_snp_additional_evidence() {
     let fixture_digest = parsed.report_data[..48].to_vec();
     let nonce = "RKVMrB6ZyIA2qJ1nhh3UHZnNBk1QJv8xdzIEKzKLEYU=";
     let jwk = g.key.public_jwk();
-    let composite = evidence::collect_composite(
-        TeeKind::Tpm,
-        Some(TeeKind::Snp),
-        root.path(),
-        Some(&mut g.tpm),
-        nonce,
-        &jwk,
-        protocol::RuntimeDataHash::Sha384,
-        Some(g.log.log()),
-        &mut evidence::CloudInputs::default(),
-    )
-    .unwrap();
+    let composite = g.tpm_with_snp(root.path(), nonce, &jwk);
     // The additional evidence: the map {"snp": …} with the report configfs-tsm gave, bound
     // to SHA-384 of {nonce, tee-pubkey}.
     let additional = protocol::parse_additional_evidence(&composite.additional).unwrap();
@@ -1016,18 +1029,7 @@ fn tpm_primary_with_snp_additional_evidence() {
     let mut forged = fixture_digest.clone();
     forged[0] ^= 1;
     let bad = root_with_tsm(&tampered, &snp_cert_table());
-    let c = evidence::collect_composite(
-        TeeKind::Tpm,
-        Some(TeeKind::Snp),
-        bad.path(),
-        Some(&mut g.tpm),
-        nonce,
-        &jwk,
-        protocol::RuntimeDataHash::Sha384,
-        Some(g.log.log()),
-        &mut evidence::CloudInputs::default(),
-    )
-    .unwrap();
+    let c = g.tpm_with_snp(bad.path(), nonce, &jwk);
     let err = run(&c.primary, &c.additional, &forged).unwrap_err();
     assert!(
         matches!(&err, VerifyError::Additional { tee, source }
@@ -1116,18 +1118,7 @@ fn the_kbs_checks_additional_evidence_against_the_session() {
     let root = root_with_tsm(&snp_fixture(), &snp_cert_table());
     let (cookie, nonce) = auth(k.addr);
     let jwk = g.key.public_jwk();
-    let c = evidence::collect_composite(
-        TeeKind::Tpm,
-        Some(TeeKind::Snp),
-        root.path(),
-        Some(&mut g.tpm),
-        &nonce,
-        &jwk,
-        protocol::RuntimeDataHash::Sha384,
-        Some(g.log.log()),
-        &mut evidence::CloudInputs::default(),
-    )
-    .unwrap();
+    let c = g.tpm_with_snp(root.path(), &nonce, &jwk);
     let body = |primary: Value, additional: &str| {
         serde_json::to_vec(&protocol::composite_attestation(
             &nonce,
