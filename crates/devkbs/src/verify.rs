@@ -783,13 +783,7 @@ fn check_snp_report(
             want: "0".into(),
         });
     }
-    if report.policy.migrate_ma_allowed() && !policy.snp_allow_migrate_ma {
-        return Err(VerifyError::Claim {
-            what: "the SNP guest policy's MIGRATE_MA",
-            got: "1".into(),
-            want: "0 (snp_allow_migrate_ma is not set)".into(),
-        });
-    }
+    check_migrate_ma(report, "the SNP guest policy's MIGRATE_MA", policy)?;
     let tcb = snp::TcbVersion::decode(report.reported_tcb.raw, Some(product));
     policy
         .snp_min_tcb
@@ -799,6 +793,23 @@ fn check_snp_report(
             got: e.to_string(),
             want: format!("{:?}", policy.snp_min_tcb),
         })
+}
+
+/// No migration agent (MIGRATE_MA, guest policy bit 18) unless the policy allows one: the
+/// host's migration agent could move the guest's state out.
+fn check_migrate_ma(
+    report: &AttestationReport,
+    what: &'static str,
+    policy: &Policy,
+) -> Result<(), VerifyError> {
+    if report.policy.migrate_ma_allowed() && !policy.snp_allow_migrate_ma {
+        return Err(VerifyError::Claim {
+            what,
+            got: "1".into(),
+            want: "0 (snp_allow_migrate_ma is not set)".into(),
+        });
+    }
+    Ok(())
 }
 
 /// TD_ATTRIBUTES a verified quote must not have: reserved must-be-zero bits, and MIGRATABLE
@@ -1002,13 +1013,7 @@ fn verify_azure(
                 &policy.az_snp_measurement,
             )?;
             launch.insert("measurement".into(), json!(hex::encode(&r.measurement)));
-            if r.policy.migrate_ma_allowed() && !policy.snp_allow_migrate_ma {
-                return Err(VerifyError::Claim {
-                    what: "the HCL report's SNP guest policy MIGRATE_MA",
-                    got: "1".into(),
-                    want: "0 (snp_allow_migrate_ma is not set)".into(),
-                });
-            }
+            check_migrate_ma(r, "the HCL report's SNP guest policy MIGRATE_MA", policy)?;
             r.debug_allowed()
         }
         HwReport::Tdx(r) => {
