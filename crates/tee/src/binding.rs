@@ -56,24 +56,9 @@ pub fn check(
     outblob: &[u8],
     initdata: Option<&InitData>,
 ) -> Result<(), BindingError> {
-    match kind {
-        TeeKind::Snp => {
-            let report = AttestationReport::parse(outblob).map_err(BindingError::Snp)?;
-            compare(
-                "the SNP HOST_DATA",
-                &report.host_data,
-                initdata.map(|i| i.host_data().to_vec()),
-            )
-        }
-        TeeKind::Tdx => {
-            let quote = Quote::parse(outblob).map_err(BindingError::Tdx)?;
-            compare(
-                "the TDX MRCONFIGID",
-                &quote.body.mr_config_id,
-                initdata.map(|i| i.mrconfigid().to_vec()),
-            )
-        }
-        TeeKind::Tpm | TeeKind::AzSnpVtpm | TeeKind::AzTdxVtpm => Ok(()),
+    match launch_register(kind, outblob)? {
+        Some((register, got)) => compare(register, &got, initdata.map(|i| want(kind, i))),
+        None => Ok(()),
     }
 }
 
@@ -87,23 +72,13 @@ pub fn check_additional(
     outblob: &[u8],
     initdata: Option<&InitData>,
 ) -> Result<RegisterState, BindingError> {
-    let register = match kind {
-        TeeKind::Snp => AttestationReport::parse(outblob)
-            .map_err(BindingError::Snp)?
-            .host_data
-            .to_vec(),
-        TeeKind::Tdx => Quote::parse(outblob)
-            .map_err(BindingError::Tdx)?
-            .body
-            .mr_config_id
-            .to_vec(),
-        TeeKind::Tpm | TeeKind::AzSnpVtpm | TeeKind::AzTdxVtpm => return Ok(RegisterState::Unset),
-    };
-    if register.iter().all(|&b| b == 0) {
-        return Ok(RegisterState::Unset);
+    match launch_register(kind, outblob)? {
+        Some((register, got)) if got.iter().any(|&b| b != 0) => {
+            compare(register, &got, initdata.map(|i| want(kind, i)))?;
+            Ok(RegisterState::Matches)
+        }
+        _ => Ok(RegisterState::Unset),
     }
-    check(kind, outblob, initdata)?;
-    Ok(RegisterState::Matches)
 }
 
 /// What [`check_additional`] found.
@@ -113,6 +88,37 @@ pub enum RegisterState {
     Unset,
     /// Set, and equal to this boot's init-data digest.
     Matches,
+}
+
+/// The launch-time register of `kind`'s report (its name and value); None for the kinds
+/// that bind init-data through PCR 8.
+fn launch_register(
+    kind: TeeKind,
+    outblob: &[u8],
+) -> Result<Option<(&'static str, Vec<u8>)>, BindingError> {
+    let Some(register) = register(kind) else {
+        return Ok(None);
+    };
+    let value = match kind {
+        TeeKind::Snp => AttestationReport::parse(outblob)
+            .map_err(BindingError::Snp)?
+            .host_data
+            .to_vec(),
+        _ => Quote::parse(outblob)
+            .map_err(BindingError::Tdx)?
+            .body
+            .mr_config_id
+            .to_vec(),
+    };
+    Ok(Some((register, value)))
+}
+
+/// What the register must hold for `initdata`.
+fn want(kind: TeeKind, initdata: &InitData) -> Vec<u8> {
+    match kind {
+        TeeKind::Snp => initdata.host_data().to_vec(),
+        _ => initdata.mrconfigid().to_vec(),
+    }
 }
 
 fn compare(register: &'static str, got: &[u8], want: Option<Vec<u8>>) -> Result<(), BindingError> {
