@@ -60,24 +60,16 @@ fn identify_namespace_reads_real_controller_answers() {
         .expect("run qemu/boot.sh");
     let console = std::fs::read_to_string(&console).unwrap_or_default();
     assert_eq!(status.code(), Some(0), "{console}");
-    assert_eq!(
-        line_for(&console, "nvme0n1"),
-        format!(
-            "nsid=1 blocks={} block_size=512 bytes={} size=matches vendor=empty",
-            (48 << 20) / 512,
-            48 << 20
-        ),
-        "{console}"
-    );
-    assert_eq!(
-        line_for(&console, "nvme0n2"),
-        format!(
-            "nsid=2 blocks={} block_size=4096 bytes={} size=matches vendor=empty",
-            (20 << 20) / 4096,
-            20 << 20
-        ),
-        "{console}"
-    );
+    for (nsid, bytes, block) in [(1, 48 << 20, 512), (2, 20 << 20, 4096)] {
+        assert_eq!(
+            line_for(&console, &format!("nvme0n{nsid}")),
+            format!(
+                "nsid={nsid} blocks={} block_size={block} bytes={bytes} size=matches vendor=empty",
+                bytes / block
+            ),
+            "{console}"
+        );
+    }
     assert!(
         console.contains("nvme-probe: done, 2 namespaces"),
         "{console}"
