@@ -1256,6 +1256,19 @@ mod tests {
 
             // Accepted, with the claims from the log and the launch identity.
             let v = run(&good, Some(&json_log), Some(&fw), &policy).unwrap();
+            // A guest the host may migrate out: SNP MIGRATE_MA, TDX MIGRATABLE, refused by
+            // default, also behind the paravisor.
+            let mut migratable = good.clone();
+            match &mut migratable.hcl.hw_report {
+                HwReport::Snp(r) => r.policy.0 |= 1 << 18,
+                HwReport::Tdx(r) => r.td_attributes.0 |= 1 << 29,
+            }
+            let err = run(&migratable, Some(&json_log), Some(&fw), &policy).unwrap_err();
+            assert!(err.to_string().contains("MIGRAT"), "{tee:?}: {err}");
+            let mut allowed = policy.clone();
+            allowed.snp_allow_migrate_ma = true;
+            allowed.tdx_allow_migratable = true;
+            run(&migratable, Some(&json_log), Some(&fw), &allowed).unwrap();
             // PCR 8 is the init-data's; set while no init-data is sent, it is not the agent's.
             let mut other = good.clone();
             other.pcrs[8] = [7; 32];
